@@ -1,0 +1,252 @@
+"""The command line: `python -m moa run|history|show|models` (exit 0 ok, 1 run failed, 2 bad input)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from moa import config as config_mod
+from moa.config import ConfigError, ModelSpec, RunConfig
+
+DEFAULT_PRESET = "local-quick"
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+class BadInput(Exception):
+    """Raised for anything the user can fix; printed as one line, exit code 2."""
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- argument parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line + usage hint, exit 2, no traceback
+        self.exit(EXIT_BAD_INPUT, f"error: {message}\n(see: {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m moa", description="Mixture-of-Agents runs, logged to SQLite.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a prompt through a mixture of models")
+    run.add_argument("prompt", help="the prompt; '-' reads it from standard input")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("--config", metavar="FILE", help="a run config TOML file")
+    src.add_argument("--preset", metavar="NAME", help="a preset from data/presets/")
+    run.add_argument(
+        "--proposer",
+        metavar="MODEL",
+        action="append",
+        default=[],
+        help="proposer model id (repeatable; MODEL@http://host/v1 sets api_base)",
+    )
+    run.add_argument("--aggregator", metavar="MODEL", help="aggregator model id")
+    run.add_argument("--layers", type=int, metavar="N", help="proposer layers (1-4)")
+    run.add_argument("--system", metavar="TEXT", help="a system prompt for every model")
+    _common(run)
+
+    hist = sub.add_parser("history", help="list past runs, newest first")
+    hist.add_argument("--search", metavar="TEXT", default="", help="words in prompts or answers")
+    hist.add_argument("--limit", type=int, default=20, metavar="N")
+    _common(hist)
+
+    show = sub.add_parser("show", help="show one past run")
+    show.add_argument("run_id", metavar="RUN_ID")
+    _common(show)
+
+    models = sub.add_parser("models", help="local models and which provider keys are set")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="PATH", help="SQLite file (default: $MOA_DB or data/moa.db)")
+    p.add_argument("--json", action="store_true", help="print JSON to stdout")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """--config / --preset / --proposer flags / the default preset, then the overrides."""
+    if args.config:
+        cfg = config_mod.load(args.config)
+    elif args.preset:
+        cfg = config_mod.load_preset(args.preset)
+    elif args.proposer:
+        first = config_mod._spec_from_cli(args.proposer[0])
+        cfg = RunConfig(proposers=[first], aggregator=ModelSpec(model=first.model), name="CLI")
+    else:
+        cfg = config_mod.load_preset(os.environ.get("MOA_PRESET") or DEFAULT_PRESET)
+    if args.layers is not None and not isinstance(args.layers, int):
+        raise ConfigError("--layers must be an integer")
+    return cfg.with_overrides(args.proposer or None, args.aggregator, args.layers)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from moa import engine, export
+    from moa.events import fan_out
+    from moa.store import Store, StoreWriter
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    cfg = resolve_config(args)
+    store = Store(args.db)  # opened before any call: a bad database is bad input, not a failed run
+    try:
+        estimate = engine.check(cfg, prompt, args.system)
+    except engine.InputError as e:
+        raise BadInput(str(e)) from None
+    _err(
+        f"run: {cfg.name} · {len(cfg.proposers)} proposers × {cfg.layers} layer(s) → "
+        f"{cfg.aggregator.display} · estimated ≤ {estimate.describe()}"
+    )
+
+    cancel = engine.Cancel()
+    signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
+    printer = _ProgressPrinter(stream_final=not args.json)
+    record = engine.run_sync(
+        cfg,
+        prompt,
+        system_prompt=args.system,
+        cancel=cancel,
+        checked=True,
+        on_event=fan_out(StoreWriter(store), printer),
+    )
+    usage = record.usage()
+    cost = "unknown" if usage["cost_usd"] is None else f"${usage['cost_usd']:.6f}"
+    _err(
+        f"{record.status}: {record.wall_s:.2f} s, {usage['tokens_in']}+{usage['tokens_out']} "
+        f"tokens, cost {cost}, run id {record.run_id}"
+        + (f"\n{record.error}" if record.error else "")
+    )
+    if args.json:
+        print(json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2))
+    return {"ok": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(record.status, EXIT_FAILED)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from moa.store import Store
+
+    if args.limit < 1:
+        raise BadInput("--limit must be 1 or more")
+    rows = Store(args.db).search_runs(args.search, limit=args.limit)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], ensure_ascii=False, indent=2))
+        return EXIT_OK
+    if not rows:
+        _err("no runs found" + (f" for {args.search!r}" if args.search else ""))
+    for r in rows:
+        prompt = " ".join(r.prompt.split())
+        prompt = prompt[:57] + "…" if len(prompt) > 58 else prompt
+        wall = f"{r.wall_s:6.1f}s" if r.wall_s is not None else "     -"
+        print(f"{r.id}  {r.created_at[:19].replace('T', ' ')}  {r.status:<11} {wall}  {prompt}")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from moa import export
+    from moa.store import Store
+
+    record = Store(args.db).get_run(args.run_id)
+    if record is None:
+        raise BadInput(f"no run with id {args.run_id!r}; `python -m moa history` lists them")
+    if args.json:
+        print(json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2))
+        return EXIT_OK
+    print(
+        f"run {record.run_id} · {record.created_at} · {record.status}"
+        + (f" · {record.error}" if record.error else "")
+    )
+    print(f"prompt: {record.prompt}\n")
+    for c in record.calls:
+        head = f"[layer {c.layer} {c.role} {c.index + 1}] {c.label} ({c.model}) · {c.status}"
+        if c.latency_s is not None:
+            head += f" · {c.latency_s:.2f}s"
+        print(head)
+        print(c.text.strip() or f"({c.error or 'no text'})")
+        print()
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from moa import local
+    from moa.llm import keys_set
+
+    models = [m.__dict__ for m in local.model_status()]
+    keys = keys_set()
+    if args.json:
+        print(json.dumps({"local": models, "keys": keys}, indent=2))
+        return EXIT_OK
+    print("Local models (run on this CPU, no key needed):")
+    for m in models:
+        state = "verified" if m["verified"] else ("installed" if m["installed"] else "missing")
+        if m["installed"] and m["verified"] is None:
+            state = "installed (verified on first load)"
+        size = f"{m['size_bytes'] / 1e6:,.0f} MB"
+        print(f"  {m['id']:<28} {state:<36} {size:>8}")
+        if m["error"]:
+            print(f"      {m['error']}")
+    print("Provider keys (names only):")
+    for name, is_set in keys.items():
+        print(f"  {name:<24} {'set' if is_set else '-'}")
+    return EXIT_OK
+
+
+class _ProgressPrinter:
+    """Progress lines on stderr; the aggregator's text streamed to stdout unless --json."""
+
+    def __init__(self, stream_final: bool) -> None:
+        self.stream_final = stream_final
+
+    def __call__(self, event: Any) -> None:
+        from moa import events as ev
+
+        match event:
+            case ev.CallStarted(call=c):
+                _err(f"  … {_name(c)} started")
+            case ev.CallRetrying(call=c, error=error, delay_s=delay):
+                _err(f"  ↻ {_name(c)} retrying in {delay:.1f}s: {error}")
+            case ev.TokenDelta(call=c, text=text) if self.stream_final and c.role == "aggregator":
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            case ev.CallFinished(call=c):
+                if self.stream_final and c.role == "aggregator":
+                    sys.stdout.write("\n")
+                cost = "?" if c.cost_usd is None else f"${c.cost_usd:.6f}"
+                _err(
+                    f"  ✓ {_name(c)} {c.latency_s:.2f}s (first token {c.ttft_s or 0:.2f}s), "
+                    f"{c.tokens_out} tokens, {cost}"
+                )
+            case ev.CallFailed(call=c):
+                _err(f"  ✗ {_name(c)} {c.status}: {c.error}")
+
+
+def _name(c: Any) -> str:
+    role = "aggregator" if c.role == "aggregator" else f"L{c.layer} #{c.index + 1}"
+    return f"{role} {c.label}"
+
+
+COMMANDS = {"run": cmd_run, "history": cmd_history, "show": cmd_show, "models": cmd_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from moa.local import LocalModelError
+    from moa.store import StoreError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (BadInput, ConfigError, StoreError, LocalModelError) as e:
+        _err(f"error: {e}")
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        return EXIT_OK

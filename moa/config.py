@@ -1,0 +1,351 @@
+"""Run configuration: dataclasses, validation with messages naming the key, TOML load/save."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS_DIR = ROOT / "data" / "presets"
+MAX_PRESET_BYTES = 256 * 1024
+
+LIMITS = {
+    "proposers": (1, 8),
+    "layers": (1, 4),
+    "temperature": (0.0, 2.0),
+    "max_tokens": (1, 32768),
+    "timeout_s": (1.0, 3600.0),
+    "proposer_timeout_s": (1.0, 3600.0),
+    "max_cost_usd": (0.0, 10_000.0),
+}
+_PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A config value is missing, of the wrong type or out of range; the message names it."""
+
+
+@dataclass
+class ModelSpec:
+    """One model call's settings: a proposer or the aggregator."""
+
+    model: str
+    label: str | None = None
+    api_base: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 512
+    system_prompt: str | None = None
+    timeout_s: float | None = None
+    api_key_env: str | None = None  # env var holding the key for api_base (never the key itself)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.model
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0] if "/" in self.model else ""
+
+
+@dataclass
+class RunConfig:
+    proposers: list[ModelSpec]
+    aggregator: ModelSpec
+    name: str = "Untitled"
+    layers: int = 1
+    proposer_timeout_s: float = 120.0
+    max_cost_usd: float | None = None
+    aggregator_prompt: str | None = None
+
+    def timeout_for(self, spec: ModelSpec) -> float:
+        return spec.timeout_s if spec.timeout_s is not None else self.proposer_timeout_s
+
+    def models(self) -> list[ModelSpec]:
+        return [*self.proposers, self.aggregator]
+
+    def with_overrides(
+        self,
+        proposers: list[str] | None = None,
+        aggregator: str | None = None,
+        layers: int | None = None,
+    ) -> RunConfig:
+        """The CLI's --proposer/--aggregator/--layers applied on top of this config."""
+        cfg = replace(self)
+        if proposers:
+            cfg.proposers = [_spec_from_cli(m) for m in proposers]
+        if aggregator:
+            new = _spec_from_cli(aggregator)
+            cfg.aggregator = replace(
+                self.aggregator, model=new.model, api_base=new.api_base, label=None
+            )
+        if layers is not None:
+            cfg.layers = layers
+        return validate(cfg)
+
+
+def _spec_from_cli(model: str) -> ModelSpec:
+    # "model@http://host/v1" lets the CLI point one model at an OpenAI-compatible server.
+    if "@" in model and "://" in model.split("@", 1)[1]:
+        name, base = model.split("@", 1)
+        return ModelSpec(model=name, api_base=base)
+    return ModelSpec(model=model)
+
+
+# ---------------------------------------------------------------- validation
+
+_MODEL_KEYS: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "label": (str,),
+    "api_base": (str,),
+    "temperature": (int, float),
+    "max_tokens": (int,),
+    "system_prompt": (str,),
+    "timeout_s": (int, float),
+    "api_key_env": (str,),
+}
+_RUN_KEYS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "layers": (int,),
+    "proposer_timeout_s": (int, float),
+    "max_cost_usd": (int, float),
+    "aggregator_prompt": (str,),
+    "aggregator": (dict,),
+    "proposers": (list,),
+}
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    dict: "a table",
+    list: "a list",
+}
+
+
+def _check_type(where: str, value: Any, types: tuple[type, ...]) -> None:
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        want = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
+        raise ConfigError(f"{where} must be {want}, got {type(value).__name__} {value!r:.60}")
+
+
+def _check_range(where: str, key: str, value: float) -> None:
+    lo, hi = LIMITS[key]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{where} = {value:g} is out of range: allowed {lo:g}..{hi:g}")
+
+
+def _model_from_dict(where: str, d: Any) -> ModelSpec:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a table with at least `model`, got {d!r:.60}")
+    unknown = sorted(set(d) - set(_MODEL_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(_MODEL_KEYS)})"
+        )
+    if "model" not in d:
+        raise ConfigError(
+            f"{where}.model is missing: name a litellm model id, e.g. 'local/smollm2-135m'"
+        )
+    for key, value in d.items():
+        _check_type(f"{where}.{key}", value, _MODEL_KEYS[key])
+        if key in LIMITS:
+            _check_range(f"{where}.{key}", key, value)
+    spec = ModelSpec(**d)
+    spec.model = spec.model.strip()
+    if not spec.model:
+        raise ConfigError(
+            f"{where}.model is empty: name a litellm model id, e.g. 'local/smollm2-135m'"
+        )
+    if spec.api_base is not None:
+        spec.api_base = spec.api_base.strip() or None
+        if spec.api_base and not re.match(r"^https?://[^\s/]+", spec.api_base):
+            raise ConfigError(
+                f"{where}.api_base = {spec.api_base!r:.80} is not an http(s) URL, "
+                "e.g. 'http://127.0.0.1:11434/v1'"
+            )
+    if spec.api_key_env is not None and not re.match(
+        r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", spec.api_key_env
+    ):
+        raise ConfigError(
+            f"{where}.api_key_env must be the NAME of an environment variable (e.g. 'VLLM_API_KEY'), "
+            "never the key itself"
+        )
+    if spec.temperature is not None:
+        spec.temperature = float(spec.temperature)
+    if spec.timeout_s is not None:
+        spec.timeout_s = float(spec.timeout_s)
+    return spec
+
+
+def from_dict(d: Any) -> RunConfig:
+    """Build and validate a RunConfig from parsed TOML (or any plain dict)."""
+    if not isinstance(d, dict):
+        raise ConfigError("a run config must be a table of keys")
+    unknown = sorted(set(d) - set(_RUN_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} (allowed: {', '.join(_RUN_KEYS)})")
+    for key, value in d.items():
+        _check_type(key, value, _RUN_KEYS[key])
+        if key in LIMITS and key != "proposers":
+            _check_range(key, key, value)
+    if "aggregator" not in d:
+        raise ConfigError("[aggregator] is missing: add a table with at least `model`")
+    if "proposers" not in d or not d["proposers"]:
+        raise ConfigError("[[proposers]] is missing: add 1..8 proposer tables with `model`")
+    cfg = RunConfig(
+        proposers=[_model_from_dict(f"proposers[{i}]", p) for i, p in enumerate(d["proposers"])],
+        aggregator=_model_from_dict("aggregator", d["aggregator"]),
+        name=d.get("name", "Untitled"),
+        layers=d.get("layers", 1),
+        proposer_timeout_s=float(d.get("proposer_timeout_s", 120.0)),
+        max_cost_usd=None if d.get("max_cost_usd") is None else float(d["max_cost_usd"]),
+        aggregator_prompt=d.get("aggregator_prompt"),
+    )
+    return validate(cfg)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range checks on a built config (also used after CLI/UI overrides)."""
+    n = len(cfg.proposers)
+    lo, hi = LIMITS["proposers"]
+    if not lo <= n <= hi:
+        raise ConfigError(f"proposers: {n} given, allowed {lo}..{hi}")
+    _check_type("layers", cfg.layers, (int,))
+    _check_range("layers", "layers", cfg.layers)
+    _check_range("proposer_timeout_s", "proposer_timeout_s", cfg.proposer_timeout_s)
+    if cfg.max_cost_usd is not None:
+        _check_range("max_cost_usd", "max_cost_usd", cfg.max_cost_usd)
+    if not cfg.name.strip():
+        raise ConfigError("name is empty: give the config a name")
+    if cfg.aggregator_prompt is not None and not cfg.aggregator_prompt.strip():
+        cfg.aggregator_prompt = None
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain dict in TOML layout, without keys that hold defaults of None."""
+
+    def model(spec: ModelSpec) -> dict[str, Any]:
+        return {
+            f.name: getattr(spec, f.name) for f in fields(spec) if getattr(spec, f.name) is not None
+        }
+
+    out: dict[str, Any] = {
+        "name": cfg.name,
+        "layers": cfg.layers,
+        "proposer_timeout_s": cfg.proposer_timeout_s,
+    }
+    if cfg.max_cost_usd is not None:
+        out["max_cost_usd"] = cfg.max_cost_usd
+    if cfg.aggregator_prompt is not None:
+        out["aggregator_prompt"] = cfg.aggregator_prompt
+    out["aggregator"] = model(cfg.aggregator)
+    out["proposers"] = [model(p) for p in cfg.proposers]
+    return out
+
+
+# ---------------------------------------------------------------- TOML
+
+
+def loads(text: str, source: str = "config") -> RunConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML: {e}") from None
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load(path: str | os.PathLike[str]) -> RunConfig:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_PRESET_BYTES:
+            raise ConfigError(
+                f"{p} is {size:,} bytes; a config file may be at most {MAX_PRESET_BYTES:,} bytes"
+            )
+        text = p.read_text(encoding="utf-8")
+    except ConfigError:
+        raise
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {p} is a directory, not a TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+    return loads(text, source=p.name)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps(cfg: RunConfig) -> str:
+    d = to_dict(cfg)
+    lines = [
+        f"{k} = {_toml_value(v)}" for k, v in d.items() if k not in ("aggregator", "proposers")
+    ]
+    lines += ["", "[aggregator]"] + [f"{k} = {_toml_value(v)}" for k, v in d["aggregator"].items()]
+    for p in d["proposers"]:
+        lines += ["", "[[proposers]]"] + [f"{k} = {_toml_value(v)}" for k, v in p.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- presets
+
+
+def check_preset_name(name: str) -> str:
+    name = name.strip()
+    if name.lower().endswith(".toml"):
+        name = name[:-5]
+    if not _PRESET_NAME.match(name) or ".." in name:
+        raise ConfigError(
+            f"preset name {name!r:.80} is not allowed: use 1-64 letters, digits, spaces, '-', '_' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def preset_path(name: str, presets_dir: Path | None = None) -> Path:
+    return (presets_dir or PRESETS_DIR) / f"{check_preset_name(name)}.toml"
+
+
+def list_presets(presets_dir: Path | None = None) -> list[str]:
+    d = presets_dir or PRESETS_DIR
+    return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []
+
+
+def load_preset(name: str, presets_dir: Path | None = None) -> RunConfig:
+    path = preset_path(name, presets_dir)
+    if not path.is_file():
+        have = ", ".join(list_presets(presets_dir)) or "none"
+        raise ConfigError(f"no preset named {name!r:.80} (available: {have})")
+    return load(path)
+
+
+def save_preset(cfg: RunConfig, name: str, presets_dir: Path | None = None) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves half a preset."""
+    path = preset_path(name, presets_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".toml.tmp{os.getpid()}")
+    tmp.write_text(dumps(replace(cfg, name=check_preset_name(name))), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,360 @@
+"""The layered Mixture-of-Agents run: proposer layers in parallel, then the aggregator.
+
+Reads top to bottom as the algorithm (`run`): check the inputs, run each proposer layer with
+all its calls concurrent (layer k>1 sees layer k-1's answers), then stream the synthesis.
+Transport lives in `moa.llm`, storage in `moa.store`, display in `moa.ui`; all of them learn
+what happens through the events of `moa.events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from moa import llm, prompts
+from moa.config import ConfigError, ModelSpec, RunConfig
+from moa.events import (
+    CallFailed,
+    CallFinished,
+    CallQueued,
+    CallRetrying,
+    CallStarted,
+    EventHandler,
+    LayerFinished,
+    RunFinished,
+    RunStarted,
+    TokenDelta,
+)
+from moa.records import CallRecord, RunRecord, new_run_id, utc_now
+
+
+class InputError(ValueError):
+    """The run cannot start: bad prompt, model, key or budget. Nothing was called."""
+
+
+@dataclass
+class Limits:
+    """How many calls may run at once per provider, and how failed calls are retried."""
+
+    per_provider: dict[str, int] = field(default_factory=lambda: {"local": 1})
+    default: int = 16
+    max_retries: int = 3
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 10.0
+
+
+class Cancel:
+    """Thread-safe stop button: `cancel()` from any thread ends the run as `cancelled`."""
+
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self._flag.is_set()
+
+    def cancel(self) -> None:
+        self._flag.set()
+        if self._loop is not None and self._task is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._task.cancel)
+
+    def _bind(self, task: asyncio.Task) -> None:
+        self._loop, self._task = task.get_loop(), task
+
+
+@dataclass
+class Estimate:
+    """Upper-bound cost of a run before it starts: max_tokens for every output."""
+
+    usd: float  # sum over models whose price is known
+    unknown_models: list[str]  # models with no known price (not counted in usd)
+
+    def describe(self) -> str:
+        text = f"${self.usd:.4f}"
+        if self.unknown_models:
+            text += f" (+ unknown price for {', '.join(sorted(set(self.unknown_models)))})"
+        return text
+
+
+# ---------------------------------------------------------------- before the run
+
+
+def estimate_cost(config: RunConfig, prompt: str, system_prompt: str | None = None) -> Estimate:
+    """Prompt tokens via litellm's counter × prices, max_tokens as the bound for each output."""
+    usd, unknown = 0.0, []
+    base_in = llm.count_tokens(
+        config.aggregator.model, prompts.proposer_messages(prompt, system_prompt)
+    )
+    prev_out = 0  # tokens of the previous layer's answers, which later calls read
+    for _layer in range(config.layers):
+        for spec in config.proposers:
+            cost = llm.cost_usd(spec.model, base_in + prev_out + 200, spec.max_tokens)
+            if cost is None:
+                unknown.append(spec.model)
+            else:
+                usd += cost
+        prev_out = sum(p.max_tokens for p in config.proposers)
+    agg = config.aggregator
+    cost = llm.cost_usd(agg.model, base_in + prev_out + 400, agg.max_tokens)
+    if cost is None:
+        unknown.append(agg.model)
+    else:
+        usd += cost
+    return Estimate(usd=usd, unknown_models=unknown)
+
+
+def check(config: RunConfig, prompt: str, system_prompt: str | None = None) -> Estimate:
+    """Every reason a run cannot start, as one InputError naming the fix; else the estimate."""
+    if not prompt or not prompt.strip():
+        raise InputError("the prompt is empty: type a question or task for the models")
+    specs = [(f"proposers[{i}]", p) for i, p in enumerate(config.proposers)]
+    for where, spec in [*specs, ("aggregator", config.aggregator)]:
+        try:
+            llm.check_model(spec, where)
+        except (llm.ModelInputError, ConfigError) as e:
+            raise InputError(str(e)) from None
+        window = llm.context_window(spec.model)
+        if window:
+            used = llm.count_tokens(spec.model, prompts.proposer_messages(prompt, system_prompt))
+            if used + spec.max_tokens > window:
+                raise InputError(
+                    f"{where}: the prompt is {used:,} tokens and max_tokens is {spec.max_tokens:,}, "
+                    f"but {spec.model} holds {window:,}; shorten the prompt or lower max_tokens"
+                )
+    estimate = estimate_cost(config, prompt, system_prompt)
+    if config.max_cost_usd is not None and estimate.usd > config.max_cost_usd:
+        raise InputError(
+            f"estimated cost {estimate.describe()} is over max_cost_usd = ${config.max_cost_usd:g}; "
+            "raise the cap, lower max_tokens, or use fewer or cheaper models"
+        )
+    return estimate
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_sync(config: RunConfig, prompt: str, **kwargs) -> RunRecord:
+    """`run` for callers without an event loop (CLI, scripts)."""
+    return asyncio.run(run(config, prompt, **kwargs))
+
+
+async def run(
+    config: RunConfig,
+    prompt: str,
+    *,
+    system_prompt: str | None = None,
+    on_event: EventHandler | None = None,
+    cancel: Cancel | None = None,
+    limits: Limits | None = None,
+    run_id: str | None = None,
+    checked: bool = False,
+) -> RunRecord:
+    """One MoA run. Raises InputError before any call if the inputs are unusable."""
+    if not checked:
+        check(config, prompt, system_prompt)
+    runner = _Runner(
+        config, prompt, system_prompt, on_event, cancel or Cancel(), limits or Limits()
+    )
+    return await runner.run(run_id or new_run_id())
+
+
+class _Runner:
+    def __init__(
+        self,
+        config: RunConfig,
+        prompt: str,
+        system_prompt: str | None,
+        on_event: EventHandler | None,
+        cancel: Cancel,
+        limits: Limits,
+    ) -> None:
+        self.config, self.prompt, self.system_prompt = config, prompt, system_prompt
+        self.emit: EventHandler = on_event or (lambda event: None)
+        self.cancel, self.limits = cancel, limits
+        self.semaphores: dict[str, asyncio.Semaphore] = {}
+        self.specs: dict[tuple[int, str, int], ModelSpec] = {}
+        self.t0 = 0.0
+
+    async def run(self, run_id: str) -> RunRecord:
+        record = RunRecord(run_id=run_id, config=self.config, prompt=self.prompt)
+        record.system_prompt = self.system_prompt
+        self.record = record
+        self._plan_calls()
+        self.t0 = time.monotonic()
+        self.cancel._bind(asyncio.current_task())
+        self.emit(RunStarted(record))
+        for call in record.calls:
+            self.emit(CallQueued(run_id, call))
+        try:
+            if self.cancel.requested:
+                raise asyncio.CancelledError
+            await self._layers_then_synthesis()
+        except asyncio.CancelledError:
+            record.status, record.error = "cancelled", "cancelled by the user"
+            for call in record.calls:
+                if call.status in ("waiting", "running"):
+                    call.status = "cancelled"
+        record.wall_s = round(time.monotonic() - self.t0, 4)
+        record.ended_at = utc_now()
+        self.emit(RunFinished(record))
+        return record
+
+    def _plan_calls(self) -> None:
+        """Every call of the run exists from the start, so a UI can show it as waiting."""
+        for layer in range(1, self.config.layers + 1):
+            for i, spec in enumerate(self.config.proposers):
+                self._add_call(CallRecord(layer, "proposer", i, spec.model, spec.display), spec)
+        agg = self.config.aggregator
+        self._add_call(
+            CallRecord(self.config.layers + 1, "aggregator", 0, agg.model, agg.display), agg
+        )
+
+    def _add_call(self, call: CallRecord, spec: ModelSpec) -> None:
+        call.params = {
+            k: v
+            for k, v in {
+                "temperature": spec.temperature,
+                "max_tokens": spec.max_tokens,
+                "system_prompt": spec.system_prompt,
+                "api_base": spec.api_base,
+                "timeout_s": self.config.timeout_for(spec),
+            }.items()
+            if v is not None
+        }
+        self.specs[call.key] = spec
+        self.record.calls.append(call)
+
+    async def _layers_then_synthesis(self) -> None:
+        record, previous = self.record, []
+        for layer in range(1, self.config.layers + 1):
+            calls = [c for c in record.calls if c.layer == layer and c.role == "proposer"]
+            await asyncio.gather(
+                *(self._call(c, self._proposer_messages(c, previous)) for c in calls)
+            )
+            ok = [c for c in calls if c.status == "ok"]
+            self.emit(LayerFinished(record.run_id, layer, len(ok), len(calls) - len(ok)))
+            if not ok:
+                reasons = "; ".join(f"{c.label}: {c.error}" for c in calls)
+                record.status = "failed"
+                record.error = f"all {len(calls)} proposers of layer {layer} failed ({reasons})"
+                for c in record.calls:
+                    if c.status == "waiting":
+                        c.status = "cancelled"
+                return
+            previous = [c.text for c in ok]
+
+        agg = record.aggregator_call
+        spec = self.specs[agg.key]
+        messages = prompts.aggregator_messages(
+            self.prompt,
+            previous,
+            self.config.aggregator_prompt,
+            _join(self.system_prompt, spec.system_prompt),
+        )
+        await self._call(agg, messages)
+        if agg.status == "ok":
+            record.status = "ok"
+        else:
+            record.status = "failed"
+            record.error = f"aggregator {agg.label} {agg.status}: {agg.error}"
+
+    def _proposer_messages(self, call: CallRecord, previous: list[str]) -> list[dict[str, str]]:
+        system = _join(self.system_prompt, self.specs[call.key].system_prompt)
+        if call.layer == 1:
+            return prompts.proposer_messages(self.prompt, system)
+        return prompts.layer_messages(self.prompt, previous, system)
+
+    def _semaphore(self, spec: ModelSpec) -> asyncio.Semaphore:
+        provider = spec.provider or spec.model
+        if provider not in self.semaphores:
+            n = self.limits.per_provider.get(provider, self.limits.default)
+            self.semaphores[provider] = asyncio.Semaphore(n)
+        return self.semaphores[provider]
+
+    async def _call(self, call: CallRecord, messages: list[dict[str, str]]) -> None:
+        """One model call with timeout and retries; its outcome is written into `call`."""
+        spec = self.specs[call.key]
+        timeout = self.config.timeout_for(spec)
+        run_id = self.record.run_id
+        async with self._semaphore(spec):
+            call.status, call.started_at = "running", utc_now()
+            start = time.monotonic()
+            call.start_s = round(start - self.t0, 4)
+            self.emit(CallStarted(run_id, call))
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._stream_with_retries(call, spec, messages, timeout, start)
+            except TimeoutError:
+                call.status = "timeout"
+                call.error = f"no complete answer within {timeout:g} s (timeout_s)"
+            except asyncio.CancelledError:
+                call.status, call.error = "cancelled", "cancelled by the user"
+                self._finish(call, start)
+                self.emit(CallFailed(run_id, call))
+                raise
+            except Exception as e:  # the provider's own message, keys redacted
+                call.status, call.error = "failed", llm.classify(e).message
+            else:
+                if call.text.strip():
+                    call.status = "ok"
+                else:
+                    call.status, call.error = "failed", "the model returned an empty answer"
+            self._finish(call, start, messages)
+            self.emit(
+                CallFinished(run_id, call) if call.status == "ok" else CallFailed(run_id, call)
+            )
+
+    async def _stream_with_retries(
+        self,
+        call: CallRecord,
+        spec: ModelSpec,
+        messages: list[dict[str, str]],
+        timeout: float,
+        start: float,
+    ) -> None:
+        while True:
+            call.attempts += 1
+            try:
+                async for chunk in llm.astream(spec, messages, timeout):
+                    if chunk.text:
+                        if call.ttft_s is None:
+                            call.ttft_s = round(time.monotonic() - start, 4)
+                        call.text += chunk.text
+                        self.emit(TokenDelta(self.record.run_id, call, chunk.text))
+                    if chunk.tokens_out is not None:
+                        call.tokens_in, call.tokens_out = chunk.tokens_in, chunk.tokens_out
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                info = llm.classify(e)
+                # After the first token a retry would repeat text the user already saw.
+                if not info.retryable or call.text or call.attempts > self.limits.max_retries:
+                    raise
+                delay = info.retry_after_s
+                if delay is None:
+                    delay = self.limits.backoff_base_s * 2 ** (call.attempts - 1)
+                    delay *= 0.75 + random.random() / 2  # jitter: callers don't retry in lockstep
+                delay = min(delay, self.limits.backoff_max_s)
+                self.emit(CallRetrying(self.record.run_id, call, info.message, delay))
+                await asyncio.sleep(delay)
+
+    def _finish(self, call: CallRecord, start: float, messages: list | None = None) -> None:
+        call.ended_at = utc_now()
+        call.latency_s = round(time.monotonic() - start, 4)
+        if call.text and call.tokens_out is None and messages is not None:
+            # The provider sent no usage (some servers don't): count with litellm's tokenizer.
+            call.tokens_in = llm.count_tokens(call.model, messages)
+            call.tokens_out = llm.count_tokens(call.model, text=call.text)
+        if call.tokens_out is not None:
+            call.cost_usd = llm.cost_usd(call.model, call.tokens_in or 0, call.tokens_out)
+
+
+def _join(*parts: str | None) -> str | None:
+    text = "\n\n".join(p for p in parts if p and p.strip())
+    return text or None

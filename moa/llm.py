@@ -1,0 +1,275 @@
+"""Model access through litellm: lazy import, input checks, one streamed call, errors, cost."""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import re
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from moa.config import ModelSpec
+
+# Env var names of the providers people use most; `python -m moa models` lists which are set.
+PROVIDER_KEYS: dict[str, str] = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "together_ai": "TOGETHERAI_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+    "xai": "XAI_API_KEY",
+    "cohere": "COHERE_API_KEY",
+    "fireworks_ai": "FIREWORKS_AI_API_KEY",
+}
+# Placeholder key for OpenAI-compatible servers that need none (Ollama, llama.cpp, vLLM): the
+# openai client refuses to send a request without some key, and a real provider key must not
+# be sent to a server the user merely pointed api_base at.
+NO_KEY = "sk-no-key-required"
+
+_lock = threading.Lock()
+_litellm: Any = None
+
+
+def litellm() -> Any:
+    """Import litellm once (≈5 s on 2 cores), quietly, with the local provider registered."""
+    global _litellm
+    if _litellm is None:
+        with _lock:
+            if _litellm is None:
+                os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                import litellm as lt
+
+                lt.suppress_debug_info = True
+                lt.drop_params = True  # a provider that lacks a param ignores it instead of failing
+                lt.telemetry = False
+                from moa import local
+
+                local.register(lt)
+                _litellm = lt
+    return _litellm
+
+
+def preload_in_background() -> threading.Thread:
+    """Start importing litellm off the caller's thread (the UI's first paint must not wait)."""
+    t = threading.Thread(target=litellm, name="moa-import-litellm", daemon=True)
+    t.start()
+    return t
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def secret_values() -> list[str]:
+    """Values of every key-like environment variable, so they can be scrubbed from text."""
+    names = set(PROVIDER_KEYS.values())
+    names |= {k for k in os.environ if re.search(r"(KEY|TOKEN|SECRET|PASSWORD)$", k.upper())}
+    return [v for k in names if len(v := os.environ.get(k, "")) >= 8]
+
+
+_KEY_PATTERNS = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9_.\-]{8,}|"
+    r"(?i:api[_-]?key['\"]?\s*[:=]\s*['\"]?)[A-Za-z0-9_.\-]{8,})"
+)
+
+
+def redact(text: str | None) -> str | None:
+    """Remove API keys from text that may be shown, logged or stored."""
+    if not text:
+        return text
+    for value in secret_values():
+        text = text.replace(value, "[REDACTED]")
+    return _KEY_PATTERNS.sub("[REDACTED]", text).replace(NO_KEY, "[REDACTED]")
+
+
+def keys_set() -> dict[str, bool]:
+    """Env var name → whether it is set (never the value)."""
+    return {env: bool(os.environ.get(env)) for env in PROVIDER_KEYS.values()}
+
+
+# ---------------------------------------------------------------- input checks
+
+
+class ModelInputError(ValueError):
+    """A model id, endpoint or key is unusable; raised before any call is made."""
+
+
+def check_model(spec: ModelSpec, where: str) -> None:
+    """Unknown provider, unknown local model or missing key → ModelInputError naming the fix."""
+    if spec.model.startswith("local/"):
+        from moa import local
+
+        if spec.model not in local.MODELS:
+            known = ", ".join(local.MODELS)
+            raise ModelInputError(f"{where}: unknown local model {spec.model!r} (known: {known})")
+        return
+    lt = litellm()
+    try:
+        _, provider, _, _ = lt.get_llm_provider(model=spec.model, api_base=spec.api_base)
+    except Exception:
+        raise ModelInputError(
+            f"{where}: {spec.model!r} is not a model id litellm knows; use 'provider/model', "
+            "e.g. 'openai/gpt-4o-mini', 'ollama/llama3.2' or 'local/smollm2-135m'"
+        ) from None
+    if spec.api_key_env and not os.environ.get(spec.api_key_env):
+        raise ModelInputError(
+            f"{where}: api_key_env names {spec.api_key_env}, which is not set; set it in the "
+            "environment or in .streamlit/secrets.toml"
+        )
+    if spec.api_base:
+        return  # a self-hosted OpenAI-compatible server: no provider key is sent
+    env = lt.validate_environment(model=spec.model)
+    missing = [k for k in env.get("missing_keys", []) if not k.endswith("_BASE")]
+    if missing:
+        raise ModelInputError(
+            f"{where}: {spec.model!r} needs {' and '.join(missing)}; set it in the environment "
+            "or in .streamlit/secrets.toml"
+        )
+
+
+def context_window(model: str) -> int | None:
+    try:
+        info = litellm().get_model_info(model)
+    except Exception:
+        return None
+    return info.get("max_input_tokens") or info.get("max_tokens")
+
+
+def count_tokens(model: str, messages: list[dict[str, str]] | None = None, text: str = "") -> int:
+    lt = litellm()
+    try:
+        if messages is not None:
+            return int(lt.token_counter(model=model, messages=messages))
+        return int(lt.token_counter(model=model, text=text))
+    except Exception:
+        # litellm falls back to tiktoken for unknown models; if even that fails, ~4 chars/token
+        joined = text if messages is None else " ".join(m["content"] for m in messages)
+        return max(1, len(joined) // 4)
+
+
+# ---------------------------------------------------------------- cost
+
+
+def cost_usd(model: str, tokens_in: int, tokens_out: int) -> float | None:
+    """Price from litellm's bundled map; None when the model's price is unknown (never 0)."""
+    if model.startswith("local/"):
+        return 0.0
+    try:
+        p, c = litellm().cost_per_token(
+            model=model, prompt_tokens=tokens_in, completion_tokens=tokens_out
+        )
+    except Exception:
+        return None
+    return round(float(p) + float(c), 10)
+
+
+def has_price(model: str) -> bool:
+    return cost_usd(model, 1000, 1000) is not None
+
+
+# ---------------------------------------------------------------- errors
+
+
+@dataclass
+class ErrorInfo:
+    message: str  # the provider's own message, keys redacted
+    retryable: bool  # 429 / 5xx / connection trouble
+    retry_after_s: float | None
+    status_code: int | None
+
+
+def _retry_after(exc: Exception) -> float | None:
+    headers = None
+    for attr in ("response", "litellm_response_headers"):
+        obj = getattr(exc, attr, None)
+        headers = getattr(obj, "headers", obj) if obj is not None else None
+        if headers:
+            break
+    if not headers:
+        return None
+    try:
+        value = headers.get("retry-after")
+    except Exception:
+        return None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def classify(exc: Exception) -> ErrorInfo:
+    code = getattr(exc, "status_code", None)
+    name = type(exc).__name__
+    message = str(getattr(exc, "message", "") or exc) or name
+    # litellm prefixes messages with its own class names; keep the provider's words.
+    message = re.sub(r"^(litellm\.)?\w+(Error|Exception):\s*", "", message)
+    message = re.sub(r"^(litellm\.)?\w+(Error|Exception):\s*", "", message)
+    retryable = code in (408, 409, 429) or (isinstance(code, int) and code >= 500)
+    retryable = retryable or name in ("APIConnectionError", "InternalServerError", "Timeout")
+    if name == "APIConnectionError" and "Connection refused" in message:
+        retryable = True
+    return ErrorInfo(
+        message=redact(message.strip()) or name,
+        retryable=retryable,
+        retry_after_s=_retry_after(exc),
+        status_code=code if isinstance(code, int) else None,
+    )
+
+
+# ---------------------------------------------------------------- the call
+
+
+@dataclass
+class Chunk:
+    text: str = ""
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
+def call_kwargs(spec: ModelSpec, messages: list[dict[str, str]], timeout_s: float) -> dict:
+    kwargs: dict[str, Any] = {
+        "model": spec.model,
+        "messages": messages,
+        "temperature": spec.temperature,
+        "max_tokens": spec.max_tokens,
+        "timeout": timeout_s,
+        "num_retries": 0,  # the engine retries, so it can report each retry
+    }
+    if spec.api_base:
+        kwargs["api_base"] = spec.api_base
+        kwargs["api_key"] = NO_KEY
+    if spec.api_key_env:
+        kwargs["api_key"] = os.environ.get(spec.api_key_env) or NO_KEY
+    return kwargs
+
+
+async def astream(
+    spec: ModelSpec, messages: list[dict[str, str]], timeout_s: float
+) -> AsyncIterator[Chunk]:
+    """Stream one chat completion: text deltas, then usage if the provider reports it."""
+    lt = litellm()
+    response = await lt.acompletion(
+        **call_kwargs(spec, messages, timeout_s),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    async for chunk in response:
+        out = Chunk()
+        choices = getattr(chunk, "choices", None) or []
+        if choices:
+            delta = getattr(choices[0], "delta", None)
+            out.text = (getattr(delta, "content", None) or "") if delta is not None else ""
+        usage = getattr(chunk, "usage", None)
+        if usage:
+            out.tokens_in = getattr(usage, "prompt_tokens", None)
+            out.tokens_out = getattr(usage, "completion_tokens", None)
+        if out.text or out.tokens_out is not None:
+            yield out

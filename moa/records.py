@@ -1,0 +1,125 @@
+"""What a run produced: one CallRecord per model call, gathered in a RunRecord."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from moa.config import RunConfig
+
+# Run statuses. "running" only ever appears in the store while a run is live.
+RUN_STATUSES = ("running", "ok", "failed", "cancelled", "interrupted")
+# Call statuses: waiting (queued), running (sent, maybe streaming), then one of the ends.
+CALL_STATUSES = ("waiting", "running", "ok", "failed", "timeout", "cancelled", "interrupted")
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp with milliseconds, sortable as text."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+
+
+def new_run_id() -> str:
+    """Time-ordered id: 12 hex digits of milliseconds then 8 random hex digits."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
+
+
+@dataclass
+class CallRecord:
+    """One call to one model: a proposer in a layer, or the aggregator."""
+
+    layer: int  # proposer layers are 1..N; the aggregator is layer N+1
+    role: str  # "proposer" | "aggregator"
+    index: int  # position within its layer (0 for the aggregator)
+    model: str
+    label: str
+    params: dict[str, Any] = field(default_factory=dict)
+    status: str = "waiting"
+    text: str = ""
+    error: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    start_s: float | None = None  # seconds since the run started (for timelines)
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+    attempts: int = 0
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return (self.layer, self.role, self.index)
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if not self.tokens_out or not self.latency_s or self.ttft_s is None:
+            return None
+        gen = self.latency_s - self.ttft_s
+        return self.tokens_out / gen if gen > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CallRecord:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+@dataclass
+class RunRecord:
+    """Everything about one MoA run: config, every call, the final answer, totals."""
+
+    run_id: str
+    config: RunConfig
+    prompt: str
+    system_prompt: str | None = None
+    status: str = "running"
+    error: str | None = None
+    created_at: str = field(default_factory=utc_now)
+    ended_at: str | None = None
+    wall_s: float | None = None
+    calls: list[CallRecord] = field(default_factory=list)
+    pid: int = field(default_factory=os.getpid)
+    parent_run_id: str | None = None  # set when candidates were reused from another run
+
+    @property
+    def proposer_calls(self) -> list[CallRecord]:
+        return [c for c in self.calls if c.role == "proposer"]
+
+    @property
+    def aggregator_call(self) -> CallRecord | None:
+        return next((c for c in self.calls if c.role == "aggregator"), None)
+
+    @property
+    def final_text(self) -> str | None:
+        agg = self.aggregator_call
+        return agg.text if agg is not None and agg.status == "ok" else None
+
+    @property
+    def last_layer(self) -> int:
+        return max((c.layer for c in self.proposer_calls), default=0)
+
+    def aggregated_candidates(self) -> list[tuple[int, CallRecord]]:
+        """The candidates the aggregator saw, as (position in proposer_calls, call)."""
+        last = self.last_layer
+        return [
+            (i, c)
+            for i, c in enumerate(self.proposer_calls)
+            if c.layer == last and c.status == "ok"
+        ]
+
+    def usage(self) -> dict[str, Any]:
+        """Totals over all calls; cost is None if any call that ran has an unknown price."""
+        ran = [c for c in self.calls if c.status not in ("waiting",)]
+        costs = [c.cost_usd for c in ran if c.tokens_in is not None or c.tokens_out]
+        return {
+            "tokens_in": sum(c.tokens_in or 0 for c in ran),
+            "tokens_out": sum(c.tokens_out or 0 for c in ran),
+            "cost_usd": None if any(x is None for x in costs) else round(sum(costs), 8),
+            "wall_s": self.wall_s,
+        }

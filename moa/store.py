@@ -1,0 +1,366 @@
+"""The SQLite log of every run and call (sqlite-utils, WAL), written as events arrive."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from moa import config as config_mod
+from moa.events import (
+    CallFailed,
+    CallFinished,
+    CallStarted,
+    Event,
+    RunFinished,
+    RunStarted,
+    TokenDelta,
+)
+from moa.llm import redact
+from moa.migrations import migrate
+from moa.records import CallRecord, RunRecord
+
+DEFAULT_DB = config_mod.ROOT / "data" / "moa.db"
+PARTIAL_FLUSH_S = 0.5  # how often a streaming call's partial text is saved (crash safety)
+_ACTIVE_RUNS: set[str] = set()  # runs this process is writing; others still "running" are dead
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or written; the message says which file and why."""
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("MOA_DB") or DEFAULT_DB)
+
+
+@dataclass
+class RunSummary:
+    """One row of the history table."""
+
+    id: str
+    created_at: str
+    name: str
+    prompt: str
+    proposers: str
+    aggregator: str
+    status: str
+    error: str | None
+    wall_s: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cost_usd: float | None
+    final_text: str | None
+    parent_run_id: str | None
+
+
+class Store:
+    """A database file; each thread gets its own connection (sqlite3 objects are thread-bound)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self._local = threading.local()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = self.db
+            db.enable_wal()
+            migrate(db)
+            self.recover_interrupted()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(_explain(self.path, e)) from None
+        except OSError as e:
+            raise StoreError(f"cannot open database {self.path}: {e.strerror or e}") from None
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            # isolation_level=None: we open write transactions ourselves, as BEGIN IMMEDIATE,
+            # so two writers queue on the lock instead of deadlocking on an upgrade.
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA foreign_keys = ON")
+            db = self._local.db = sqlite_utils.Database(conn)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as e:
+            raise StoreError(_explain(self.path, e)) from None
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None
+
+    # ------------------------------------------------------------ writing
+
+    def start_run(self, record: RunRecord) -> None:
+        _ACTIVE_RUNS.add(record.run_id)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO runs (id, created_at, name, prompt, system_prompt, status, "
+                "layers, n_proposers, proposers, aggregator, config_json, pid, parent_run_id) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.run_id,
+                    record.created_at,
+                    record.config.name,
+                    record.prompt,
+                    record.system_prompt,
+                    record.status,
+                    record.config.layers,
+                    len(record.config.proposers),
+                    ", ".join(p.model for p in record.config.proposers),
+                    record.config.aggregator.model,
+                    json.dumps(config_mod.to_dict(record.config)),
+                    record.pid,
+                    record.parent_run_id,
+                ),
+            )
+            for call in record.calls:
+                self._upsert_call(conn, record.run_id, call)
+
+    def save_call(self, run_id: str, call: CallRecord) -> None:
+        with self._write() as conn:
+            self._upsert_call(conn, run_id, call)
+
+    def save_partial_text(self, run_id: str, call: CallRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE calls SET text = ? WHERE run_id = ? AND layer = ? AND role = ? AND idx = ?",
+                (call.text, run_id, call.layer, call.role, call.index),
+            )
+
+    def finish_run(self, record: RunRecord) -> None:
+        usage = record.usage()
+        with self._write() as conn:
+            for call in record.calls:
+                self._upsert_call(conn, record.run_id, call)
+            conn.execute(
+                "UPDATE runs SET status = ?, error = ?, ended_at = ?, final_text = ?, tokens_in = ?, "
+                "tokens_out = ?, cost_usd = ?, wall_s = ? WHERE id = ?",
+                (
+                    record.status,
+                    redact(record.error),
+                    record.ended_at,
+                    record.final_text,
+                    usage["tokens_in"],
+                    usage["tokens_out"],
+                    usage["cost_usd"],
+                    record.wall_s,
+                    record.run_id,
+                ),
+            )
+        _ACTIVE_RUNS.discard(record.run_id)
+
+    def save_run(self, record: RunRecord) -> None:
+        """Write a whole finished run at once (imports, re-aggregation copies)."""
+        self.start_run(record)
+        self.finish_run(record)
+
+    @staticmethod
+    def _upsert_call(conn: sqlite3.Connection, run_id: str, call: CallRecord) -> None:
+        conn.execute(
+            "INSERT INTO calls (run_id, layer, role, idx, model, label, params_json, text, status, "
+            "error, started_at, ended_at, start_s, latency_s, ttft_s, tokens_in, tokens_out, "
+            "cost_usd, attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (run_id, layer, role, idx) DO UPDATE SET model = excluded.model, "
+            "label = excluded.label, params_json = excluded.params_json, text = excluded.text, "
+            "status = excluded.status, error = excluded.error, started_at = excluded.started_at, "
+            "ended_at = excluded.ended_at, start_s = excluded.start_s, "
+            "latency_s = excluded.latency_s, ttft_s = excluded.ttft_s, "
+            "tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out, "
+            "cost_usd = excluded.cost_usd, attempts = excluded.attempts",
+            (
+                run_id,
+                call.layer,
+                call.role,
+                call.index,
+                call.model,
+                call.label,
+                json.dumps(call.params),
+                call.text,
+                call.status,
+                redact(call.error),
+                call.started_at,
+                call.ended_at,
+                call.start_s,
+                call.latency_s,
+                call.ttft_s,
+                call.tokens_in,
+                call.tokens_out,
+                call.cost_usd,
+                call.attempts,
+            ),
+        )
+
+    def recover_interrupted(self) -> int:
+        """Runs left `running` by a process that is gone become `interrupted`, keeping their calls."""
+        rows = self.db.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
+        dead = [rid for rid, pid in rows if rid not in _ACTIVE_RUNS and not _alive(pid)]
+        if not dead:
+            return 0
+        with self._write() as conn:
+            for rid in dead:
+                conn.execute(
+                    "UPDATE calls SET status = 'interrupted' WHERE run_id = ? "
+                    "AND status IN ('waiting', 'running')",
+                    (rid,),
+                )
+                conn.execute(
+                    "UPDATE runs SET status = 'interrupted', error = 'the process running it stopped "
+                    "before the run finished' WHERE id = ?",
+                    (rid,),
+                )
+        return len(dead)
+
+    def delete_run(self, run_id: str) -> bool:
+        with self._write() as conn:
+            conn.execute("DELETE FROM calls WHERE run_id = ?", (run_id,))
+            return conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
+
+    # ------------------------------------------------------------ reading
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        r = next(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]), None)
+        if r is None:
+            return None
+        record = RunRecord(
+            run_id=r["id"],
+            config=config_mod.from_dict(json.loads(r["config_json"])),
+            prompt=r["prompt"],
+            system_prompt=r["system_prompt"],
+            status=r["status"],
+            error=r["error"],
+            created_at=r["created_at"],
+            ended_at=r["ended_at"],
+            wall_s=r["wall_s"],
+            pid=r["pid"],
+            parent_run_id=r["parent_run_id"],
+        )
+        for c in self.db.query(
+            "SELECT * FROM calls WHERE run_id = ? ORDER BY layer, role DESC, idx", [run_id]
+        ):
+            c["index"], c["params"] = c["idx"], json.loads(c["params_json"] or "{}")
+            record.calls.append(CallRecord.from_dict(c))
+        return record
+
+    def search_runs(
+        self,
+        query: str = "",
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        model: str | None = None,
+        status: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[RunSummary]:
+        """Newest first; `query` is plain words (quotes and FTS operators are taken literally)."""
+        where, params = [], []
+        fts = fts_query(query)
+        if fts:
+            where.append("runs.rowid IN (SELECT rowid FROM runs_fts WHERE runs_fts MATCH ?)")
+            params.append(fts)
+        if model:
+            where.append(
+                "(runs.aggregator = ? OR runs.id IN (SELECT run_id FROM calls WHERE model = ?))"
+            )
+            params += [model, model]
+        if status:
+            where.append("runs.status = ?")
+            params.append(status)
+        if since:
+            where.append("runs.created_at >= ?")
+            params.append(since)
+        if until:
+            where.append("runs.created_at < ?")
+            params.append(until)
+        sql = (
+            "SELECT id, created_at, name, prompt, proposers, aggregator, status, error, wall_s, "
+            "tokens_in, tokens_out, cost_usd, final_text, parent_run_id FROM runs"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        )
+        rows = self.db.execute(sql, [*params, limit, offset]).fetchall()
+        return [RunSummary(*row) for row in rows]
+
+    def count_runs(self) -> int:
+        return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def fts_query(text: str) -> str:
+    """User text → an FTS5 query of quoted words (AND), so operators and quotes can't error."""
+    words = [w for w in "".join(ch if ch.isalnum() else " " for ch in text).split() if w]
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words[:32])
+
+
+class StoreWriter:
+    """Event consumer that keeps the database in step with a live run."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._last_flush: dict[tuple[str, int, str, int], float] = {}
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case RunStarted(record=record):
+                self.store.start_run(record)
+            case CallStarted(run_id=run_id, call=call):
+                self.store.save_call(run_id, call)
+            case TokenDelta(run_id=run_id, call=call):
+                key = (run_id, *call.key)
+                now = time.monotonic()
+                if now - self._last_flush.get(key, 0.0) >= PARTIAL_FLUSH_S:
+                    self._last_flush[key] = now
+                    self.store.save_partial_text(run_id, call)
+            case CallFinished(run_id=run_id, call=call) | CallFailed(run_id=run_id, call=call):
+                self._last_flush.pop((run_id, *call.key), None)
+                self.store.save_call(run_id, call)
+            case RunFinished(record=record):
+                self.store.finish_run(record)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _explain(path: Path, e: sqlite3.DatabaseError) -> str:
+    msg = str(e)
+    if "not a database" in msg or "malformed" in msg:
+        return (
+            f"{path} is not a usable SQLite database ({msg}); move it aside or point MOA_DB / --db "
+            "at another file"
+        )
+    if "readonly" in msg or "read-only" in msg:
+        return f"{path} is read-only ({msg}); make it writable or point MOA_DB / --db elsewhere"
+    if "unable to open" in msg:
+        return f"cannot open database {path} ({msg}); check the folder exists and is writable"
+    return f"database {path}: {msg}"

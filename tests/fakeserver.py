@@ -1,0 +1,278 @@
+"""A loopback OpenAI-compatible chat server for tests and benchmarks: SSE streaming with usage,
+per-model delays and faults (500, 429 + Retry-After, hang, reset, malformed SSE, empty answer).
+
+Behaviour is chosen per model name: `server.set("slow", delay_s=1.0)`; litellm model ids are
+`openai/<name>` with `api_base=server.base_url`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAULTS = ("500", "429", "hang", "reset", "malformed", "empty")
+
+
+@dataclass
+class Behaviour:
+    text: str | None = None  # the answer; default: a few sentences naming the model
+    delay_s: float = 0.0  # before the response starts (time to first token)
+    token_delay_s: float = 0.0  # between streamed words
+    fault: str | None = None  # one of FAULTS
+    fail_times: int | None = None  # 500/429: fail this many times, then answer; None = always
+    retry_after: str | None = "0.2"  # the Retry-After header sent with 429
+    fault_after_words: int = 3  # hang/reset/malformed: words sent before the fault
+    usage: bool = True  # send a usage chunk when asked (stream_options.include_usage)
+    echo_auth: bool = False  # 500: echo the Authorization header, as careless providers do
+
+
+def default_text(model: str, prompt: str) -> str:
+    topic = " ".join(prompt.split()[:6]) or "the question"
+    return (
+        f"{model} considered {topic}. "
+        f"The first point from {model} is that careful answers help. "
+        f"The second point from {model} is that examples make ideas concrete."
+    )
+
+
+class FakeServer:
+    def __init__(self) -> None:
+        self.behaviours: dict[str, Behaviour] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._release = threading.Event()  # set by reset(): hung handlers of a past test end
+        self._httpd: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------ control
+
+    def start(self) -> FakeServer:
+        server = self
+
+        class Handler(_Handler):
+            fake = server
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def set(self, model: str, **kwargs: Any) -> None:
+        self.behaviours[model] = Behaviour(**kwargs)
+
+    def reset(self) -> None:
+        self._release.set()
+        deadline = time.monotonic() + 2
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._release = threading.Event()
+        with self._lock:
+            self.behaviours.clear()
+            self.requests.clear()
+            self.counts.clear()
+            self.max_active = 0
+
+    def requests_for(self, model: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["body"].get("model") == model]
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _record(self, headers: dict[str, str], body: dict[str, Any]) -> int:
+        with self._lock:
+            model = body.get("model", "")
+            self.counts[model] += 1
+            self.requests.append({"headers": headers, "body": body, "t": time.monotonic()})
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            return self.counts[model]
+
+    def _done(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # otherwise every keep-alive call stalls ~45 ms
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            data = [{"id": m, "object": "model"} for m in self.fake.behaviours]
+            self._json(200, {"object": "list", "data": data})
+        else:
+            self._json(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError:
+            self._json(400, {"error": {"message": "request body is not JSON"}})
+            return
+        n = self.fake._record(dict(self.headers), body)
+        try:
+            self._answer(body, n)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (cancel or timeout): fine
+        finally:
+            self.fake._done()
+
+    def _answer(self, body: dict[str, Any], n: int) -> None:
+        model = body.get("model", "")
+        b = self.fake.behaviours.get(model, Behaviour())
+        if b.delay_s and self.fake._stop.wait(b.delay_s):
+            return
+        failing = b.fail_times is None or n <= b.fail_times
+        if b.fault == "500" and failing:
+            msg = f"upstream {model} exploded"
+            if b.echo_auth:
+                msg += f" (request had Authorization: {self.headers.get('Authorization')})"
+            self._json(500, {"error": {"message": msg, "type": "server_error"}})
+            return
+        if b.fault == "429" and failing:
+            headers = {"Retry-After": b.retry_after} if b.retry_after else {}
+            msg = {"error": {"message": f"rate limit for {model}", "type": "rate_limit"}}
+            self._json(429, msg, headers)
+            return
+        prompt = ""
+        for m in body.get("messages", []):
+            if m.get("role") == "user":
+                prompt = m.get("content") or ""
+        text = b.text if b.text is not None else default_text(model, prompt)
+        if b.fault == "empty":
+            text = ""
+        words = [w + " " for w in text.split(" ")] if text else []
+        if words:
+            words[-1] = words[-1][:-1]
+        prompt_tokens = sum(
+            len(str(m.get("content", "")).split()) for m in body.get("messages", [])
+        )
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+        }
+        if not body.get("stream"):
+            self._json(
+                200,
+                {
+                    "id": f"chatcmpl-{n}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": text},
+                        }
+                    ],
+                    "usage": usage,
+                },
+            )
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        # Chunked, as real servers stream: a connection cut before the last chunk is an error
+        # the client can see, not a quiet end of the body.
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": f"chatcmpl-{n}",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        self._sse(chunk({"role": "assistant", "content": ""}))
+        for i, word in enumerate(words):
+            if b.fault in ("hang", "reset", "malformed") and i == b.fault_after_words:
+                if b.fault == "hang":
+                    release = self.fake._release
+                    while not (self.fake._stop.is_set() or release.is_set()):
+                        release.wait(0.05)
+                elif b.fault == "reset":
+                    # SO_LINGER 0 makes close() send RST: a connection reset mid-stream.
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    # The file objects hold references to the socket: close them all so the
+                    # descriptor really closes now.
+                    self.wfile.close()
+                    self.rfile.close()
+                    self.connection.close()
+                    self.close_connection = True
+                else:
+                    self._chunk(b"data: {this is not json\n\n")
+                    self._chunk(b"")
+                return
+            if b.token_delay_s and self.fake._stop.wait(b.token_delay_s):
+                return
+            self._sse(chunk({"content": word}))
+        self._sse(chunk({}, "stop"))
+        if b.usage and (body.get("stream_options") or {}).get("include_usage"):
+            self._sse({**chunk({}), "choices": [], "usage": usage})
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")  # the empty chunk ends the body
+
+    def _sse(self, obj: dict[str, Any]) -> None:
+        self._chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _json(
+        self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+if __name__ == "__main__":  # python tests/fakeserver.py: serve until Ctrl+C, for manual tries
+    s = FakeServer().start()
+    print(f"fake OpenAI-compatible server at {s.base_url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        s.stop()
