@@ -1,0 +1,744 @@
+"""What the aggregator kept: match each sentence of the final answer to the candidates."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import chain, pairwise
+from operator import itemgetter
+from typing import Any
+
+from rapidfuzz import fuzz
+
+# --------------------------------------------------------------------------------------------
+# Segmentation: Markdown text -> sentence-level units with exact character offsets
+# --------------------------------------------------------------------------------------------
+
+SEGMENT_KINDS = ("sentence", "list_item", "code", "heading", "table")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One unit of a text; `text` is always exactly `source[start:end]`."""
+
+    text: str
+    start: int
+    end: int
+    kind: str  # one of SEGMENT_KINDS
+
+
+_FENCE_OPEN = re.compile(r"^[ \t]*(`{3,}|~{3,})")
+_HEADING = re.compile(r"^[ \t]{0,3}#{1,6}(?:[ \t]|$)")
+# At most 3 digits for ordered markers, so a line like "1999. The war ended" stays prose.
+_LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t]+\S")
+_RULE = re.compile(r"^[ \t]{0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
+_SETEXT_UNDERLINE = re.compile(r"^[ \t]{0,3}(?:=+|-+)[ \t]*$")
+_TABLE_SEPARATOR = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)+\|?[ \t]*$")
+
+# A sentence ends at . ! ? (plus closing quotes, brackets or emphasis markers) before whitespace.
+_SENTENCE_END = re.compile(r"""[.!?…]+["'”’)\]*_]*(?=\s)""")
+_WHITESPACE = re.compile(r"\s+")
+# Besides capitals and digits, what may open the next sentence: quotes, brackets, markup.
+_SENTENCE_OPENERS = "\"'“‘([*_`"
+_INLINE_CODE = re.compile(r"`[^`\n]+`")
+# Words that end in a period without ending the sentence. "etc." is deliberately absent: it
+# usually does end one, and we only split when a capital follows anyway.
+_ABBREVIATIONS = frozenset(
+    """e.g i.e cf vs dr mr mrs ms prof st jr sr fig figs no nos approx al inc ltd co corp
+    jan feb mar apr jun jul aug sep sept oct nov dec mt ft ca est dept gen gov sen rep vol
+    ed eds pp ch sec ref resp min max incl excl ave blvd rd""".split()  # noqa: SIM905 (word list)
+)
+
+
+@dataclass
+class _Line:
+    text: str  # without the line break
+    start: int  # offset of the line in the whole text
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
+
+    @property
+    def blank(self) -> bool:
+        return not self.text.strip()
+
+
+def _lines(text: str) -> list[_Line]:
+    lines, pos = [], 0
+    for raw in text.splitlines(keepends=True):
+        body = raw.rstrip("\r\n")
+        lines.append(_Line(body, pos))
+        pos += len(raw)
+    return lines
+
+
+def _trimmed(text: str, start: int, end: int, kind: str) -> Segment | None:
+    """A segment for text[start:end] without surrounding whitespace, or None if it is blank."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return Segment(text[start:end], start, end, kind) if start < end else None
+
+
+def _is_table_start(lines: list[_Line], i: int) -> bool:
+    return (
+        "|" in lines[i].text
+        and i + 1 < len(lines)
+        and bool(_TABLE_SEPARATOR.match(lines[i + 1].text))
+    )
+
+
+def _starts_block(lines: list[_Line], i: int) -> bool:
+    """Does line i open a block that interrupts a paragraph or a list item?"""
+    t = lines[i].text
+    return bool(
+        _FENCE_OPEN.match(t)
+        or _HEADING.match(t)
+        or _RULE.match(t)
+        or _LIST_ITEM.match(t)
+        or _is_table_start(lines, i)
+    )
+
+
+def split_segments(text: str) -> list[Segment]:
+    """Split Markdown into units: sentences, whole list items, code blocks, headings, table rows.
+
+    Horizontal rules and blank lines produce nothing. Every segment maps back into `text`
+    exactly (`text[s.start:s.end] == s.text`), so a UI can tint the original in place.
+    """
+    segments: list[Segment] = []
+    lines = _lines(text)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.blank:
+            i += 1
+            continue
+
+        fence = _FENCE_OPEN.match(line.text)
+        if fence:
+            # The block runs to a closing fence of the same character, at least as long;
+            # an unclosed fence runs to the end of the text (as CommonMark says).
+            marker = fence.group(1)
+            close = re.compile(rf"^[ \t]*{re.escape(marker[0])}{{{len(marker)},}}[ \t]*$")
+            j = i + 1
+            while j < len(lines) and not close.match(lines[j].text):
+                j += 1
+            last = lines[min(j, len(lines) - 1)]
+            seg = _trimmed(text, line.start, last.end, "code")
+            if seg:
+                segments.append(seg)
+            i = j + 1
+            continue
+
+        if _HEADING.match(line.text):
+            seg = _trimmed(text, line.start, line.end, "heading")
+            if seg:
+                segments.append(seg)
+            i += 1
+            continue
+
+        if _RULE.match(line.text):
+            i += 1
+            continue
+
+        if _is_table_start(lines, i):
+            j = i
+            while j < len(lines) and not lines[j].blank and "|" in lines[j].text:
+                if j != i + 1:  # the |---|---| separator row carries no content
+                    seg = _trimmed(text, lines[j].start, lines[j].end, "table")
+                    if seg:
+                        segments.append(seg)
+                j += 1
+            i = j
+            continue
+
+        if _LIST_ITEM.match(line.text):
+            # One item = its marker line plus lazy continuation lines, up to a blank line or
+            # the next block (including the next item, nested or not).
+            j = i + 1
+            while j < len(lines) and not lines[j].blank and not _starts_block(lines, j):
+                j += 1
+            seg = _trimmed(text, line.start, lines[j - 1].end, "list_item")
+            if seg:
+                segments.append(seg)
+            i = j
+            continue
+
+        # A paragraph: up to a blank line or a block that interrupts it.
+        j = i + 1
+        while j < len(lines) and not lines[j].blank and not _starts_block(lines, j):
+            if _SETEXT_UNDERLINE.match(lines[j].text):
+                break
+            j += 1
+        if j < len(lines) and j == i + 1 and _SETEXT_UNDERLINE.match(lines[j].text):
+            # "Title\n=====": a one-line paragraph underlined is a heading.
+            seg = _trimmed(text, line.start, line.end, "heading")
+            if seg:
+                segments.append(seg)
+            i = j + 1
+            continue
+        segments.extend(_split_sentences(text, line.start, lines[j - 1].end))
+        i = j
+    return segments
+
+
+_LAST_WORD = re.compile(r"([^\s(\[\"'“‘]*)\.$")
+
+
+def _ends_with_abbreviation(before: str) -> bool:
+    """Is the period at the end of `before` part of an abbreviation or an initial?"""
+    # Look at the tail only: searching the whole paragraph each time would be quadratic.
+    word = _LAST_WORD.search(before[-40:])
+    if not word:
+        return False
+    raw = word.group(1).strip("*_")
+    w = raw.lower()
+    return (
+        w in _ABBREVIATIONS
+        or (len(raw) == 1 and raw.isupper())  # an initial: "J. R. R. Tolkien"
+        or bool(re.fullmatch(r"(?:[a-z]\.)+[a-z]", w))  # "U.S.", "e.g.", "a.m."
+    )
+
+
+def _opens_sentence(para: str, i: int) -> bool:
+    """Can a sentence start at para[i]? A capital, a digit, an opening quote, bracket or
+    markup, or a camel-cased word such as "mRNA" or "iPhone"."""
+    first = para[i : i + 1]
+    if not first:
+        return False
+    if first.isupper() or first.isdigit() or first in _SENTENCE_OPENERS:
+        return True
+    word = re.match(r"\w+", para[i:])
+    return bool(word) and any(ch.isupper() for ch in word.group(0))
+
+
+def _split_sentences(text: str, start: int, end: int) -> list[Segment]:
+    """Split the prose in text[start:end] into sentences."""
+    para = text[start:end]
+    in_code = [False] * (len(para) + 1)
+    for m in _INLINE_CODE.finditer(para):
+        for k in range(m.start(), m.end()):
+            in_code[k] = True
+
+    cuts = []  # (end of a sentence, start of the next) within para
+    for m in _SENTENCE_END.finditer(para):
+        if in_code[m.start()]:
+            continue
+        punct = m.group(0).rstrip("\"'”’)]*_")
+        if punct in ("...", "…") or punct.endswith(("...", "…")):
+            continue  # an ellipsis trails off; it does not end the sentence
+        if punct == "." and _ends_with_abbreviation(para[: m.start() + 1]):
+            continue
+        gap = _WHITESPACE.match(para, m.end())
+        if gap and _opens_sentence(para, gap.end()):
+            cuts.append((m.end(), gap.end()))
+    # A line ending in a colon introduces what follows ("Steps:\nBoil the water.").
+    for m in re.finditer(r":[ \t]*\n\s*(?=\S)", para):
+        if not in_code[m.start()]:
+            cuts.append((m.start() + 1, m.end()))
+    cuts.sort()
+
+    segments, pos = [], 0
+    for cut_end, next_start in cuts:
+        if cut_end <= pos:
+            continue
+        seg = _trimmed(text, start + pos, start + cut_end, "sentence")
+        if seg:
+            segments.append(seg)
+        pos = next_start
+    seg = _trimmed(text, start + pos, end, "sentence")
+    if seg:
+        segments.append(seg)
+    return segments
+
+
+# --------------------------------------------------------------------------------------------
+# Lexical features: normalised tokens, content words, bigrams, a flat string for rapidfuzz
+# --------------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\w+(?:[.'’]\w+)*")
+_LEADING_MARKUP = re.compile(r"^[ \t]*(?:>[ \t]*)*(?:[-*+][ \t]+|\d{1,3}[.)][ \t]+|#{1,6}[ \t]*)?")
+_FENCE_LINE = re.compile(r"^[ \t]*(?:`{3,}|~{3,}).*$", re.M)
+# Function words: shared by almost any two English sentences, so they say nothing about origin.
+_STOPWORDS = frozenset(
+    """a an the and or but nor so yet if then than that this these those there here it its
+    is are was were be been being am do does did done have has had having of in on at to for
+    from by with without as into onto over under about after before between through during
+    up down out off again further once all any both each few more most other some such no
+    not only own same too very can will just should would could may might must shall i me
+    my we our you your he him his she her they them their what which who whom whose when
+    where why how also let us""".split()  # noqa: SIM905 (a word list reads better as text)
+)
+
+
+@lru_cache(maxsize=65536)  # answers repeat their words: stem each distinct one once
+def _stem(token: str) -> str:
+    """A deliberately crude suffix stripper: "baking", "baked", "bakes" and "bake" -> "bak".
+
+    It only has to map the inflections a light edit introduces onto one key; it need not
+    produce real words.
+    """
+    if any(ch.isdigit() for ch in token):
+        return token
+    if len(token) > 4 and token.endswith("ies"):
+        token = token[:-3] + "y"
+    elif len(token) > 5 and token.endswith("ing"):
+        token = token[:-3]
+    elif len(token) > 3 and token.endswith("ed"):
+        token = token[:-2]
+    elif len(token) > 3 and token.endswith("s") and not token.endswith("ss"):
+        token = token[:-1]
+    if len(token) > 3 and token.endswith("e"):
+        token = token[:-1]
+    return token
+
+
+_STOP_STEMS = frozenset(_stem(w) for w in _STOPWORDS)
+
+
+@dataclass
+class _Features:
+    """What the lexical matcher compares, computed once per segment."""
+
+    n_tokens: int
+    content: frozenset[str]  # stemmed content words (all words if there are none)
+    bigrams: frozenset[tuple[str, str]]  # stemmed word bigrams, function words included
+    flat: str  # lowercased words joined by spaces, for rapidfuzz
+    code: bool  # a fenced code block
+
+
+def _features(segment: Segment) -> _Features:
+    # Fences and language tags are not content, nor are list markers, "#" and ">".
+    code = segment.kind == "code"
+    body = _FENCE_LINE.sub(" ", segment.text) if code else _LEADING_MARKUP.sub("", segment.text)
+    words = [w.strip("_") for w in _TOKEN.findall(body.lower())]
+    words = [w for w in words if w]
+    stems = [_stem(w) for w in words]
+    content = frozenset(s for w, s in zip(words, stems, strict=True) if w not in _STOPWORDS)
+    return _Features(
+        n_tokens=len(words),
+        content=content or frozenset(stems),
+        bigrams=frozenset(pairwise(stems)),
+        flat=" ".join(words),
+        code=code,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring one final segment against one candidate segment
+# --------------------------------------------------------------------------------------------
+
+# Weights of the three lexical signals and the decision threshold, tuned on the labelled set in
+# tests/data/attribution_cases.json with bench/attribution.py (see bench/RESULTS.md).
+W_UNIGRAM = 0.4  # share of the final sentence's content words found in the candidate sentence
+W_BIGRAM = 0.2  # share of its word pairs found there: the same words in the same phrasing
+W_FUZZY = 0.4  # rapidfuzz character alignment: catches spelling and inflection edits
+# In code, identifiers and keywords repeat everywhere (`def`, `return`, `items`), so shared words
+# say little and shared word order says more. Chosen after the held-out set's one error: a new
+# helper function scored as kept because it reused the candidate's variable names.
+W_CODE = (0.2, 0.4, 0.4)  # unigram, bigram, fuzzy weights when the final segment is code
+DEFAULT_THRESHOLD = 0.45
+# Candidates whose best score is this close to the top one said "the same thing" and all get
+# credit (the same words reordered score about 0.87 against a verbatim copy's 1.0).
+TIE_MARGIN = 0.15
+# Segments this short (in words) are scored by whole-string similarity alone and need at least
+# SHORT_MIN_SCORE: "Enjoy!" must not be "kept from" every candidate containing "enjoy", nor
+# "Bake it." from "Bake it for an hour."
+SHORT_TOKENS = 3
+SHORT_MIN_SCORE = 0.8
+# How many candidate segments per candidate get the full (rapidfuzz) score after the cheap
+# shared-word prefilter.
+_TOP_K = 3
+
+
+def _pair_score(q: _Features, c: _Features) -> float:
+    """How much of the query segment `q` (a final sentence) is explained by segment `c`, 0..1."""
+    if not q.n_tokens or not c.n_tokens:
+        return 0.0
+    if q.n_tokens <= SHORT_TOKENS:
+        return fuzz.ratio(q.flat, c.flat) / 100
+    uni = len(q.content & c.content) / len(q.content)
+    bi = len(q.bigrams & c.bigrams) / len(q.bigrams) if q.bigrams else uni
+    if len(q.flat) <= len(c.flat):
+        # The final sentence may keep just a part of a longer candidate sentence: align it
+        # against the best-matching stretch of the candidate.
+        fz = fuzz.partial_ratio(q.flat, c.flat) / 100
+    else:
+        # The other way round a partial match would reward a short candidate phrase inside a
+        # long final sentence that is mostly new; the plain ratio penalises the difference.
+        fz = fuzz.ratio(q.flat, c.flat) / 100
+    w_uni, w_bi, w_fz = W_CODE if q.code else (W_UNIGRAM, W_BIGRAM, W_FUZZY)
+    return w_uni * uni + w_bi * bi + w_fz * fz
+
+
+def _union_score(q: _Features, a: _Features, b: _Features) -> float:
+    """The score of `q` against segments `a` and `b` taken together (a merged sentence)."""
+    if q.n_tokens <= SHORT_TOKENS:
+        return 0.0
+    uni = len(q.content & (a.content | b.content)) / len(q.content)
+    both = a.bigrams | b.bigrams
+    bi = len(q.bigrams & both) / len(q.bigrams) if q.bigrams else uni
+    fz = max(fuzz.ratio(q.flat, f"{a.flat} {b.flat}"), fuzz.ratio(q.flat, f"{b.flat} {a.flat}"))
+    return W_UNIGRAM * uni + W_BIGRAM * bi + W_FUZZY * fz / 100
+
+
+def _most_shared_first(hit: tuple[tuple[int, int], int]) -> tuple[int, int, int]:
+    """Sort key for shared-word counts: most shared first, ties in text order (deterministic)."""
+    (ci, j), n = hit
+    return (-n, ci, j)
+
+
+class _Index:
+    """An inverted index from content word to candidate segments, for a cheap prefilter."""
+
+    def __init__(self, features: list[list[_Features]]):
+        self.features = features
+        self.postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for ci, segs in enumerate(features):
+            for j, f in enumerate(segs):
+                for word in f.content:
+                    self.postings[word].append((ci, j))
+
+    def shared_words(self, words: frozenset[str]) -> Counter[tuple[int, int]]:
+        """For every candidate segment sharing a word with `words`: how many it shares."""
+        # Sorted words make the order of ties, and so the whole result, reproducible.
+        return Counter(chain.from_iterable(self.postings.get(w, ()) for w in sorted(words)))
+
+    def best_per_candidate(
+        self, q: _Features, cache: dict[tuple[int, int], float] | None = None
+    ) -> dict[int, tuple[float, int]]:
+        """For each candidate with any shared word: (best score, segment index) for `q`.
+
+        Only the _TOP_K segments of each candidate that share the most words get the full
+        score; the others cannot plausibly win.
+        """
+        best: dict[int, tuple[float, int]] = {}
+        taken: Counter[int] = Counter()
+        # Most shared first; a stable sort on the count alone keeps ties reproducible and is
+        # much faster than a Python key function on long answers.
+        hits = sorted(self.shared_words(q.content).items(), key=itemgetter(1), reverse=True)
+        for (ci, j), _ in hits:
+            if taken[ci] >= _TOP_K:
+                continue
+            taken[ci] += 1
+            score = _pair_score(q, self.features[ci][j])
+            if cache is not None:
+                cache[(ci, j)] = score
+            if ci not in best or score > best[ci][0]:
+                best[ci] = (score, j)
+        return best
+
+
+# --------------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """A candidate a final segment was kept from, with how well its segment matches (0..1).
+
+    The score is always this candidate's own match for the whole final segment, so in a merge a
+    part may score below the threshold while the combined score (AttributedSegment.score) passes.
+    """
+
+    candidate: int  # index into the `candidates` passed to attribute()
+    score: float
+    segment_index: int  # index into Attribution.candidate_segments[candidate]
+
+
+@dataclass
+class AttributedSegment:
+    """A segment of the final answer and where it came from."""
+
+    segment: Segment
+    sources: list[Source]  # best first; empty when novel
+    novel: bool  # no candidate explains it: the aggregator's own words
+    score: float  # how well the sources explain it (for a merge: all of them together)
+    merged: bool = False  # built from two candidate segments (possibly of different candidates)
+
+
+@dataclass
+class CandidateSegment:
+    """A segment of a candidate answer and whether the final answer kept it."""
+
+    segment: Segment
+    kept: bool
+    score: float  # best match against any final segment, kept or not (0 if it shares no word)
+    match: int | None  # the final segment with that best match, for a hover
+    used_by: list[int] = field(default_factory=list)  # final segments that credit this one
+
+
+@dataclass
+class Attribution:
+    """What the aggregator kept from each candidate, sentence by sentence."""
+
+    segments: list[AttributedSegment]
+    candidate_segments: list[list[CandidateSegment]]
+    # Each candidate's share of the final answer's characters. A segment with several sources
+    # is split between them in proportion to their scores. share + novel_share sums to 1
+    # (all zeros for an empty final answer).
+    share: list[float]
+    novel_share: float
+    main_source: int | None  # the candidate with the largest share, None if nothing was kept
+    agreement: list[list[float]]  # symmetric, 1.0 on the diagonal
+    threshold: float
+
+    def to_json(self, candidate_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """The JSON contract: [{"sentence", "sources": [{"candidate", "score"}], "novel"}].
+
+        `candidate_ids[i]` is the id to print for local candidate i (e.g. its position in the
+        CLI's full `candidates` list); by default the local index itself.
+        """
+        n = len(self.candidate_segments)
+        if candidate_ids is None:
+            candidate_ids = range(n)
+        elif len(candidate_ids) != n:
+            raise ValueError(f"candidate_ids has {len(candidate_ids)} ids for {n} candidates")
+        return [
+            {
+                "sentence": s.segment.text,
+                "sources": [
+                    {"candidate": candidate_ids[src.candidate], "score": round(src.score, 3)}
+                    for src in s.sources
+                ],
+                "novel": s.novel,
+            }
+            for s in self.segments
+        ]
+
+
+# --------------------------------------------------------------------------------------------
+# attribute(): the algorithm, top to bottom
+# --------------------------------------------------------------------------------------------
+
+MATCHERS = ("lexical",)
+
+
+def attribute(
+    final: str,
+    candidates: Sequence[str],
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    matcher: str = "lexical",
+) -> Attribution:
+    """Attribute each segment of `final` to the candidate answer(s) it was kept from.
+
+    Each final segment is scored against the candidates' segments (see `_pair_score`). It is
+    kept from every candidate whose best score reaches `threshold` and is within TIE_MARGIN of
+    the top one; when one candidate segment explains only part of it and a second segment
+    (from any candidate) explains most of the rest, it is a merge and credits both. Otherwise
+    it is novel. `matcher` names the scoring method; "lexical" is the only one.
+    """
+    if matcher not in MATCHERS:
+        raise ValueError(f"unknown matcher {matcher!r}; choose one of {', '.join(MATCHERS)}")
+    final_segments = split_segments(final or "")
+    candidate_segs = [split_segments(c or "") for c in candidates]
+    final_features = [_features(s) for s in final_segments]
+    cand_features = [[_features(s) for s in segs] for segs in candidate_segs]
+    index = _Index(cand_features)
+
+    # Every (final segment, candidate segment) score computed, reused for candidate columns.
+    scores: dict[tuple[int, int, int], float] = {}
+    attributed: list[AttributedSegment] = []
+    used: list[list[tuple[int, int]]] = []  # per final segment: the candidate segments it used
+    for fi, (seg, q) in enumerate(zip(final_segments, final_features, strict=True)):
+        cache: dict[tuple[int, int], float] = {}
+        result, parts = _attribute_segment(seg, q, index, threshold, cache)
+        scores.update({(fi, ci, j): v for (ci, j), v in cache.items()})
+        attributed.append(result)
+        used.append(parts)
+
+    columns = _candidate_columns(candidate_segs, cand_features, final_features, used, scores)
+    share, novel_share = _shares(attributed, len(candidates))
+    best = max(range(len(share)), key=lambda i: (share[i], -i), default=None)
+    return Attribution(
+        segments=attributed,
+        candidate_segments=columns,
+        share=share,
+        novel_share=novel_share,
+        main_source=best if best is not None and share[best] > 0 else None,
+        agreement=_agreement(cand_features),
+        threshold=threshold,
+    )
+
+
+def _attribute_segment(
+    seg: Segment,
+    q: _Features,
+    index: _Index,
+    threshold: float,
+    cache: dict[tuple[int, int], float],
+) -> tuple[AttributedSegment, list[tuple[int, int]]]:
+    """Sources of one final segment, and the candidate segments (ci, j) they matched."""
+    best = index.best_per_candidate(q, cache)
+    if not best:
+        return AttributedSegment(seg, [], novel=True, score=0.0), []
+    top_ci = max(best, key=lambda ci: (best[ci][0], -ci))
+    top_score, top_j = best[top_ci]
+    if q.n_tokens <= SHORT_TOKENS:
+        threshold = max(threshold, SHORT_MIN_SCORE)
+
+    merge = _find_merge(q, index, top_ci, top_j, top_score, threshold)
+    if merge is None:
+        if top_score < threshold:
+            return AttributedSegment(seg, [], novel=True, score=top_score), []
+        # Everyone who said (nearly) the same thing gets credit.
+        chosen = {
+            ci: (s, j)
+            for ci, (s, j) in best.items()
+            if s >= threshold and s >= top_score - TIE_MARGIN
+        }
+        parts = [(ci, j) for ci, (_, j) in chosen.items()]
+        score = top_score
+    else:
+        (ci2, j2), union = merge
+        chosen = {ci: (s, j) for ci, (s, j) in best.items() if s >= top_score - TIE_MARGIN}
+        parts = [(ci, j) for ci, (_, j) in chosen.items()] + [(ci2, j2)]
+        if ci2 not in chosen:
+            s2 = cache.get((ci2, j2))
+            if s2 is None:
+                s2 = cache[(ci2, j2)] = _pair_score(q, index.features[ci2][j2])
+            chosen[ci2] = (s2, j2)
+        score = union
+
+    sources = sorted(
+        (Source(ci, s, j) for ci, (s, j) in chosen.items()),
+        key=lambda src: (-src.score, src.candidate),
+    )
+    attributed = AttributedSegment(seg, sources, novel=False, score=score, merged=merge is not None)
+    return attributed, parts
+
+
+# A merge is tried when the best single match leaves this share of the content words (and at
+# least two) unexplained, and kept when the second part raises the score by MERGE_GAIN.
+MERGE_MIN_RESIDUAL = 0.3
+MERGE_GAIN = 0.1
+
+
+def _find_merge(
+    q: _Features,
+    index: _Index,
+    top_ci: int,
+    top_j: int,
+    top_score: float,
+    threshold: float,
+) -> tuple[tuple[int, int], float] | None:
+    """A second candidate segment that, with the best one, explains `q` much better.
+
+    Aggregators often fuse two candidates' sentences into one ("Preheat the oven to 200 C and
+    grease the tin"). Neither source alone explains the result, but together they do.
+    Returns ((candidate, segment), union score) or None.
+    """
+    if q.n_tokens <= SHORT_TOKENS or q.code:
+        return None  # a code block is kept or not as a whole
+    first = index.features[top_ci][top_j]
+    residual = q.content - first.content
+    if len(residual) < max(2, MERGE_MIN_RESIDUAL * len(q.content)):
+        return None  # the best match already covers nearly all of it
+    hits = index.shared_words(residual)
+    hits.pop((top_ci, top_j), None)
+    if not hits:
+        return None
+    ranked = sorted(hits.items(), key=_most_shared_first)
+    # Only segments that cover at least half of what is missing are worth the full score.
+    floor = max(2, len(residual) / 2)
+    best: tuple[tuple[int, int], float] | None = None
+    for key, n in ranked[:_TOP_K]:
+        if n < floor:
+            break
+        union = _union_score(q, first, index.features[key[0]][key[1]])
+        if best is None or union > best[1]:
+            best = (key, union)
+    if best is None or best[1] < threshold or best[1] < top_score + MERGE_GAIN:
+        return None
+    return best
+
+
+def _candidate_columns(
+    candidate_segs: list[list[Segment]],
+    cand_features: list[list[_Features]],
+    final_features: list[_Features],
+    used: list[list[tuple[int, int]]],
+    scores: dict[tuple[int, int, int], float],
+) -> list[list[CandidateSegment]]:
+    """Each candidate's segments marked kept or dropped, with their best final counterpart."""
+    final_index = _Index([final_features])
+    columns: list[list[CandidateSegment]] = []
+    for ci, segs in enumerate(candidate_segs):
+        column = []
+        for j, seg in enumerate(segs):
+            # A dropped segment gets one score, against the final segment sharing the most
+            # words with it, so a hover can show its nearest counterpart. Segments sharing
+            # under a third of that final segment's words are left at 0: they cannot match,
+            # and scoring them all costs too much on long answers.
+            hits = final_index.shared_words(cand_features[ci][j].content)
+            if hits:
+                (_, fi), n = max(hits.items(), key=itemgetter(1))
+                if (fi, ci, j) not in scores and n >= len(final_features[fi].content) / 3:
+                    scores[(fi, ci, j)] = _pair_score(final_features[fi], cand_features[ci][j])
+            column.append(CandidateSegment(seg, kept=False, score=0.0, match=None))
+        columns.append(column)
+    for (fi, ci, j), score in scores.items():
+        cell = columns[ci][j]
+        if score > cell.score:
+            cell.score, cell.match = score, fi
+    for fi, parts in enumerate(used):
+        for ci, j in parts:
+            cell = columns[ci][j]
+            cell.kept = True
+            if fi not in cell.used_by:
+                cell.used_by.append(fi)
+    return columns
+
+
+def _shares(attributed: list[AttributedSegment], n: int) -> tuple[list[float], float]:
+    """Fractions of the final answer's characters credited to each candidate, and to nobody."""
+    total = sum(len(s.segment.text) for s in attributed)
+    share = [0.0] * n
+    novel = 0.0
+    if not total:
+        return share, 0.0
+    for s in attributed:
+        size = len(s.segment.text) / total
+        weight = sum(src.score for src in s.sources)
+        if s.novel or weight <= 0:
+            novel += size
+            continue
+        for src in s.sources:
+            share[src.candidate] += size * src.score / weight
+    return share, novel
+
+
+def _agreement(cand_features: list[list[_Features]]) -> list[list[float]]:
+    """Pairwise agreement: the share of each one's phrasing the other also uses, both ways.
+
+    "a in b" is the fraction of a's word bigrams (pairs of two function words excluded, as
+    every text has "of the") that also occur somewhere in b; agreement[a][b] is the mean of
+    "a in b" and "b in a". Matching every sentence of a against every sentence of b would be
+    closer to "they make the same points", but it costs O(sentences²) and blew the time budget
+    on long answers; shared phrasing tracks it closely for answers to the same prompt.
+    """
+    bags = [
+        {
+            bg
+            for f in segs
+            for bg in f.bigrams
+            if not (bg[0] in _STOP_STEMS and bg[1] in _STOP_STEMS)
+        }
+        for segs in cand_features
+    ]
+    n = len(bags)
+
+    def inside(a: int, b: int) -> float:
+        return len(bags[a] & bags[b]) / len(bags[a]) if bags[a] else 0.0
+
+    return [
+        [1.0 if a == b else (inside(a, b) + inside(b, a)) / 2 for b in range(n)] for a in range(n)
+    ]
