@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_id", metavar="RUN_ID")
     _common(show)
 
+    exp = sub.add_parser("export", help="export one run as Markdown, JSON or an HTML report")
+    exp.add_argument("run_id", metavar="RUN_ID")
+    exp.add_argument("--format", choices=("md", "json", "html"), default="md")
+    exp.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    exp.add_argument("--db", metavar="PATH", help="SQLite file (default: $MOA_DB or data/moa.db)")
+
+    imp = sub.add_parser("import", help="import a run from a JSON export")
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("--db", metavar="PATH", help="SQLite file (default: $MOA_DB or data/moa.db)")
+
     models = sub.add_parser("models", help="local models and which provider keys are set")
     models.add_argument("--json", action="store_true", help="print JSON")
     return p
@@ -177,6 +187,52 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from moa import export, report
+    from moa.store import Store
+
+    record = Store(args.db).get_run(args.run_id)
+    if record is None:
+        raise BadInput(f"no run with id {args.run_id!r}; `python -m moa history` lists them")
+    if args.format == "json":
+        text = json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2) + "\n"
+    elif args.format == "html":
+        text = report.run_to_html(record)
+    else:
+        text = export.run_to_markdown(record)
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise BadInput(f"cannot write {args.output}: {e.strerror}") from None
+        _err(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from moa import export
+    from moa.store import Store
+
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read(export.MAX_IMPORT_BYTES + 1)
+    except OSError as e:
+        raise BadInput(f"cannot read {args.file}: {e.strerror}") from None
+    try:
+        record = export.load_json_export(data)
+    except export.ImportError_ as e:
+        raise BadInput(f"{args.file}: {e}") from None
+    store = Store(args.db)
+    if store.get_run(record.run_id) is not None:
+        raise BadInput(f"run {record.run_id} is already in {store.path}; nothing imported")
+    store.save_run(record)
+    print(record.run_id)
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from moa import local
     from moa.llm import keys_set
@@ -235,7 +291,14 @@ def _name(c: Any) -> str:
     return f"{role} {c.label}"
 
 
-COMMANDS = {"run": cmd_run, "history": cmd_history, "show": cmd_show, "models": cmd_models}
+COMMANDS = {
+    "run": cmd_run,
+    "history": cmd_history,
+    "show": cmd_show,
+    "export": cmd_export,
+    "import": cmd_import,
+    "models": cmd_models,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import asyncio
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from moa import llm, prompts
 from moa.config import ConfigError, ModelSpec, RunConfig
@@ -84,14 +84,25 @@ class Estimate:
 # ---------------------------------------------------------------- before the run
 
 
-def estimate_cost(config: RunConfig, prompt: str, system_prompt: str | None = None) -> Estimate:
-    """Prompt tokens via litellm's counter × prices, max_tokens as the bound for each output."""
+def estimate_cost(
+    config: RunConfig,
+    prompt: str,
+    system_prompt: str | None = None,
+    reuse: RunRecord | None = None,
+) -> Estimate:
+    """Prompt tokens via litellm's counter × prices, max_tokens as the bound for each output.
+
+    With `reuse` (re-aggregation) only the aggregator is called, on the stored candidates.
+    """
     usd, unknown = 0.0, []
     base_in = llm.count_tokens(
         config.aggregator.model, prompts.proposer_messages(prompt, system_prompt)
     )
     prev_out = 0  # tokens of the previous layer's answers, which later calls read
-    for _layer in range(config.layers):
+    if reuse is not None:
+        texts = [c.text for _, c in reuse.aggregated_candidates()]
+        prev_out = llm.count_tokens(config.aggregator.model, text="\n".join(texts))
+    for _layer in range(0 if reuse is not None else config.layers):
         for spec in config.proposers:
             cost = llm.cost_usd(spec.model, base_in + prev_out + 200, spec.max_tokens)
             if cost is None:
@@ -108,11 +119,22 @@ def estimate_cost(config: RunConfig, prompt: str, system_prompt: str | None = No
     return Estimate(usd=usd, unknown_models=unknown)
 
 
-def check(config: RunConfig, prompt: str, system_prompt: str | None = None) -> Estimate:
+def check(
+    config: RunConfig,
+    prompt: str,
+    system_prompt: str | None = None,
+    reuse: RunRecord | None = None,
+) -> Estimate:
     """Every reason a run cannot start, as one InputError naming the fix; else the estimate."""
     if not prompt or not prompt.strip():
         raise InputError("the prompt is empty: type a question or task for the models")
+    if reuse is not None and not reuse.aggregated_candidates():
+        raise InputError(
+            f"run {reuse.run_id} has no successful candidates to re-aggregate; re-run it instead"
+        )
     specs = [(f"proposers[{i}]", p) for i, p in enumerate(config.proposers)]
+    if reuse is not None:
+        specs = []  # the stored candidates are reused: no proposer is called
     for where, spec in [*specs, ("aggregator", config.aggregator)]:
         try:
             llm.check_model(spec, where)
@@ -126,7 +148,7 @@ def check(config: RunConfig, prompt: str, system_prompt: str | None = None) -> E
                     f"{where}: the prompt is {used:,} tokens and max_tokens is {spec.max_tokens:,}, "
                     f"but {spec.model} holds {window:,}; shorten the prompt or lower max_tokens"
                 )
-    estimate = estimate_cost(config, prompt, system_prompt)
+    estimate = estimate_cost(config, prompt, system_prompt, reuse)
     if config.max_cost_usd is not None and estimate.usd > config.max_cost_usd:
         raise InputError(
             f"estimated cost {estimate.describe()} is over max_cost_usd = ${config.max_cost_usd:g}; "
@@ -153,14 +175,44 @@ async def run(
     limits: Limits | None = None,
     run_id: str | None = None,
     checked: bool = False,
+    reuse: RunRecord | None = None,
 ) -> RunRecord:
-    """One MoA run. Raises InputError before any call if the inputs are unusable."""
+    """One MoA run. Raises InputError before any call if the inputs are unusable.
+
+    `reuse`: a stored run whose proposer calls are copied instead of called, so only the
+    aggregator runs (re-aggregation: compare aggregators or synthesis prompts cheaply).
+    """
     if not checked:
-        check(config, prompt, system_prompt)
+        check(config, prompt, system_prompt, reuse)
     runner = _Runner(
-        config, prompt, system_prompt, on_event, cancel or Cancel(), limits or Limits()
+        config, prompt, system_prompt, on_event, cancel or Cancel(), limits or Limits(), reuse
     )
     return await runner.run(run_id or new_run_id())
+
+
+def reaggregate_config(
+    source: RunRecord,
+    aggregator: ModelSpec | None = None,
+    aggregator_prompt: str | None = None,
+) -> RunConfig:
+    """The source run's config with another aggregator and/or synthesis prompt."""
+    cfg = replace(source.config)
+    if aggregator is not None:
+        cfg.aggregator = aggregator
+    if aggregator_prompt is not None:
+        cfg.aggregator_prompt = aggregator_prompt.strip() or None
+    return cfg
+
+
+async def reaggregate(
+    source: RunRecord,
+    aggregator: ModelSpec | None = None,
+    aggregator_prompt: str | None = None,
+    **kwargs,
+) -> RunRecord:
+    """A new run that reuses `source`'s candidates and calls only the (new) aggregator."""
+    cfg = reaggregate_config(source, aggregator, aggregator_prompt)
+    return await run(cfg, source.prompt, system_prompt=source.system_prompt, reuse=source, **kwargs)
 
 
 class _Runner:
@@ -172,8 +224,10 @@ class _Runner:
         on_event: EventHandler | None,
         cancel: Cancel,
         limits: Limits,
+        reuse: RunRecord | None = None,
     ) -> None:
         self.config, self.prompt, self.system_prompt = config, prompt, system_prompt
+        self.reuse = reuse
         self.emit: EventHandler = on_event or (lambda event: None)
         self.cancel, self.limits = cancel, limits
         self.semaphores: dict[str, asyncio.Semaphore] = {}
@@ -183,6 +237,7 @@ class _Runner:
     async def run(self, run_id: str) -> RunRecord:
         record = RunRecord(run_id=run_id, config=self.config, prompt=self.prompt)
         record.system_prompt = self.system_prompt
+        record.parent_run_id = self.reuse.run_id if self.reuse is not None else None
         self.record = record
         self._plan_calls()
         self.t0 = time.monotonic()
@@ -206,7 +261,14 @@ class _Runner:
 
     def _plan_calls(self) -> None:
         """Every call of the run exists from the start, so a UI can show it as waiting."""
-        for layer in range(1, self.config.layers + 1):
+        if self.reuse is not None:
+            # Copies of the stored proposer calls, exactly as they were (nothing is re-called).
+            self.record.calls = [
+                CallRecord.from_dict(c.to_dict()) for c in self.reuse.proposer_calls
+            ]
+            self.config = replace(self.config, layers=self.reuse.last_layer)
+            self.record.config = self.config
+        for layer in range(1, self.config.layers + 1 if self.reuse is None else 1):
             for i, spec in enumerate(self.config.proposers):
                 self._add_call(CallRecord(layer, "proposer", i, spec.model, spec.display), spec)
         agg = self.config.aggregator
@@ -231,7 +293,9 @@ class _Runner:
 
     async def _layers_then_synthesis(self) -> None:
         record, previous = self.record, []
-        for layer in range(1, self.config.layers + 1):
+        if self.reuse is not None:
+            previous = [c.text for _, c in record.aggregated_candidates()]
+        for layer in range(1, self.config.layers + 1 if self.reuse is None else 1):
             calls = [c for c in record.calls if c.layer == layer and c.role == "proposer"]
             await asyncio.gather(
                 *(self._call(c, self._proposer_messages(c, previous)) for c in calls)

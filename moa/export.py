@@ -1,15 +1,27 @@
-"""A RunRecord as the documented JSON object (`run --json`, `show --json`, exports)."""
+"""A RunRecord as the documented JSON object, as Markdown, and back from JSON (import)."""
 
 from __future__ import annotations
 
+import html
+import json
+from dataclasses import fields
 from typing import Any
 
 from moa import config as config_mod
-from moa.records import CallRecord, RunRecord
+from moa.records import CALL_STATUSES, RUN_STATUSES, CallRecord, RunRecord
+
+FORMAT_VERSION = 1
+MAX_IMPORT_BYTES = 20 * 1024 * 1024
+# Fields beyond the documented ones, so that export → import gives back the identical run.
+_EXTRA_CALL_FIELDS = ("params", "started_at", "ended_at", "start_s", "attempts")
 
 
-def _candidate(call: CallRecord) -> dict[str, Any]:
-    return {
+class ImportError_(ValueError):
+    """An import file is not a MoA Studio run export; the message says what is wrong."""
+
+
+def _call_json(call: CallRecord) -> dict[str, Any]:
+    out = {
         "layer": call.layer,
         "index": call.index,
         "model": call.model,
@@ -23,10 +35,12 @@ def _candidate(call: CallRecord) -> dict[str, Any]:
         "tokens_out": call.tokens_out,
         "cost_usd": call.cost_usd,
     }
+    out.update({k: getattr(call, k) for k in _EXTRA_CALL_FIELDS})
+    return out
 
 
 def attribution(record: RunRecord):
-    """Attribution of the final answer to the candidates the aggregator saw, or None."""
+    """(Attribution of the final answer, ids) — ids map its candidates to proposer_calls positions."""
     from moa.attribution import attribute  # imported here: only runs with a final answer need it
 
     final = record.final_text
@@ -37,32 +51,180 @@ def attribution(record: RunRecord):
 
 
 def run_to_json(record: RunRecord) -> dict[str, Any]:
+    """The `run --json` object (DESIGN.md contract) plus what an import needs."""
     agg = record.aggregator_call
     attr, ids = attribution(record)
-    out: dict[str, Any] = {
+    final = _call_json(agg) if agg else {}
+    final["text"] = record.final_text
+    return {
         "run_id": record.run_id,
         "status": record.status,
         "error": record.error,
+        "final": final,
+        "candidates": [_call_json(c) for c in record.proposer_calls],
+        "attribution": attr.to_json(ids) if attr is not None else [],
+        "usage": record.usage(),
         "created_at": record.created_at,
+        "ended_at": record.ended_at,
         "name": record.config.name,
         "prompt": record.prompt,
         "system_prompt": record.system_prompt,
-        "final": {
-            "model": agg.model if agg else None,
-            "label": agg.label if agg else None,
-            "status": agg.status if agg else None,
-            "text": record.final_text,
-            "error": agg.error if agg else None,
-            "latency_s": agg.latency_s if agg else None,
-            "ttft_s": agg.ttft_s if agg else None,
-            "tokens_in": agg.tokens_in if agg else None,
-            "tokens_out": agg.tokens_out if agg else None,
-            "cost_usd": agg.cost_usd if agg else None,
-        },
-        "candidates": [_candidate(c) for c in record.proposer_calls],
-        "attribution": attr.to_json(ids) if attr is not None else [],
-        "usage": record.usage(),
         "config": config_mod.to_dict(record.config),
         "parent_run_id": record.parent_run_id,
+        "moa_studio_export": FORMAT_VERSION,
     }
-    return out
+
+
+# ---------------------------------------------------------------- import
+
+
+def _call_from_json(d: Any, role: str, where: str) -> CallRecord:
+    if not isinstance(d, dict):
+        raise ImportError_(f"{where} must be an object")
+    known = {f.name for f in fields(CallRecord)}
+    data = {k: v for k, v in d.items() if k in known}
+    data["role"] = role
+    for key in ("layer", "index", "model", "status"):
+        if key not in data:
+            raise ImportError_(f"{where}.{key} is missing")
+    if data["status"] not in CALL_STATUSES:
+        raise ImportError_(f"{where}.status {data['status']!r} is not one of {CALL_STATUSES}")
+    data.setdefault("label", data["model"])
+    data["text"] = data.get("text") or ""
+    data["params"] = data.get("params") or {}
+    try:
+        return CallRecord(**data)
+    except TypeError as e:
+        raise ImportError_(f"{where}: {e}") from None
+
+
+def run_from_json(obj: Any) -> RunRecord:
+    """A RunRecord from `run_to_json` output; ImportError_ names what is missing or wrong."""
+    if not isinstance(obj, dict) or "run_id" not in obj or "candidates" not in obj:
+        raise ImportError_(
+            "not a MoA Studio run export: expected an object with run_id and candidates"
+        )
+    for key in ("prompt", "config", "status"):
+        if key not in obj:
+            raise ImportError_(f"the export has no {key!r}: export it again with MoA Studio")
+    if obj["status"] not in RUN_STATUSES:
+        raise ImportError_(f"status {obj['status']!r} is not one of {RUN_STATUSES}")
+    try:
+        cfg = config_mod.from_dict(obj["config"])
+    except config_mod.ConfigError as e:
+        raise ImportError_(f"its config is invalid: {e}") from None
+    if not isinstance(obj["candidates"], list):
+        raise ImportError_("candidates must be a list")
+    calls = [
+        _call_from_json(c, "proposer", f"candidates[{i}]") for i, c in enumerate(obj["candidates"])
+    ]
+    final = obj.get("final") or {}
+    if final.get("model"):
+        agg = _call_from_json(final, "aggregator", "final")
+        if agg.text is None:
+            agg.text = ""
+        calls.append(agg)
+    record = RunRecord(
+        run_id=str(obj["run_id"]),
+        config=cfg,
+        prompt=str(obj["prompt"]),
+        system_prompt=obj.get("system_prompt"),
+        status=obj["status"],
+        error=obj.get("error"),
+        created_at=obj.get("created_at") or "",
+        ended_at=obj.get("ended_at"),
+        wall_s=(obj.get("usage") or {}).get("wall_s"),
+        calls=calls,
+        pid=0,
+        parent_run_id=obj.get("parent_run_id"),
+    )
+    return record
+
+
+def load_json_export(data: bytes | str) -> RunRecord:
+    if len(data) > MAX_IMPORT_BYTES:
+        raise ImportError_(
+            f"the file is {len(data):,} bytes; an export may be at most {MAX_IMPORT_BYTES:,}"
+        )
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ImportError_(f"the file is not JSON ({e})") from None
+    return run_from_json(obj)
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any backtick run inside `text`, so model text can't close it."""
+    longest, run = 0, 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    return "`" * max(3, longest + 1)
+
+
+def _inline(text: object) -> str:
+    """Untrusted text on one Markdown line: no raw HTML, no table breaks, no new lines."""
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _cost(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:.6f}"
+
+
+def run_to_markdown(record: RunRecord) -> str:
+    """A readable report; model text is quoted in fences so its Markdown can't restyle the page."""
+    usage = record.usage()
+    attr, ids = attribution(record)
+    lines = [
+        f"# MoA run {record.run_id}",
+        "",
+        f"- **Config**: {_inline(record.config.name)} · {len(record.config.proposers)} proposers × "
+        f"{record.config.layers} layer(s) → {_inline(record.config.aggregator.display)}",
+        f"- **Status**: {record.status}" + (f" — {_inline(record.error)}" if record.error else ""),
+        f"- **When**: {record.created_at}",
+        f"- **Wall time**: {record.wall_s if record.wall_s is not None else '-'} s · tokens "
+        f"{usage['tokens_in']} in / {usage['tokens_out']} out · cost {_cost(usage['cost_usd'])}",
+    ]
+    if record.parent_run_id:
+        lines.append(f"- **Re-aggregation of**: {record.parent_run_id} (candidates reused)")
+    prompt_fence = _fence(record.prompt)
+    lines += ["", "## Prompt", "", prompt_fence, record.prompt, prompt_fence, ""]
+    final = record.final_text
+    lines += ["## Final answer", ""]
+    if final:
+        fence = _fence(final)
+        lines += [fence, final, fence, ""]
+    else:
+        agg = record.aggregator_call
+        why = f"{agg.status}: {_inline(agg.error)}" if agg else "no aggregator call"
+        lines += [f"_No final answer ({why})_", ""]
+    if attr is not None:
+        lines += [
+            "## What the aggregator kept",
+            "",
+            "| candidate | share of the final answer |",
+            "|---|---|",
+        ]
+        calls = record.proposer_calls
+        for local, pos in enumerate(ids):
+            lines.append(f"| {_inline(calls[pos].label)} | {attr.share[local]:.0%} |")
+        lines += [f"| new (aggregator's own) | {attr.novel_share:.0%} |", ""]
+    lines += ["## Candidates", ""]
+    for c in record.proposer_calls:
+        head = f"### Layer {c.layer} · {_inline(c.label)} ({_inline(c.model)}) · {c.status}"
+        meta = (
+            f"latency {c.latency_s if c.latency_s is not None else '-'} s · first token "
+            f"{c.ttft_s if c.ttft_s is not None else '-'} s · {c.tokens_out or 0} tokens · "
+            f"cost {_cost(c.cost_usd)}"
+        )
+        lines += [head, "", meta, ""]
+        if c.error:
+            lines += [f"Error: {_inline(c.error)}", ""]
+        if c.text:
+            fence = _fence(c.text)
+            lines += [fence, c.text, fence, ""]
+    lines += ["## Config", "", "```toml", config_mod.dumps(record.config).strip(), "```", ""]
+    return "\n".join(lines)
