@@ -100,3 +100,92 @@ def m002_full_text_search(db: sqlite_utils.Database) -> None:
     # Triggers keep the index in step with every insert/update, including old rows via rebuild.
     db["runs"].enable_fts(["prompt", "final_text"], create_triggers=True, tokenize="porter")
     db["runs"].rebuild_fts()
+
+
+@migration
+def m003_attribution_columns(db: sqlite_utils.Database) -> None:
+    # What the aggregator kept, per candidate call, so charts across thousands of runs need no
+    # re-computation: its share of the final answer and whether it was the main source.
+    db["calls"].add_column("share", float)
+    db["calls"].add_column("main_source", int)
+    db["runs"].add_column("novel_share", float)
+    db["runs"].create_index(["aggregator"])
+
+
+@migration
+def m004_evaluations(db: sqlite_utils.Database) -> None:
+    # An evaluation puts every question to every contender; each answer is a normal run (linked
+    # by eval_items.run_id, no foreign key so deleting a run stays possible). The unique keys
+    # are what makes an interrupted evaluation resumable without repeating finished calls.
+    db["evals"].create(
+        {
+            "id": str,
+            "created_at": str,
+            "ended_at": str,
+            "name": str,
+            "question_set": str,
+            "n_questions": int,
+            "contenders": str,  # names, comma-separated, for Datasette facets
+            "scoring": str,  # match | judge | pairwise
+            "judge_model": str,
+            "baseline": str,
+            "status": str,  # running | ok | failed | cancelled | interrupted
+            "error": str,
+            "fingerprint": str,  # hash of the plan: the same command resumes the same evaluation
+            "max_cost_usd": float,
+            "estimate_usd": float,
+            "pid": int,
+            "plan_json": str,  # questions, contender configs, judge: enough to resume
+        },
+        pk="id",
+    )
+    db["eval_items"].create(
+        {
+            "id": int,
+            "eval_id": str,
+            "question_id": str,
+            "category": str,
+            "contender": str,
+            "run_id": str,
+            "status": str,  # running | answered | scored | failed | unscored
+            "score": float,
+            "outcome": str,  # pairwise: win | tie | loss
+            "extracted": str,  # match scoring: what was read as the answer
+            "error": str,
+            "cost_usd": float,
+            "latency_s": float,
+            "tokens_out": int,
+            "judge_cost_usd": float,
+            "updated_at": str,
+        },
+        pk="id",
+        foreign_keys=[("eval_id", "evals", "id")],
+    )
+    db["judge_calls"].create(
+        {
+            "id": int,
+            "eval_id": str,
+            "question_id": str,
+            "contender": str,
+            "kind": str,  # single | contender-first | contender-second
+            "prompt_name": str,  # MT-Bench judge prompt used
+            "model": str,
+            "messages_json": str,
+            "text": str,
+            "rating": float,
+            "verdict": str,
+            "status": str,
+            "error": str,
+            "created_at": str,
+            "latency_s": float,
+            "tokens_in": int,
+            "tokens_out": int,
+            "cost_usd": float,
+        },
+        pk="id",
+        foreign_keys=[("eval_id", "evals", "id")],
+    )
+    db["evals"].create_index(["fingerprint"])
+    db["eval_items"].create_index(["eval_id", "question_id", "contender"], unique=True)
+    db["eval_items"].create_index(["run_id"])
+    db["judge_calls"].create_index(["eval_id", "question_id", "contender", "kind"], unique=True)

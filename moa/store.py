@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
 from moa import config as config_mod
+from moa.config import ModelSpec, RunConfig
 from moa.events import (
     CallFailed,
     CallFinished,
@@ -152,9 +154,19 @@ class Store:
 
     def finish_run(self, record: RunRecord) -> None:
         usage = record.usage()
+        shares, novel_share = _shares(record)
         with self._write() as conn:
             for call in record.calls:
                 self._upsert_call(conn, record.run_id, call)
+            for (layer, index), (share, main) in shares.items():
+                conn.execute(
+                    "UPDATE calls SET share = ?, main_source = ? WHERE run_id = ? AND layer = ? "
+                    "AND role = 'proposer' AND idx = ?",
+                    (share, main, record.run_id, layer, index),
+                )
+            conn.execute(
+                "UPDATE runs SET novel_share = ? WHERE id = ?", (novel_share, record.run_id)
+            )
             conn.execute(
                 "UPDATE runs SET status = ?, error = ?, ended_at = ?, final_text = ?, tokens_in = ?, "
                 "tokens_out = ?, cost_usd = ?, wall_s = ? WHERE id = ?",
@@ -246,7 +258,7 @@ class Store:
             return None
         record = RunRecord(
             run_id=r["id"],
-            config=config_mod.from_dict(json.loads(r["config_json"])),
+            config=_stored_config(r),
             prompt=r["prompt"],
             system_prompt=r["system_prompt"],
             status=r["status"],
@@ -264,6 +276,60 @@ class Store:
             record.calls.append(CallRecord.from_dict(c))
         return record
 
+    def _filters(
+        self,
+        query: str,
+        model: str | None,
+        status: str | None,
+        since: str | None,
+        until: str | None,
+        name: str | None = None,
+    ) -> tuple[str, list[Any]]:
+        where, params = [], []
+        fts = fts_query(query)
+        if fts:
+            where.append("runs_fts MATCH ?")
+            params.append(fts)
+        if model:
+            # The denormalised columns answer this without touching the calls table.
+            where.append("(runs.aggregator = ? OR instr(', ' || runs.proposers || ',', ?) > 0)")
+            params += [model, f", {model},"]
+        for column, value in (("status", status), ("name", name)):
+            if value:
+                where.append(f"runs.{column} = ?")
+                params.append(value)
+        if since:
+            where.append("runs.created_at >= ?")
+            params.append(since)
+        if until:
+            where.append("runs.created_at < ?")
+            params.append(until)
+        return (" WHERE " + " AND ".join(where) if where else ""), params
+
+    def count_matching(
+        self,
+        query: str = "",
+        *,
+        model: str | None = None,
+        status: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        name: str | None = None,
+        cap: int | None = 10_000,
+    ) -> int:
+        """How many runs match, counting at most `cap` (a pager shows "10,000+")."""
+        where, params = self._filters(query, model, status, since, until, name)
+        inner = f"SELECT 1 FROM {_source(query)}{where}"
+        if cap is not None:
+            inner += f" LIMIT {int(cap) + 1}"
+        sql = f"SELECT count(*) FROM ({inner})"
+        return self.db.execute(sql, params).fetchone()[0]
+
+    def models(self) -> list[str]:
+        """Every model id that appears in the log, for filter pickers."""
+        rows = self.db.execute("SELECT DISTINCT model FROM calls ORDER BY model").fetchall()
+        return [r[0] for r in rows]
+
     def search_runs(
         self,
         query: str = "",
@@ -274,38 +340,68 @@ class Store:
         status: str | None = None,
         since: str | None = None,
         until: str | None = None,
+        name: str | None = None,
     ) -> list[RunSummary]:
-        """Newest first; `query` is plain words (quotes and FTS operators are taken literally)."""
-        where, params = [], []
-        fts = fts_query(query)
-        if fts:
-            where.append("runs.rowid IN (SELECT rowid FROM runs_fts WHERE runs_fts MATCH ?)")
-            params.append(fts)
-        if model:
-            where.append(
-                "(runs.aggregator = ? OR runs.id IN (SELECT run_id FROM calls WHERE model = ?))"
-            )
-            params += [model, model]
-        if status:
-            where.append("runs.status = ?")
-            params.append(status)
-        if since:
-            where.append("runs.created_at >= ?")
-            params.append(since)
-        if until:
-            where.append("runs.created_at < ?")
-            params.append(until)
+        """Newest first; `query` is plain words (quotes and FTS operators are taken literally).
+
+        "Newest" is the order runs were logged (rowid): the same as their start times, except
+        that an imported run sorts by when it was imported. Ordering by rowid lets SQLite (and
+        FTS5) stop after one page instead of sorting every match: < 100 ms at 100,000 runs.
+        """
+        where, params = self._filters(query, model, status, since, until, name)
         sql = (
-            "SELECT id, created_at, name, prompt, proposers, aggregator, status, error, wall_s, "
-            "tokens_in, tokens_out, cost_usd, final_text, parent_run_id FROM runs"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+            "SELECT runs.id, runs.created_at, runs.name, runs.prompt, runs.proposers, "
+            "runs.aggregator, runs.status, runs.error, runs.wall_s, runs.tokens_in, "
+            "runs.tokens_out, runs.cost_usd, runs.final_text, runs.parent_run_id "
+            f"FROM {_source(query)}{where} ORDER BY {_order(query)} DESC LIMIT ? OFFSET ?"
         )
         rows = self.db.execute(sql, [*params, limit, offset]).fetchall()
         return [RunSummary(*row) for row in rows]
 
     def count_runs(self) -> int:
         return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def _stored_config(row: dict[str, Any]) -> RunConfig:
+    """The run's config; if the stored JSON is unusable (hand-edited file), rebuilt from columns."""
+    try:
+        return config_mod.from_dict(json.loads(row["config_json"] or "{}"))
+    except (ValueError, TypeError):
+        proposers = [m.strip() for m in (row["proposers"] or "unknown").split(",")]
+        return RunConfig(
+            proposers=[ModelSpec(model=m) for m in proposers[:8]],
+            aggregator=ModelSpec(model=row["aggregator"] or "unknown"),
+            name=row["name"] or "Untitled",
+            layers=max(1, min(4, row["layers"] or 1)),
+        )
+
+
+def _shares(record: RunRecord) -> tuple[dict[tuple[int, int], tuple[float, int]], float | None]:
+    """Each aggregated candidate's share of the final answer, and whether it was the main one."""
+    from moa.export import attribution
+
+    attr, ids = attribution(record)
+    if attr is None:
+        return {}, None
+    calls = record.proposer_calls
+    out = {}
+    for local, pos in enumerate(ids):
+        c = calls[pos]
+        out[(c.layer, c.index)] = (round(attr.share[local], 4), int(attr.main_source == local))
+    return out, round(attr.novel_share, 4)
+
+
+def _source(query: str) -> str:
+    """FROM clause: driven by the full-text index when there are words to match."""
+    if fts_query(query):
+        return "runs_fts JOIN runs ON runs.rowid = runs_fts.rowid"
+    return "runs"
+
+
+def _order(query: str) -> str:
+    # Ordering by the FTS table's own rowid lets FTS5 stream matches newest first and stop after
+    # a page (0.3 ms); runs.rowid, though equal, makes SQLite sort every match (200+ ms).
+    return "runs_fts.rowid" if fts_query(query) else "runs.rowid"
 
 
 def fts_query(text: str) -> str:

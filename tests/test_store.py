@@ -23,6 +23,7 @@ def logged_run(fake, store, prompt="How do tides work?", **kw):
 
 def test_a_run_round_trips_through_the_database(fake, tmp_path):
     store = Store(tmp_path / "moa.db")
+    fake.set("a", text="Tides come from the moon's pull on the oceans. Wind matters less.")
     fake.set("agg", text="Tides come from the moon's pull.")
     record = logged_run(fake, store)
     back = store.get_run(record.run_id)
@@ -33,6 +34,13 @@ def test_a_run_round_trips_through_the_database(fake, tmp_path):
     row = store.db["runs"].get(record.run_id)
     assert row["proposers"] == "openai/a, openai/b" and row["aggregator"] == "openai/agg"
     assert row["tokens_out"] == record.usage()["tokens_out"] > 0
+    # What the aggregator kept is stored per call, for charts across many runs.
+    shares = {
+        c["label"]: (c["share"], c["main_source"])
+        for c in store.db["calls"].rows_where("role = 'proposer'")
+    }
+    assert shares["a"][0] is not None and sum(s for s, _ in shares.values()) <= 1.0
+    assert shares["a"][1] == 1 and shares["b"][1] == 0  # "a" was the main source
 
 
 def test_search_finds_runs_by_words_in_prompt_or_answer(fake, tmp_path):
@@ -87,7 +95,7 @@ def test_a_database_from_the_first_migration_is_upgraded(tmp_path):
     db.conn.close()
     store = Store(path)
     names = [r["name"] for r in store.db["_moa_migrations"].rows]
-    assert names == ["m001_runs_and_calls", "m002_full_text_search"]
+    assert names[:3] == ["m001_runs_and_calls", "m002_full_text_search", "m003_attribution_columns"]
     assert [r.id for r in store.search_runs("ancient")] == ["old1"]
 
 
@@ -192,3 +200,14 @@ def test_wal_mode_is_on(tmp_path):
     store = Store(tmp_path / "moa.db")
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert isinstance(store.db.conn, sqlite3.Connection)
+
+
+def test_model_filter_matches_whole_model_ids_and_counts_cap(fake, tmp_path):
+    store = Store(tmp_path / "moa.db")
+    mini = logged_run(fake, store, proposers=["gpt-4o-mini"])
+    full = logged_run(fake, store, proposers=["gpt-4o"])
+    assert [r.id for r in store.search_runs(model="openai/gpt-4o")] == [full.run_id]
+    assert [r.id for r in store.search_runs(model="openai/gpt-4o-mini")] == [mini.run_id]
+    assert store.count_matching(model="openai/gpt-4o") == 1
+    assert store.count_matching() == 2 and store.count_matching(cap=1) == 2  # "1+": cap + 1
+    assert store.models() == ["openai/agg", "openai/gpt-4o", "openai/gpt-4o-mini"]
