@@ -216,8 +216,11 @@ def classify(exc: Exception) -> ErrorInfo:
     retryable = retryable or name in ("APIConnectionError", "InternalServerError", "Timeout")
     if name == "APIConnectionError" and "Connection refused" in message:
         retryable = True
+    message = message.strip() or name
+    if isinstance(code, int) and not message.startswith(f"HTTP {code}"):
+        message = f"HTTP {code}: {message}"
     return ErrorInfo(
-        message=redact(message.strip()) or name,
+        message=redact(message),
         retryable=retryable,
         retry_after_s=_retry_after(exc),
         status_code=code if isinstance(code, int) else None,
