@@ -1,4 +1,4 @@
-"""The command line: `python -m moa run|history|show|models` (exit 0 ok, 1 run failed, 2 bad input)."""
+"""The command line: `python -m moa run|history|show|export|import|eval|models` (exit 0/1/2)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import a run from a JSON export")
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--db", metavar="PATH", help="SQLite file (default: $MOA_DB or data/moa.db)")
+
+    _eval_parser(sub)
 
     models = sub.add_parser("models", help="local models and which provider keys are set")
     models.add_argument("--json", action="store_true", help="print JSON")
@@ -291,6 +293,132 @@ def _name(c: Any) -> str:
     return f"{role} {c.label}"
 
 
+# ---------------------------------------------------------------- eval
+
+
+def _eval_parser(sub: Any) -> None:
+    ev = sub.add_parser("eval", help="score MoA configs and single models on a question set")
+    ev.add_argument(
+        "--questions",
+        required=True,
+        metavar="SET_OR_FILE",
+        help="mtbench, verifiable, or a .jsonl/.csv file (prompt; optional answer, category)",
+    )
+    ev.add_argument(
+        "--contender",
+        action="append",
+        required=True,
+        metavar="PRESET_OR_MODEL",
+        help="a preset or config .toml (its MoA), a model id alone (MODEL@http://host/v1 "
+        "sets api_base), or self-moa:PRESET / self-moa:MODEL (repeatable)",
+    )
+    ev.add_argument(
+        "--expand",
+        action="store_true",
+        help="add each preset contender's models alone and its Self-MoA",
+    )
+    ev.add_argument("--judge", metavar="MODEL", help="judge model for LLM-as-judge scoring")
+    ev.add_argument(
+        "--scoring",
+        choices=("auto", "match", "judge", "pairwise"),
+        default="auto",
+        help="auto: match verifiable answers, else grade with the judge (default)",
+    )
+    ev.add_argument("--baseline", metavar="NAME", help="pairwise: compare with this contender")
+    ev.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
+    ev.add_argument("--concurrency", type=int, default=4, metavar="N", help="answers in flight")
+    ev.add_argument("--max-cost", type=float, metavar="USD", help="refuse if the estimate is over")
+    ev.add_argument(
+        "--new",
+        action="store_true",
+        help="start afresh instead of resuming an interrupted evaluation of the same plan",
+    )
+    _common(ev)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from moa import evaluate as ev
+    from moa.questions import QuestionFileError, load_question_set
+    from moa.store import Store
+
+    try:
+        questions = load_question_set(args.questions, args.limit)
+        contenders = []
+        for text in args.contender:
+            c = ev.parse_contender(text)
+            contenders += ev.from_preset(c.config) if args.expand and c.kind == "moa" else [c]
+        plan = ev.EvalPlan(
+            questions,
+            ev.unique_names(contenders),
+            scoring=args.scoring,
+            judge=ev.judge_spec(args.judge) if args.judge else None,
+            baseline=args.baseline,
+            concurrency=args.concurrency,
+            max_cost_usd=args.max_cost,
+        )
+        store = Store(args.db)
+        prepared = ev.prepare(store, plan, resume=not args.new)
+    except (QuestionFileError, ev.EvalInputError) as e:
+        raise BadInput(str(e)) from None
+    plan = prepared.plan
+    _err(
+        f"eval: {len(plan.questions.questions)} questions ({plan.questions.name}) × "
+        f"{len(plan.contenders)} contenders ({', '.join(c.name for c in plan.contenders)}) · "
+        f"scoring {plan.scoring}" + (f" by {plan.judge.model}" if plan.judge else "")
+    )
+    if prepared.eval_id:
+        _err(
+            f"resuming evaluation {prepared.eval_id}: {prepared.done} of {prepared.total} items "
+            "already done (--new starts afresh)"
+        )
+    _err(
+        f"  {prepared.estimate.n_runs} answers + {prepared.estimate.n_judge_calls} judge calls "
+        f"left, estimated ≤ {prepared.estimate.describe()}"
+    )
+
+    cancel = ev.EvalCancel()
+    signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
+    results = ev.run_evaluation_sync(
+        store, prepared, on_progress=lambda p: _err("  " + p.describe()), cancel=cancel
+    )
+    _err(
+        f"{results.status}: evaluation {results.eval_id}"
+        + (f" · {results.error}" if results.error else "")
+    )
+    if args.json:
+        print(json.dumps(results.to_json(), ensure_ascii=False, indent=2))
+    else:
+        _print_eval_table(results)
+    return {"ok": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(results.status, EXIT_FAILED)
+
+
+def _print_eval_table(results: Any) -> None:
+    scale = 100 if results.scoring != "judge" else 1
+    unit = {"match": "accuracy %", "judge": "rating 1-10", "pairwise": "win rate %"}[
+        results.scoring
+    ]
+    print(
+        f"{'contender':<32} {unit:>12} {'95% CI':>15} {'cost $':>10} {'latency s':>10} "
+        f"{'tokens':>7} {'ok':>4} {'failed':>6}"
+    )
+    for c in results.contenders:
+        score = "-" if c.score is None else f"{c.score * scale:.1f}"
+        ci = "-" if c.ci_low is None else f"{c.ci_low * scale:.1f}–{c.ci_high * scale:.1f}"
+        cost = "unknown" if c.cost_usd is None else f"{c.cost_usd:.4f}"
+        latency = "-" if c.latency_s is None else f"{c.latency_s:.2f}"
+        print(
+            f"{c.name[:32]:<32} {score:>12} {ci:>15} {cost:>10} {latency:>10} "
+            f"{c.tokens_out:>7} {c.n_ok:>4} {c.n_failed:>6}"
+        )
+    if results.judge_model:
+        cost = "unknown" if results.judge_cost_usd is None else f"${results.judge_cost_usd:.4f}"
+        print(f"judge {results.judge_model}: {cost} (not included above)")
+    head = results.headline()
+    if head is not None:
+        print(head.describe())
+
+
 COMMANDS = {
     "run": cmd_run,
     "history": cmd_history,
@@ -298,6 +426,7 @@ COMMANDS = {
     "export": cmd_export,
     "import": cmd_import,
     "models": cmd_models,
+    "eval": cmd_eval,
 }
 
 

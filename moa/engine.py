@@ -89,6 +89,7 @@ def estimate_cost(
     prompt: str,
     system_prompt: str | None = None,
     reuse: RunRecord | None = None,
+    single: bool = False,
 ) -> Estimate:
     """Prompt tokens via litellm's counter × prices, max_tokens as the bound for each output.
 
@@ -98,6 +99,10 @@ def estimate_cost(
     base_in = llm.count_tokens(
         config.aggregator.model, prompts.proposer_messages(prompt, system_prompt)
     )
+    if single:
+        spec = config.proposers[0]
+        cost = llm.cost_usd(spec.model, base_in, spec.max_tokens)
+        return Estimate(usd=cost or 0.0, unknown_models=[] if cost is not None else [spec.model])
     prev_out = 0  # tokens of the previous layer's answers, which later calls read
     if reuse is not None:
         texts = [c.text for _, c in reuse.aggregated_candidates()]
@@ -124,6 +129,7 @@ def check(
     prompt: str,
     system_prompt: str | None = None,
     reuse: RunRecord | None = None,
+    single: bool = False,
 ) -> Estimate:
     """Every reason a run cannot start, as one InputError naming the fix; else the estimate."""
     if not prompt or not prompt.strip():
@@ -133,9 +139,14 @@ def check(
             f"run {reuse.run_id} has no successful candidates to re-aggregate; re-run it instead"
         )
     specs = [(f"proposers[{i}]", p) for i, p in enumerate(config.proposers)]
+    checked = [*specs, ("aggregator", config.aggregator)]
     if reuse is not None:
-        specs = []  # the stored candidates are reused: no proposer is called
-    for where, spec in [*specs, ("aggregator", config.aggregator)]:
+        checked = checked[-1:]  # the stored candidates are reused: no proposer is called
+    if single:
+        if len(config.proposers) != 1:
+            raise InputError(f"a single-model run takes 1 model, {len(config.proposers)} given")
+        checked = specs  # the one model answers alone: no aggregator is called
+    for where, spec in checked:
         try:
             llm.check_model(spec, where)
         except (llm.ModelInputError, ConfigError) as e:
@@ -148,7 +159,7 @@ def check(
                     f"{where}: the prompt is {used:,} tokens and max_tokens is {spec.max_tokens:,}, "
                     f"but {spec.model} holds {window:,}; shorten the prompt or lower max_tokens"
                 )
-    estimate = estimate_cost(config, prompt, system_prompt, reuse)
+    estimate = estimate_cost(config, prompt, system_prompt, reuse, single)
     if config.max_cost_usd is not None and estimate.usd > config.max_cost_usd:
         raise InputError(
             f"estimated cost {estimate.describe()} is over max_cost_usd = ${config.max_cost_usd:g}; "
@@ -176,17 +187,22 @@ async def run(
     run_id: str | None = None,
     checked: bool = False,
     reuse: RunRecord | None = None,
+    single: bool = False,
 ) -> RunRecord:
     """One MoA run. Raises InputError before any call if the inputs are unusable.
 
     `reuse`: a stored run whose proposer calls are copied instead of called, so only the
     aggregator runs (re-aggregation: compare aggregators or synthesis prompts cheaply).
+    `single`: the config's one proposer answers the prompt alone, with no aggregator (a
+    baseline for evaluations). Its answer is stored in the final-answer position, so the store,
+    exports and history treat it like any run's final answer.
     """
     if not checked:
-        check(config, prompt, system_prompt, reuse)
+        check(config, prompt, system_prompt, reuse, single)
     runner = _Runner(
         config, prompt, system_prompt, on_event, cancel or Cancel(), limits or Limits(), reuse
     )
+    runner.single = single
     return await runner.run(run_id or new_run_id())
 
 
@@ -228,6 +244,7 @@ class _Runner:
     ) -> None:
         self.config, self.prompt, self.system_prompt = config, prompt, system_prompt
         self.reuse = reuse
+        self.single = False
         self.emit: EventHandler = on_event or (lambda event: None)
         self.cancel, self.limits = cancel, limits
         self.semaphores: dict[str, asyncio.Semaphore] = {}
@@ -261,6 +278,10 @@ class _Runner:
 
     def _plan_calls(self) -> None:
         """Every call of the run exists from the start, so a UI can show it as waiting."""
+        if self.single:
+            spec = self.config.proposers[0]
+            self._add_call(CallRecord(2, "aggregator", 0, spec.model, spec.display), spec)
+            return
         if self.reuse is not None:
             # Copies of the stored proposer calls, exactly as they were (nothing is re-called).
             self.record.calls = [
@@ -292,6 +313,8 @@ class _Runner:
         self.record.calls.append(call)
 
     async def _layers_then_synthesis(self) -> None:
+        if self.single:
+            return await self._single_answer()
         record, previous = self.record, []
         if self.reuse is not None:
             previous = [c.text for _, c in record.aggregated_candidates()]
@@ -327,17 +350,28 @@ class _Runner:
             record.status = "failed"
             record.error = f"aggregator {agg.label} {agg.status}: {agg.error}"
 
+    async def _single_answer(self) -> None:
+        call = self.record.calls[0]
+        system = _join(self.system_prompt, self.specs[call.key].system_prompt)
+        await self._call(call, prompts.proposer_messages(self.prompt, system))
+        self.record.status = "ok" if call.status == "ok" else "failed"
+        if call.status != "ok":
+            self.record.error = f"{call.label} {call.status}: {call.error}"
+
     def _proposer_messages(self, call: CallRecord, previous: list[str]) -> list[dict[str, str]]:
         system = _join(self.system_prompt, self.specs[call.key].system_prompt)
         if call.layer == 1:
             return prompts.proposer_messages(self.prompt, system)
         return prompts.layer_messages(self.prompt, previous, system)
 
-    def _semaphore(self, spec: ModelSpec) -> asyncio.Semaphore:
+    def _semaphore(self, spec: ModelSpec) -> asyncio.Semaphore | _ProcessSlot:
         provider = spec.provider or spec.model
+        if provider in self.limits.per_provider:
+            # Shared by every run in this process (other threads, other event loops): two
+            # browser sessions running local models must still take turns on the CPU.
+            return _ProcessSlot.for_provider(provider, self.limits.per_provider[provider])
         if provider not in self.semaphores:
-            n = self.limits.per_provider.get(provider, self.limits.default)
-            self.semaphores[provider] = asyncio.Semaphore(n)
+            self.semaphores[provider] = asyncio.Semaphore(self.limits.default)
         return self.semaphores[provider]
 
     async def _call(self, call: CallRecord, messages: list[dict[str, str]]) -> None:
@@ -417,6 +451,31 @@ class _Runner:
             call.tokens_out = llm.count_tokens(call.model, text=call.text)
         if call.tokens_out is not None:
             call.cost_usd = llm.cost_usd(call.model, call.tokens_in or 0, call.tokens_out)
+
+
+class _ProcessSlot:
+    """A per-provider limit shared across threads and event loops (asyncio locks are not)."""
+
+    _all: dict[tuple[str, int], _ProcessSlot] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, n: int) -> None:
+        self._sem = threading.BoundedSemaphore(n)
+
+    @classmethod
+    def for_provider(cls, provider: str, n: int) -> _ProcessSlot:
+        with cls._guard:
+            return cls._all.setdefault((provider, n), cls(n))
+
+    async def __aenter__(self) -> None:
+        # Polling keeps the wait cancellable (a thread blocked in acquire() could not be).
+        delay = 0.005
+        while not self._sem.acquire(blocking=False):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._sem.release()
 
 
 def _join(*parts: str | None) -> str | None:

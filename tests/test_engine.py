@@ -258,3 +258,30 @@ def test_a_candidate_faking_the_end_of_its_block_stays_inside_it(fake):
     assert [b[0] for b in blocks] == ["1", "2"]
     assert "ignore previous instructions" in blocks[1][1]
     assert "</candidates>" not in blocks[1][1]
+
+
+def test_a_single_model_run_calls_one_model_and_no_aggregator(fake):
+    fake.set("solo", text="Just me.")
+    record, _ = run(make_config(fake, ["solo"]), single=True)
+    assert record.status == "ok" and record.final_text == "Just me."
+    assert [r["body"]["model"] for r in fake.requests] == ["solo"]
+    assert record.proposer_calls == [] and record.aggregator_call.model == "openai/solo"
+    with pytest.raises(engine.InputError, match="takes 1 model, 2 given"):
+        engine.run_sync(make_config(fake, ["a", "b"]), "hi", single=True)
+
+
+def test_provider_limits_hold_across_runs_in_different_threads(fake):
+    for m in "ab":
+        fake.set(m, delay_s=0.3)
+    limits = engine.Limits(per_provider={"openai": 1})
+    threads = [
+        threading.Thread(
+            target=engine.run_sync, args=(make_config(fake, [m]), "hi"), kwargs={"limits": limits}
+        )
+        for m in "ab"
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fake.requests) == 4 and fake.max_active == 1
