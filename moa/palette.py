@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 # Vega/Tableau 10: distinct hues that stay apart for most colour-vision deficiencies.
-COLOURS = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B", "#9D755D")
-NOVEL = "#6B7280"  # the aggregator's own words
+COLOURS = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#8E6CB8", "#3BA3A0", "#D4A017", "#9D755D")
+AGGREGATOR = "#334155"
+NOVEL = "#64748B"  # the aggregator's own words
 
 
 def colour(i: int) -> str:

@@ -1,0 +1,1 @@
+"""Streamlit components of MoA Studio: the run renderer, live-run plumbing, model picker, charts."""

@@ -1,0 +1,351 @@
+"""The sidebar's run configuration: presets, proposers, aggregator, layers, budget, synthesis."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import streamlit as st
+
+from moa import config as config_mod
+from moa import llm
+from moa.config import LIMITS, ConfigError, ModelSpec, RunConfig
+from moa.prompts import DEFAULT_AGGREGATOR_PROMPT
+from moa.ui import state as K
+from moa.ui.picker import keyed_providers, model_picker
+from moa.ui.render import AGGREGATOR_COLOUR, esc, markdown_escape, proposer_colour
+from moa.ui.resources import presets_dir
+
+# The form's truth is st.session_state (one key per widget): loading a preset writes those
+# keys, config_from_state() reads them back through moa.config.from_dict, so the UI refuses
+# exactly what a TOML file would, with the same messages.
+
+DEFAULT_PRESET = "local-quick"  # runs with no key at all, like the CLI's default
+MAX_PROPOSERS = LIMITS["proposers"][1]
+# Used only when the presets folder is empty: the smallest model that runs everywhere.
+FALLBACK = RunConfig(
+    proposers=[ModelSpec(model="local/smollm2-135m", max_tokens=120)],
+    aggregator=ModelSpec(model="local/smollm2-135m", temperature=0.2, max_tokens=200),
+    name="Local fallback",
+)
+
+
+# ---------------------------------------------------------------- presets
+
+
+def _usable(cfg: RunConfig, keyed: set[str]) -> bool:
+    """Every model runs locally, on its own api_base, or with a provider key that is set."""
+    return all(s.provider == "local" or s.api_base or s.provider in keyed for s in cfg.models())
+
+
+def default_preset(names: list[str]) -> str | None:
+    """$MOA_PRESET if it exists; with no key set, local-quick; with keys, the first preset that
+    uses a keyed provider and needs no other key; else local-quick, else the first preset."""
+    wanted = os.environ.get("MOA_PRESET")
+    if wanted in names:
+        return wanted
+    keyed = set(keyed_providers())
+    if keyed:
+        for name in names:
+            try:
+                cfg = config_mod.load_preset(name, presets_dir())
+            except ConfigError:
+                continue
+            if any(s.provider in keyed for s in cfg.models()) and _usable(cfg, keyed):
+                return name
+    if DEFAULT_PRESET in names:
+        return DEFAULT_PRESET
+    return names[0] if names else None
+
+
+def _spec_into_state(slot: str, spec: ModelSpec) -> None:
+    ss, key = st.session_state, lambda f: K.field_key(slot, f)
+    ss[key("model")] = spec.model
+    ss[key("api_base")] = spec.api_base or ""
+    ss[key("label")] = spec.label or ""
+    ss[key("temperature")] = float(spec.temperature)
+    ss[key("max_tokens")] = int(spec.max_tokens)
+    ss[key("system_prompt")] = spec.system_prompt or ""
+    ss[key("timeout_s")] = None if spec.timeout_s is None else float(spec.timeout_s)
+    ss[key("api_key_env")] = spec.api_key_env or ""
+
+
+def load_into_state(cfg: RunConfig, preset: str | None = None) -> None:
+    """Write a config into the form's keys (call before the widgets are drawn, or in a callback)."""
+    ss = st.session_state
+    first = ss.get(K.NEXT_ID, 0)
+    # Fresh slot ids: widget keys of the old proposers are dropped, never reused with old values.
+    ss[K.PROPOSER_IDS] = list(range(first, first + len(cfg.proposers)))
+    ss[K.NEXT_ID] = first + len(cfg.proposers)
+    for slot_id, spec in zip(ss[K.PROPOSER_IDS], cfg.proposers, strict=True):
+        _spec_into_state(K.proposer_slot(slot_id), spec)
+    _spec_into_state(K.AGGREGATOR_SLOT, cfg.aggregator)
+    ss[K.LAYERS] = cfg.layers
+    ss[K.PROPOSER_TIMEOUT] = float(cfg.proposer_timeout_s)
+    ss[K.BUDGET] = None if cfg.max_cost_usd is None else float(cfg.max_cost_usd)
+    ss[K.SYNTHESIS] = cfg.aggregator_prompt or DEFAULT_AGGREGATOR_PROMPT
+    ss[K.CONFIG_NAME] = cfg.name
+    ss[K.LOADED] = config_mod.to_dict(cfg)
+    if preset is not None:
+        ss[K.PRESET] = preset
+
+
+def init_state() -> None:
+    """First script run of a session: load the default preset into the form."""
+    if K.PROPOSER_IDS in st.session_state:
+        return
+    names = config_mod.list_presets(presets_dir())
+    name = default_preset(names)
+    cfg = FALLBACK
+    if name is not None:
+        try:
+            cfg = config_mod.load_preset(name, presets_dir())
+        except ConfigError as e:
+            st.session_state[K.PRESET_MESSAGE] = ("error", str(e))
+    load_into_state(cfg, name)
+
+
+def _on_preset_change() -> None:
+    name = st.session_state.get(K.PRESET)
+    if not name:
+        return
+    try:
+        cfg = config_mod.load_preset(name, presets_dir())
+    except ConfigError as e:
+        st.session_state[K.PRESET_MESSAGE] = ("error", str(e))
+        return
+    load_into_state(cfg)
+    st.session_state[K.PRESET_MESSAGE] = None
+
+
+def _on_save() -> None:
+    ss = st.session_state
+    try:
+        name = config_mod.check_preset_name(ss.get(K.SAVE_NAME) or "")
+        cfg = config_from_state()
+        existed = name in config_mod.list_presets(presets_dir())
+        config_mod.save_preset(cfg, name, presets_dir())
+        saved = config_mod.load_preset(name, presets_dir())
+    except ConfigError as e:
+        ss[K.PRESET_MESSAGE] = ("error", str(e))
+        return
+    except OSError as e:
+        ss[K.PRESET_MESSAGE] = ("error", f"could not write to {presets_dir()}: {e.strerror or e}")
+        return
+    ss[K.PRESET] = name
+    ss[K.CONFIG_NAME] = saved.name
+    ss[K.LOADED] = config_mod.to_dict(saved)
+    ss[K.SAVE_NAME] = ""
+    verb = "Replaced" if existed else "Saved"
+    ss[K.PRESET_MESSAGE] = ("success", f"{verb} preset '{name}'.")
+
+
+# ---------------------------------------------------------------- form ↔ config
+
+
+def _spec_dict(slot: str) -> dict[str, Any]:
+    ss, key = st.session_state, lambda f: K.field_key(slot, f)
+    d: dict[str, Any] = {"model": (ss.get(key("model")) or "").strip()}
+    for text_field in ("api_base", "label", "api_key_env"):
+        value = (ss.get(key(text_field)) or "").strip()
+        if value:
+            d[text_field] = value
+    system = ss.get(key("system_prompt")) or ""
+    if system.strip():
+        d["system_prompt"] = system
+    d["temperature"] = float(ss.get(key("temperature"), 0.7))
+    d["max_tokens"] = int(ss.get(key("max_tokens"), 512))
+    if ss.get(key("timeout_s")) is not None:
+        d["timeout_s"] = float(ss[key("timeout_s")])
+    return d
+
+
+def config_from_state() -> RunConfig:
+    """The form as a validated RunConfig; ConfigError names the offending field."""
+    ss = st.session_state
+    d: dict[str, Any] = {
+        "name": ss.get(K.CONFIG_NAME) or "Untitled",
+        "layers": int(ss.get(K.LAYERS, 1)),
+        "proposer_timeout_s": float(ss.get(K.PROPOSER_TIMEOUT, 120.0)),
+        "aggregator": _spec_dict(K.AGGREGATOR_SLOT),
+        "proposers": [_spec_dict(K.proposer_slot(i)) for i in ss.get(K.PROPOSER_IDS, [])],
+    }
+    if ss.get(K.BUDGET) is not None:
+        d["max_cost_usd"] = float(ss[K.BUDGET])
+    synthesis = ss.get(K.SYNTHESIS) or ""
+    if synthesis.strip() and synthesis.strip() != DEFAULT_AGGREGATOR_PROMPT.strip():
+        d["aggregator_prompt"] = synthesis
+    return config_mod.from_dict(d)
+
+
+def _on_add() -> None:
+    ss = st.session_state
+    ids = ss[K.PROPOSER_IDS]
+    if len(ids) >= MAX_PROPOSERS:
+        ss[K.PRESET_MESSAGE] = ("error", f"at most {MAX_PROPOSERS} proposers")
+        return
+    new = ss[K.NEXT_ID]
+    ss[K.NEXT_ID] = new + 1
+    # A new proposer starts as a copy of the last one: change the model and go.
+    last = K.proposer_slot(ids[-1]) if ids else K.AGGREGATOR_SLOT
+    for field in K.MODEL_FIELDS:
+        ss[K.field_key(K.proposer_slot(new), field)] = ss.get(K.field_key(last, field))
+    ss[K.field_key(K.proposer_slot(new), "label")] = ""
+    ss[K.PROPOSER_IDS] = [*ids, new]
+
+
+def _on_remove(slot_id: int) -> None:
+    ids = st.session_state[K.PROPOSER_IDS]
+    if len(ids) > 1 and slot_id in ids:
+        st.session_state[K.PROPOSER_IDS] = [i for i in ids if i != slot_id]
+
+
+def _on_reset_synthesis() -> None:
+    st.session_state[K.SYNTHESIS] = DEFAULT_AGGREGATOR_PROMPT
+
+
+# ---------------------------------------------------------------- drawing
+
+
+BRAND = (
+    '<div style="font-size:1.35rem;font-weight:750;color:#0f172a;line-height:1.2">MoA Studio</div>'
+    '<div style="font-size:.8rem;color:#64748b">Mixture-of-Agents: proposers answer, an '
+    "aggregator writes the final answer.</div>"
+)
+
+
+def render_locked(cfg: RunConfig) -> None:
+    """While a run is live: the config it runs with, read-only, and no widgets at all.
+
+    Every widget on the page makes each streamed update costlier for the browser (Streamlit
+    re-renders the whole element tree per message): a sidebar of ~50 widgets tripled the
+    token-to-screen latency with 8 streams. Widget values survive: a script run that is
+    interrupted by a rerun (as every live-run script run is) never drops widget state.
+    """
+    rows = "".join(
+        f'<div class="moa-lock-row"><span class="moa-dot" style="--moa-c:{proposer_colour(i)}">'
+        f"</span><b>{esc(p.display)}</b><code>{esc(p.model)}</code></div>"
+        for i, p in enumerate(cfg.proposers)
+    )
+    agg = cfg.aggregator
+    st.html(BRAND)
+    st.html(
+        f'<div class="moa-lock"><div class="moa-lock-title">Running · {esc(cfg.name)}</div>'
+        f"{_heading('Proposers', f'{len(cfg.proposers)} × {cfg.layers} layer(s)')}{rows}"
+        f"{_heading('Aggregator', '')}"
+        f'<div class="moa-lock-row"><span class="moa-dot" style="--moa-c:{AGGREGATOR_COLOUR}">'
+        f"</span><b>{esc(agg.display)}</b><code>{esc(agg.model)}</code></div>"
+        '<div class="moa-lock-note">The settings are locked while the run is live; they '
+        "come back when it ends or you stop it.</div></div>"
+    )
+
+
+def render_sidebar() -> RunConfig | ConfigError:
+    """Draw the configuration (into the current container, the sidebar); returns the config it
+    describes, or why it is not valid."""
+    ss = st.session_state
+    st.html(BRAND)
+    names = config_mod.list_presets(presets_dir())
+    current = ss.get(K.PRESET)
+    options = names if current in names or current is None else [*names, current]
+    st.selectbox(
+        "Preset",
+        options,
+        key=K.PRESET,
+        on_change=_on_preset_change,
+        placeholder="no presets in the folder",
+        help=f"TOML presets from {presets_dir()}",
+    )
+    try:
+        cfg: RunConfig | ConfigError = config_from_state()
+    except ConfigError as e:
+        cfg = e
+    if isinstance(cfg, RunConfig) and config_mod.to_dict(cfg) != ss.get(K.LOADED):
+        st.caption("modified: save it as a preset to keep these settings")
+    name_col, save_col = st.columns([3, 2], vertical_alignment="bottom")
+    name_col.text_input("Save as preset", key=K.SAVE_NAME, placeholder="my-preset")
+    save_col.button(
+        "Save", key=K.SAVE_BUTTON, on_click=_on_save, width="stretch", icon=":material/save:"
+    )
+    message = ss.get(K.PRESET_MESSAGE)
+    if message:
+        kind, text = message
+        (st.success if kind == "success" else st.error)(markdown_escape(text))
+
+    ids = ss[K.PROPOSER_IDS]
+    st.html(_heading("Proposers", f"{len(ids)} of {MAX_PROPOSERS}"))
+    for n, slot_id in enumerate(ids, start=1):
+        slot = K.proposer_slot(slot_id)
+        with st.container(border=True):
+            title, remove = st.columns([4, 1], vertical_alignment="center")
+            title.markdown(f"**Proposer {n}**")
+            remove.button(
+                "",
+                key=K.remove_button_key(slot),
+                icon=":material/close:",
+                help="Remove this proposer",
+                on_click=_on_remove,
+                args=(slot_id,),
+                disabled=len(ids) <= 1,
+                type="tertiary",
+            )
+            model_picker(slot, role="proposer")
+    st.button(
+        "Add proposer",
+        key=K.ADD_PROPOSER,
+        icon=":material/add:",
+        on_click=_on_add,
+        disabled=len(ids) >= MAX_PROPOSERS,
+        help=f"Up to {MAX_PROPOSERS} proposers",
+    )
+
+    st.html(_heading("Aggregator", "writes the final answer"))
+    with st.container(border=True):
+        model_picker(K.AGGREGATOR_SLOT, role="aggregator")
+
+    st.html(_heading("Run", ""))
+    st.slider(
+        "Layers",
+        *LIMITS["layers"],
+        key=K.LAYERS,
+        help="Layer k>1 proposers read layer k-1's answers before answering again.",
+    )
+    lo, hi = LIMITS["proposer_timeout_s"]
+    st.number_input(
+        "Proposer timeout (s)", min_value=lo, max_value=hi, step=10.0, key=K.PROPOSER_TIMEOUT
+    )
+    lo, hi = LIMITS["max_cost_usd"]
+    st.number_input(
+        "Budget cap (USD)",
+        min_value=lo,
+        max_value=hi,
+        step=0.01,
+        format="%.4f",
+        key=K.BUDGET,
+        value=None,
+        placeholder="no cap",
+        help="A run whose estimated cost is above this is refused before any call.",
+    )
+    with st.expander("Synthesis prompt"):
+        st.text_area(
+            "Instructions for the aggregator",
+            key=K.SYNTHESIS,
+            height=260,
+            help="The system message of the aggregator; candidates travel as delimited data.",
+        )
+        st.button(
+            "Reset to default",
+            key=K.RESET_SYNTHESIS,
+            on_click=_on_reset_synthesis,
+            icon=":material/restart_alt:",
+        )
+    keys = [name for name, is_set in llm.keys_set().items() if is_set]
+    st.caption("Provider keys set: " + (", ".join(keys) if keys else "none (local models only)"))
+    return cfg
+
+
+def _heading(title: str, sub: str) -> str:
+    return (
+        f'<div class="moa-section" style="margin:.6rem 0 0">{esc(title)}'
+        f"{f'<span>{esc(sub)}</span>' if sub else ''}</div>"
+    )

@@ -1,0 +1,668 @@
+"""The run renderer: a RunRecord drawn as one card per call, live (fed by events) or replayed."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Sequence
+
+import streamlit as st
+
+from moa import export, palette
+from moa.attribution import Attribution
+from moa.records import CallRecord, RunRecord
+
+# Every piece of model text, prompt, label, model id and error message is untrusted: it reaches
+# the page only through esc() (html.escape with quotes) inside markup written here, and that
+# markup goes through st.html, which Streamlit sanitises again with DOMPurify.
+
+# One colour per proposer position (the same proposer keeps it across layers, columns, legend
+# and charts): Tableau-10 hues, distinct for up to 8 proposers and readable as light tints.
+PALETTE = palette.COLOURS
+AGGREGATOR_COLOUR = palette.AGGREGATOR
+NOVEL_COLOUR = palette.NOVEL
+CARD_TEXT_LIMIT = 200  # characters of a matched counterpart shown in a hover
+CallKey = tuple[int, str, int]
+LIVE_TAIL_CHARS = 4000  # of a streaming answer, drawn while it streams (the card shows ~800)
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def esc(text: object) -> str:
+    """Escape untrusted text for HTML content and attribute values alike."""
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def markdown_escape(text: str) -> str:
+    """Escape text for st.markdown/st.error, so a message cannot smuggle links or formatting."""
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def proposer_colour(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+def call_colour(call: CallRecord) -> str:
+    return AGGREGATOR_COLOUR if call.role == "aggregator" else proposer_colour(call.index)
+
+
+def rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def fmt_cost(usd: float | None) -> str:
+    """A price; None is "unknown" (a model litellm has no price for), never $0."""
+    if usd is None:
+        return "unknown"
+    if usd == 0:
+        return "$0"
+    if usd < 0.01:
+        return f"${usd:.6f}".rstrip("0")
+    return f"${usd:.4f}"
+
+
+def fmt_tokens(n: int | None) -> str:
+    return "—" if n is None else f"{n:,}"
+
+
+# Call status → (css class, chip text). "running" splits on whether a token has arrived.
+_CHIPS = {
+    "waiting": ("waiting", "waiting"),
+    "started": ("started", "started"),
+    "streaming": ("streaming", "streaming"),
+    "retrying": ("retrying", "retrying"),
+    "ok": ("ok", "done"),
+    "failed": ("failed", "failed"),
+    "timeout": ("timeout", "timed out"),
+    "cancelled": ("cancelled", "cancelled"),
+    "interrupted": ("interrupted", "interrupted"),
+}
+_RUN_CHIPS = {
+    "running": ("streaming", "running"),
+    "stopping": ("retrying", "stopping…"),
+    "ok": ("ok", "done"),
+    "failed": ("failed", "failed"),
+    "cancelled": ("cancelled", "cancelled"),
+    "interrupted": ("interrupted", "interrupted"),
+}
+
+
+def call_phase(call: CallRecord, retrying: bool = False) -> str:
+    if call.status == "running":
+        if retrying:
+            return "retrying"
+        return "streaming" if call.text else "started"
+    return call.status
+
+
+def chip(kind: str, text: str) -> str:
+    return f'<span class="moa-chip moa-{esc(kind)}">{esc(text)}</span>'
+
+
+def call_chip(call: CallRecord, retrying: bool = False) -> str:
+    kind, text = _CHIPS.get(call_phase(call, retrying), ("waiting", call.status))
+    return chip(kind, text)
+
+
+def run_chip(status: str) -> str:
+    kind, text = _RUN_CHIPS.get(status, ("waiting", status))
+    return chip(kind, text)
+
+
+# ---------------------------------------------------------------- CSS
+
+CSS = """
+<style>
+.moa-grid{display:grid;gap:.6rem;align-items:start}
+@media (max-width:1100px){.moa-grid{grid-template-columns:repeat(2,minmax(0,1fr))!important}}
+@media (max-width:640px){.moa-grid{grid-template-columns:minmax(0,1fr)!important}}
+.moa-card{background:#fff;border:1px solid #e2e8f0;border-top:4px solid var(--moa-c);
+  border-radius:12px;padding:.7rem .85rem .6rem;box-shadow:0 1px 2px rgba(15,23,42,.05);
+  min-width:0}
+.moa-card.moa-final{border-top-width:1px;border-left:5px solid var(--moa-c);padding:.9rem 1.1rem}
+.moa-head{display:flex;align-items:center;gap:.45rem;min-width:0}
+.moa-dot{width:.7rem;height:.7rem;border-radius:50%;background:var(--moa-c);flex:none}
+.moa-name{font-weight:650;font-size:.93rem;color:#0f172a;overflow:hidden;text-overflow:ellipsis;
+  white-space:nowrap;flex:1 1 auto;min-width:0}
+.moa-model{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.72rem;color:#64748b;
+  margin:.1rem 0 .45rem;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.moa-text{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.86rem;line-height:1.55;
+  color:#1e293b;max-height:21rem;overflow-y:auto;padding-right:.2rem}
+.moa-tail{display:flex;flex-direction:column-reverse}
+.moa-final .moa-text{font-size:.97rem;max-height:none;line-height:1.65}
+.moa-empty{color:#94a3b8;font-style:italic;font-size:.84rem}
+.moa-metrics{display:flex;flex-wrap:wrap;gap:.25rem .4rem;margin-top:.55rem;padding-top:.45rem;
+  border-top:1px dashed #e2e8f0}
+.moa-m{font-size:.72rem;color:#475569;background:#f8fafc;border:1px solid #eef2f7;
+  border-radius:6px;padding:0 .38rem;white-space:nowrap}
+.moa-m b{font-weight:600;color:#0f172a}
+.moa-m.moa-unknown b{color:#b45309}
+.moa-error{margin-top:.45rem;background:#fef2f2;border:1px solid #fecaca;color:#991b1b;
+  border-radius:8px;padding:.35rem .55rem;font-size:.78rem;white-space:pre-wrap;
+  overflow-wrap:anywhere}
+.moa-error.moa-quiet,.moa-alert.moa-quiet{background:#f8fafc;border-color:#e2e8f0;color:#475569}
+.moa-note{margin-top:.45rem;background:#fffbeb;border:1px solid #fde68a;color:#92400e;
+  border-radius:8px;padding:.3rem .55rem;font-size:.78rem;overflow-wrap:anywhere}
+.moa-chip{display:inline-flex;align-items:center;gap:.3rem;flex:none;padding:.08rem .55rem;
+  border-radius:999px;font-size:.7rem;font-weight:650;letter-spacing:.02em;white-space:nowrap}
+.moa-chip::before{content:"";width:.45rem;height:.45rem;border-radius:50%;background:currentColor}
+.moa-waiting{background:#f1f5f9;color:#64748b}
+.moa-started{background:#e0f2fe;color:#0369a1}
+.moa-streaming{background:#dbeafe;color:#1d4ed8}
+.moa-streaming::before,.moa-started::before,.moa-retrying::before{animation:moa-pulse 1s infinite}
+.moa-retrying{background:#fef3c7;color:#b45309}
+.moa-ok{background:#dcfce7;color:#15803d}
+.moa-failed{background:#fee2e2;color:#b91c1c}
+.moa-timeout{background:#ffedd5;color:#c2410c}
+.moa-cancelled{background:#e2e8f0;color:#475569}
+.moa-interrupted{background:#ede9fe;color:#6d28d9}
+@keyframes moa-pulse{0%,100%{opacity:1}50%{opacity:.25}}
+.moa-runhead{display:flex;flex-wrap:wrap;align-items:center;gap:.35rem .6rem;padding:.55rem .8rem;
+  background:#f8fafc;border:1px solid #e2e8f0;border-radius:12px;font-size:.85rem;color:#334155}
+.moa-runhead .moa-runname{font-weight:650;color:#0f172a}
+.moa-runhead .moa-sep{color:#cbd5e1}
+.moa-runhead a{color:#2563eb;text-decoration:none;font-weight:600}
+.moa-runhead a:hover{text-decoration:underline}
+.moa-alert{margin-top:.4rem;background:#fef2f2;border:1px solid #fecaca;color:#991b1b;
+  border-radius:10px;padding:.45rem .7rem;font-size:.84rem;white-space:pre-wrap;
+  overflow-wrap:anywhere}
+.moa-section{display:flex;align-items:baseline;gap:.5rem;margin:1rem 0 .2rem;font-size:.78rem;
+  font-weight:700;letter-spacing:.08em;text-transform:uppercase;color:#475569}
+.moa-section span{font-weight:500;letter-spacing:0;text-transform:none;color:#94a3b8}
+.moa-prompt{background:#f8fafc;border:1px solid #e2e8f0;border-radius:10px;padding:.55rem .8rem;
+  font-size:.88rem;white-space:pre-wrap;overflow-wrap:anywhere;color:#1e293b}
+.moa-prompt small{display:block;font-size:.7rem;font-weight:700;letter-spacing:.06em;
+  text-transform:uppercase;color:#94a3b8;margin-bottom:.15rem}
+.moa-seg{border-radius:3px;box-decoration-break:clone;-webkit-box-decoration-break:clone;
+  padding:0 1px;cursor:help}
+.moa-new{border-bottom:2px dashed #64748b;background:rgba(100,116,139,.07)}
+.moa-dropped{opacity:.42;cursor:help}
+.moa-legend{display:flex;flex-wrap:wrap;gap:.3rem .9rem;align-items:center;font-size:.78rem;
+  color:#334155;margin:0 0 .6rem;padding-bottom:.5rem;border-bottom:1px solid #f1f5f9}
+.moa-legend b{font-weight:650}
+.moa-legend .moa-key{display:inline-flex;align-items:center;gap:.35rem}
+.moa-swatch{display:inline-block;width:1.6rem;height:.8rem;border-radius:3px}
+.moa-swatch.moa-new{background:rgba(100,116,139,.07);border:1px dashed #64748b;border-radius:3px}
+.moa-legend .moa-hint{color:#94a3b8;margin-left:auto}
+.moa-lock{font-size:.84rem;color:#334155}
+.moa-lock-title{font-weight:700;color:#1d4ed8;margin:.4rem 0 .2rem}
+.moa-lock-row{display:flex;align-items:center;gap:.45rem;padding:.28rem 0;min-width:0}
+.moa-lock-row b{font-weight:600;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.moa-lock-row code{font-size:.7rem;color:#64748b;background:none;margin-left:auto;
+  white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:50%}
+.moa-lock-note{margin-top:.7rem;font-size:.76rem;color:#64748b}
+.moa-welcome{border:1px dashed #cbd5e1;border-radius:14px;padding:1.1rem 1.3rem;color:#475569;
+  background:linear-gradient(180deg,#f8fafc,#fff);font-size:.9rem;line-height:1.6}
+.moa-welcome b{color:#0f172a}
+</style>
+"""
+
+
+def inject_css() -> None:
+    """Once per script run: style-only HTML goes to Streamlit's event container (no space)."""
+    st.html(CSS)
+
+
+# ---------------------------------------------------------------- HTML pieces
+
+
+def text_html(text: str) -> str:
+    return esc(text)
+
+
+def highlighted(text: str, spans: Iterable[tuple[int, int, str, str, str]]) -> str:
+    """Escaped `text` with the (start, end, class, style, title) spans wrapped in <span>s."""
+    out, pos = [], 0
+    for start, end, cls, style, title in sorted(spans):
+        if start < pos or end <= start:  # overlapping or empty: keep the text, skip the markup
+            continue
+        out.append(esc(text[pos:start]))
+        out.append(
+            f'<span class="{esc(cls)}" style="{esc(style)}" title="{esc(title)}">'
+            f"{esc(text[start:end])}</span>"
+        )
+        pos = end
+    out.append(esc(text[pos:]))
+    return "".join(out)
+
+
+def _quote(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) > CARD_TEXT_LIMIT:
+        text = text[: CARD_TEXT_LIMIT - 1] + "…"
+    return f"“{text}”"
+
+
+def _tint(colour: str, underline: str | None = None) -> str:
+    return (
+        f"background:{rgba(colour, 0.2)};"
+        f"box-shadow:inset 0 -2px 0 {rgba(underline or colour, 0.85)}"
+    )
+
+
+def _metric(label: str, value: str, cls: str = "") -> str:
+    return f'<span class="moa-m {cls}">{esc(label)} <b>{esc(value)}</b></span>'
+
+
+def call_metrics(call: CallRecord) -> str:
+    parts: list[str] = []
+    if call.latency_s is not None:
+        parts.append(_metric("latency", fmt_s(call.latency_s)))
+    if call.ttft_s is not None:
+        parts.append(_metric("TTFT", fmt_s(call.ttft_s)))
+    if call.tokens_out is not None:
+        parts.append(_metric("tokens", f"{fmt_tokens(call.tokens_in)} → {call.tokens_out:,}"))
+        tps = call.tokens_per_s
+        if tps:
+            parts.append(_metric("speed", f"{tps:.0f} tok/s"))
+    finished = call.status not in ("waiting", "running")
+    # A stream cut short has text but no usage: its cost is unknown, not $0 and not absent.
+    if finished and (call.tokens_out is not None or call.text):
+        cls = "moa-unknown" if call.cost_usd is None else ""
+        parts.append(_metric("cost", fmt_cost(call.cost_usd), cls))
+    if call.attempts > 1:
+        parts.append(_metric("attempts", str(call.attempts)))
+    return f'<div class="moa-metrics">{"".join(parts)}</div>' if parts else ""
+
+
+def _model_line(call: CallRecord) -> str:
+    bits = [call.model]
+    temp = call.params.get("temperature")
+    if temp is not None:
+        bits.append(f"T {temp:g}")
+    if call.params.get("max_tokens"):
+        bits.append(f"max {call.params['max_tokens']:,} tok")
+    return esc(" · ".join(bits))
+
+
+def call_card(
+    call: CallRecord,
+    *,
+    body: str | None = None,
+    note: str | None = None,
+    extra: str = "",
+) -> str:
+    """One call as a card: name, status chip, model, text (or `body` markup), metrics, error.
+
+    `body` is already-escaped markup (the highlighted text); `note` is a transient message such
+    as "retrying in 0.5 s: …" (untrusted, escaped here). `extra` is markup above the text.
+    """
+    final = call.role == "aggregator"
+    text_cls = "moa-text"
+    if body is None:
+        if call.text and call.status == "running":
+            # While it streams, the card shows the tail and stays scrolled to the newest words
+            # (column-reverse anchors the scroll at the bottom even as the card is redrawn),
+            # and a long answer costs the browser the same per redraw as a short one.
+            tail = call.text[-LIVE_TAIL_CHARS:]
+            body = f"<div>{'…' if len(tail) < len(call.text) else ''}{text_html(tail)}</div>"
+            text_cls += " moa-tail"
+        elif call.text:
+            body = text_html(call.text)
+        elif call.status == "waiting":
+            body = '<span class="moa-empty">waiting for its turn…</span>'
+        elif call.status == "running":
+            body = '<span class="moa-empty">waiting for the first token…</span>'
+        else:
+            body = '<span class="moa-empty">no text</span>'
+    error = ""
+    if call.error:
+        quiet = " moa-quiet" if call.status == "cancelled" else ""
+        error = f'<div class="moa-error{quiet}">{esc(call.error)}</div>'
+    note_html = f'<div class="moa-note">{esc(note)}</div>' if note else ""
+    name = call.label or call.model
+    return (
+        f'<div class="moa-card{" moa-final" if final else ""}" '
+        f'style="--moa-c:{call_colour(call)}" data-call="{esc("-".join(map(str, call.key)))}" '
+        f'data-status="{esc(call.status)}">'
+        f'<div class="moa-head"><span class="moa-dot"></span>'
+        f'<span class="moa-name" title="{esc(name)}">{esc(name)}</span>'
+        f"{call_chip(call, retrying=bool(note))}</div>"
+        f'<div class="moa-model" title="{esc(call.model)}">{_model_line(call)}</div>'
+        f"{extra}"
+        f'<div class="{text_cls}">{body}</div>'
+        f"{note_html}{error}{call_metrics(call)}</div>"
+    )
+
+
+def section(title: str, sub: str = "") -> str:
+    return f'<div class="moa-section">{esc(title)}{f"<span>{esc(sub)}</span>" if sub else ""}</div>'
+
+
+def run_link(run_id: str) -> str:
+    return f"?run={esc(run_id)}"
+
+
+def run_cost(record: RunRecord) -> str:
+    """The run's cost: "unknown" if any call's price or usage is unknown, never a made-up $0."""
+    usage = record.usage()
+    if any(c.text and c.tokens_out is None for c in record.calls):
+        return "unknown"  # a stream cut short reports no usage, but the provider still billed it
+    if not any(c.tokens_out is not None for c in record.calls):
+        return "—"  # nothing finished: nothing to price
+    return fmt_cost(usage["cost_usd"])
+
+
+def run_header(
+    record: RunRecord, *, status: str | None = None, elapsed_s: float | None = None
+) -> str:
+    """Run status, shape, totals and the link to the stored run; the run's error below."""
+    status = status or record.status
+    cfg = record.config
+    n = len(cfg.proposers)
+    shape = (
+        f"{n} proposer{'s' if n != 1 else ''} × {cfg.layers} layer{'s' if cfg.layers != 1 else ''}"
+    )
+    bits = [run_chip(status), f'<span class="moa-runname">{esc(cfg.name)}</span>', esc(shape)]
+    wall = record.wall_s if record.wall_s is not None else elapsed_s
+    if wall is not None:
+        bits.append(esc(fmt_s(wall)))
+    usage = record.usage()
+    if usage["tokens_out"]:
+        bits.append(esc(f"{usage['tokens_in']:,} tokens in · {usage['tokens_out']:,} out"))
+    if status not in ("running", "stopping"):
+        bits.append(esc(f"cost {run_cost(record)}"))
+    bits.append(
+        f'<a href="{run_link(record.run_id)}" target="_blank" rel="noopener noreferrer" '
+        f'title="Open the saved run">saved run {esc(record.run_id)} ↗</a>'
+    )
+    head = '<span class="moa-sep">·</span>'.join(bits)
+    alert = ""
+    if record.error:
+        quiet = " moa-quiet" if record.status == "cancelled" else ""
+        alert = f'<div class="moa-alert{quiet}">{esc(record.error)}</div>'
+    return f'<div class="moa-runhead" data-run="{esc(record.run_id)}">{head}</div>{alert}'
+
+
+def prompt_html(record: RunRecord) -> str:
+    parts = [f'<div class="moa-prompt"><small>Prompt</small>{esc(record.prompt)}</div>']
+    if record.system_prompt:
+        parts.append(
+            f'<div class="moa-prompt" style="margin-top:.35rem"><small>System prompt</small>'
+            f"{esc(record.system_prompt)}</div>"
+        )
+    return "".join(parts)
+
+
+def layout_rows(n: int, per_row: int = 4) -> list[int]:
+    """How many cards go in each row: at most `per_row`, rows as even as possible (7 → 4, 3)."""
+    if n <= 0:
+        return []
+    rows = -(-n // per_row)
+    width = -(-n // rows)
+    return [min(width, n - i * width) for i in range(rows)]
+
+
+# ---------------------------------------------------------------- attribution markup
+
+
+class Kept:
+    """Attribution mapped onto a record: who each local candidate is, and its markup."""
+
+    def __init__(self, record: RunRecord, attribution: Attribution, candidate_ids: Sequence[int]):
+        self.record, self.attr = record, attribution
+        proposers = record.proposer_calls
+        self.calls = [proposers[pos] for pos in candidate_ids]  # local index → call
+
+    def colour(self, local: int) -> str:
+        return call_colour(self.calls[local])
+
+    def label(self, local: int) -> str:
+        return self.calls[local].label or self.calls[local].model
+
+    def final_html(self, text: str) -> str:
+        spans = []
+        for s in self.attr.segments:
+            seg = s.segment
+            if s.novel or not s.sources:
+                title = (
+                    "New: no candidate says this (the aggregator's own words)"
+                    f" · best match score {s.score:.2f}"
+                )
+                spans.append((seg.start, seg.end, "moa-seg moa-new", "", title))
+                continue
+            lines = []
+            for src in s.sources:
+                cand = self.attr.candidate_segments[src.candidate][src.segment_index]
+                lines.append(
+                    f"Kept from {self.label(src.candidate)} (score {src.score:.2f}):\n"
+                    f"{_quote(cand.segment.text)}"
+                )
+            if s.merged:
+                lines.insert(0, f"Merged from two sentences (together {s.score:.2f})")
+            first = s.sources[0].candidate
+            second = s.sources[1].candidate if len(s.sources) > 1 else first
+            style = _tint(self.colour(first), self.colour(second))
+            spans.append((seg.start, seg.end, "moa-seg", style, "\n\n".join(lines)))
+        return highlighted(text, spans)
+
+    def candidate_html(self, local: int) -> str:
+        call = self.calls[local]
+        colour = self.colour(local)
+        spans = []
+        for cs in self.attr.candidate_segments[local]:
+            seg = cs.segment
+            counterpart = cs.used_by[0] if cs.used_by else cs.match
+            quoted = (
+                _quote(self.attr.segments[counterpart].segment.text)
+                if counterpart is not None
+                else ""
+            )
+            if cs.kept:
+                title = f"Kept in the final answer (score {cs.score:.2f}):\n{quoted}"
+                spans.append((seg.start, seg.end, "moa-seg", _tint(colour), title))
+            elif counterpart is not None and cs.score > 0:
+                title = f"Dropped. Closest final sentence (score {cs.score:.2f}):\n{quoted}"
+                spans.append((seg.start, seg.end, "moa-dropped", "", title))
+            else:
+                title = "Dropped: nothing like it in the final answer"
+                spans.append((seg.start, seg.end, "moa-dropped", "", title))
+        return highlighted(call.text, spans)
+
+    def legend_html(self) -> str:
+        keys = []
+        order = sorted(range(len(self.calls)), key=lambda i: self.calls[i].index)
+        for local in order:
+            share = self.attr.share[local] if local < len(self.attr.share) else 0.0
+            keys.append(
+                f'<span class="moa-key"><span class="moa-swatch" '
+                f'style="{esc(_tint(self.colour(local)))}"></span>'
+                f"<b>{esc(self.label(local))}</b> {share:.0%}</span>"
+            )
+        keys.append(
+            '<span class="moa-key"><span class="moa-swatch moa-new"></span>'
+            f"<b>new</b> {self.attr.novel_share:.0%}</span>"
+        )
+        hint = '<span class="moa-hint">hover a sentence for its source and score</span>'
+        return f'<div class="moa-legend">{"".join(keys)}{hint}</div>'
+
+
+def _fingerprint(record: RunRecord) -> tuple:
+    return (
+        record.run_id,
+        record.status,
+        record.final_text,
+        tuple((c.key, c.status, c.text) for c in record.proposer_calls),
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs={RunRecord: _fingerprint})
+def attribution_for(record: RunRecord) -> tuple[Attribution | None, list[int]]:
+    """`moa.export.attribution`, cached per run content: (Attribution or None, candidate ids)."""
+    return export.attribution(record)
+
+
+# ---------------------------------------------------------------- the renderer
+
+
+class _Group:
+    """The cards of one layer (or the aggregator), drawn together as one CSS grid."""
+
+    def __init__(self, keys: list[CallKey], per_row: int) -> None:
+        self.slot = st.empty()
+        self.keys, self.per_row = keys, per_row
+        self.cards: dict[CallKey, str] = {}
+        self.dirty = False
+
+    def html(self) -> str:
+        cards = "".join(self.cards.get(k, "") for k in self.keys)
+        return (
+            f'<div class="moa-grid" style="grid-template-columns:repeat({self.per_row},'
+            f'minmax(0,1fr))">{cards}</div>'
+        )
+
+
+class RunView:
+    """Placeholders for every call of a run, laid out by layer; the live view and the replay
+    both draw through it, so a stored run looks exactly like it did while it streamed.
+
+    A layer is one grid element (rows of at most 4 cards) rather than a Streamlit column per
+    card: while 8 proposers stream, that is one message per redraw instead of eight.
+    """
+
+    def __init__(self, record: RunRecord, *, show_prompt: bool = True) -> None:
+        self.header = st.empty()
+        if show_prompt:
+            st.html(prompt_html(record))
+        self._groups: list[_Group] = []
+        self._group_of: dict[CallKey, _Group] = {}
+        layers = sorted({c.layer for c in record.proposer_calls})
+        for layer in layers:
+            calls = [c for c in record.proposer_calls if c.layer == layer]
+            if len(layers) == 1:
+                st.html(section("Proposers", f"{len(calls)} answering in parallel"))
+            else:
+                sub = "answer in parallel" if layer == 1 else f"each reads layer {layer - 1}"
+                st.html(section(f"Layer {layer} of {len(layers)}", sub))
+            self._add_group(calls, layout_rows(len(calls))[0])
+        agg = record.aggregator_call
+        if agg is not None:
+            st.html(section("Final answer", f"written by the aggregator, {agg.label}"))
+            self._add_group([agg], 1)
+
+    def _add_group(self, calls: list[CallRecord], per_row: int) -> None:
+        group = _Group([c.key for c in calls], per_row)
+        self._groups.append(group)
+        for call in calls:
+            self._group_of[call.key] = group
+
+    def draw_header(self, markup: str) -> None:
+        self.header.html(markup)
+
+    def draw_call(self, call: CallRecord, **card_kwargs) -> None:
+        """Update one card; it reaches the page at the next flush()."""
+        group = self._group_of.get(call.key)
+        if group is not None:
+            group.cards[call.key] = call_card(call, **card_kwargs)
+            group.dirty = True
+
+    def flush(self) -> None:
+        for group in self._groups:
+            if group.dirty:
+                group.slot.html(group.html())
+                group.dirty = False
+
+
+def render_run(
+    record: RunRecord,
+    attribution: Attribution | None = None,
+    candidate_ids: Sequence[int] | None = None,
+    *,
+    show_prompt: bool = True,
+    show_charts: bool = True,
+    key: str | None = None,
+) -> RunView:
+    """Draw a finished (or stored) run: cards per call, the highlighted final answer, charts.
+
+    `attribution`/`candidate_ids` are what `moa.export.attribution(record)` (or the cached
+    `attribution_for(record)`) returns; without them the texts are shown plain. `key` prefixes
+    the chart keys so one page can hold several runs. A page calls `inject_css()` once first.
+    History page: `render_run(rec, *attribution_for(rec))` with `rec = store.get_run(run_id)`.
+    """
+    view = RunView(record, show_prompt=show_prompt)
+    view.draw_header(run_header(record))
+    kept = Kept(record, attribution, candidate_ids) if attribution is not None else None
+    bodies: dict[tuple[int, str, int], str] = {}
+    legend = ""
+    if kept is not None:
+        for local, call in enumerate(kept.calls):
+            bodies[call.key] = kept.candidate_html(local)
+        agg = record.aggregator_call
+        if agg is not None and record.final_text:
+            bodies[agg.key] = kept.final_html(record.final_text)
+            legend = kept.legend_html()
+    for call in record.calls:
+        extra = legend if call.role == "aggregator" else ""
+        view.draw_call(call, body=bodies.get(call.key), extra=extra)
+    view.flush()
+    if record.final_text:
+        with st.expander("Final answer as formatted Markdown"):
+            # st.markdown without unsafe_allow_html: Streamlit itself drops raw HTML.
+            st.markdown(record.final_text)
+    if show_charts:
+        _charts(record, attribution, candidate_ids, key or record.run_id)
+    return view
+
+
+def _charts(
+    record: RunRecord,
+    attribution: Attribution | None,
+    candidate_ids: Sequence[int] | None,
+    key: str,
+) -> None:
+    """Two rows of two charts. Not st.tabs: once tabs have been on the page, the browser keeps
+    scanning the DOM on every later update, which doubled the token latency of the next run."""
+    from moa.ui import charts  # plotly is imported only once a run is there to chart
+
+    config = {"displaylogo": False}
+    attributed = attribution is not None and candidate_ids is not None
+    st.html(section("What the aggregator kept", "share of the answer · agreement"))
+    share_col, agree_col = st.columns(2, gap="medium")
+    with share_col:
+        if attributed:
+            st.plotly_chart(
+                charts.share_chart(record, attribution, candidate_ids),
+                key=f"{key}-share",
+                config=config,
+            )
+        else:
+            st.caption("No final answer to attribute.")
+    with agree_col:
+        if attributed and len(candidate_ids) > 1:
+            st.plotly_chart(
+                charts.agreement_heatmap(record, attribution, candidate_ids),
+                key=f"{key}-agreement",
+                config=config,
+            )
+            st.caption(
+                "Share of word pairs two candidates have in common (both ways, averaged): "
+                "high agreement means the proposers converged."
+            )
+        elif attributed:
+            st.caption("Agreement needs at least two candidates that answered.")
+    st.html(section("Where the time and money went", "per call"))
+    time_col, usage_col = st.columns(2, gap="medium")
+    with time_col:
+        st.plotly_chart(charts.timeline(record), key=f"{key}-timeline", config=config)
+        st.caption(
+            "Light: waiting for the first token · solid: streaming. Layer k+1 starts when "
+            "layer k is done."
+        )
+    with usage_col:
+        usage = charts.usage_chart(record)
+        if usage is not None:
+            st.plotly_chart(usage, key=f"{key}-usage", config=config)
+        else:
+            st.caption("No call reported its token counts (none finished).")
+    with st.expander("Every call as a table"):
+        st.dataframe(charts.usage_table(record), hide_index=True, width="stretch")

@@ -1,0 +1,54 @@
+"""Every st.session_state key the UI uses, named in one place (widget keys included)."""
+
+from __future__ import annotations
+
+# Non-widget state
+LIVE = "moa_live_run"  # the session's LiveRun: running, or the last one (drawn until replaced)
+RUN_ERROR = "moa_run_error"  # why the last Run click was refused (InputError / ConfigError text)
+PROPOSER_IDS = "moa_proposer_ids"  # stable ids of the proposer slots, in order
+NEXT_ID = "moa_next_proposer_id"  # next slot id: ids are never reused, so widget keys stay unique
+LOADED = "moa_loaded_config"  # dict of the preset as loaded, to show "modified"
+CONFIG_NAME = "moa_config_name"  # RunConfig.name of the loaded preset
+PRESET_MESSAGE = "moa_preset_message"  # ("success" | "error", text) after a save or a load
+
+# Widgets (keys double as handles for AppTest and Playwright)
+PRESET = "preset"
+SAVE_NAME = "save_name"
+SAVE_BUTTON = "save_preset"
+ADD_PROPOSER = "add_proposer"
+LAYERS = "layers"
+PROPOSER_TIMEOUT = "proposer_timeout_s"
+BUDGET = "max_cost_usd"
+SYNTHESIS = "aggregator_prompt"
+RESET_SYNTHESIS = "reset_aggregator_prompt"
+PROMPT = "prompt"
+SYSTEM = "system_prompt"
+RUN_BUTTON = "run"
+STOP_BUTTON = "stop"
+NEW_RUN_BUTTON = "new_run"
+RUN_FORM = "run_form"
+
+AGGREGATOR_SLOT = "agg"
+MODEL_FIELDS = (
+    "model",
+    "api_base",
+    "label",
+    "temperature",
+    "max_tokens",
+    "system_prompt",
+    "timeout_s",
+    "api_key_env",
+)
+
+
+def proposer_slot(slot_id: int) -> str:
+    return f"p{slot_id}"
+
+
+def field_key(slot: str, field: str) -> str:
+    """Widget key of one model setting, e.g. `p3.model` or `agg.temperature`."""
+    return f"{slot}.{field}"
+
+
+def remove_button_key(slot: str) -> str:
+    return f"{slot}.remove"

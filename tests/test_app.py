@@ -1,0 +1,383 @@
+"""The Run page through AppTest (config form, validation, a loopback run, the saved-run view)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from moa import config as config_mod
+from moa.records import CallRecord, RunRecord
+from moa.store import Store
+from moa.ui import state as K
+from moa.ui.live import LiveRun
+from moa.ui.render import Kept, call_card, run_header
+from tests.appserver import ROOT
+from tests.conftest import make_config
+
+APP = str(ROOT / "app.py")
+XSS = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
+
+
+@pytest.fixture
+def presets(tmp_path, monkeypatch, server):
+    """An empty presets folder the app reads and writes (litellm is imported by `server`)."""
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    monkeypatch.setenv("MOA_PRESETS_DIR", str(folder))
+    monkeypatch.delenv("MOA_PRESET", raising=False)
+    return folder
+
+
+@pytest.fixture
+def loopback(fake, presets, db_path):
+    """A 'loop' preset: three `openai/<name>` proposers and an aggregator on the fake server."""
+    fake.set("alpha", text="Water is what plants need most. Light drives photosynthesis.")
+    fake.set("beta", text="Plants need light to grow. Good soil gives them nutrients.")
+    fake.set("gamma", text="Roots take up water from the soil. " + XSS)
+    fake.set(
+        "agg",
+        text="Water is what plants need most. Plants need light to grow. "
+        "Roots take up water from the soil. Also, talk to your plants kindly.",
+    )
+    cfg = make_config(fake, ["alpha", "beta", "gamma"], name="loop")
+    config_mod.save_preset(cfg, "loop", presets)
+    return fake
+
+
+def app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def plain(markdown: str) -> str:
+    """Messages are Markdown-escaped (a backslash before punctuation): the text as shown."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def errors(at: AppTest) -> list[str]:
+    return [plain(e.value) for e in at.error]
+
+
+def html(at: AppTest) -> str:
+    return "\n".join(h.value for h in at.html)
+
+
+def run(at: AppTest, prompt: str) -> AppTest:
+    at.text_area(key=K.PROMPT).input(prompt)
+    at.button(key=K.RUN_BUTTON).click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_default_preset_is_local_quick_when_no_key_is_set(monkeypatch, db_path, server):
+    monkeypatch.delenv("MOA_PRESETS_DIR", raising=False)
+    monkeypatch.delenv("MOA_PRESET", raising=False)
+    at = app()
+    assert at.selectbox(key=K.PRESET).value == "local-quick"
+    models = [at.selectbox(key=f"p{i}.model").value for i in range(3)]
+    assert all(m.startswith("local/") for m in models)
+    assert at.selectbox(key="agg.model").value.startswith("local/")
+    assert "local/smollm2-135m" in at.selectbox(key="p0.model").options
+    assert any("none (local models only)" in c.value for c in at.caption)
+    assert any("Estimated cost" in c.value and "0" in c.value for c in at.caption)
+
+
+def test_with_a_key_set_the_default_is_a_preset_that_uses_it(presets, monkeypatch, db_path):
+    local = config_mod.load_preset("local-quick")
+    config_mod.save_preset(local, "local-quick", presets)
+    keyed = config_mod.loads(
+        '[aggregator]\nmodel = "openai/gpt-4o-mini"\n[[proposers]]\nmodel = "openai/gpt-4o-mini"\n'
+    )
+    config_mod.save_preset(keyed, "openai-mini", presets)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-000")
+    at = app()
+    assert at.selectbox(key=K.PRESET).value == "openai-mini"
+    assert "OPENAI_API_KEY" in " ".join(c.value for c in at.caption)
+    assert "sk-test" not in html(at) + " ".join(c.value for c in at.caption)
+    # Models of a provider whose key is set are suggested in the picker.
+    assert "openai/gpt-4o" in at.selectbox(key="agg.model").options
+
+
+def test_api_keys_from_secrets_reach_the_environment_but_never_the_page(
+    presets, monkeypatch, db_path
+):
+    monkeypatch.setenv("GROQ_API_KEY", "")  # unset for the app; restored after the test
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.secrets["GROQ_API_KEY"] = "gsk-secret-value-123456"
+    at.run()
+    assert not at.exception
+    assert os.environ["GROQ_API_KEY"] == "gsk-secret-value-123456"
+    shown = html(at) + " ".join(c.value for c in at.caption)
+    assert "GROQ_API_KEY" in shown and "gsk-secret" not in shown
+
+
+def test_add_and_remove_proposers_up_to_eight_and_set_layers(loopback):
+    at = app()
+    assert at.selectbox(key=K.PRESET).value == "loop"
+    assert len(at.session_state[K.PROPOSER_IDS]) == 3
+    at.button(key=K.ADD_PROPOSER).click().run()
+    ids = at.session_state[K.PROPOSER_IDS]
+    assert len(ids) == 4
+    # A new proposer starts as a copy of the last one (model and endpoint), without its label.
+    assert at.selectbox(key=f"p{ids[-1]}.model").value == "openai/gamma"
+    assert at.text_input(key=f"p{ids[-1]}.api_base").value == loopback.base_url
+    at.button(key=f"p{ids[0]}.remove").click().run()
+    assert at.session_state[K.PROPOSER_IDS] == ids[1:]
+    for _ in range(5):
+        at.button(key=K.ADD_PROPOSER).click().run()
+    assert len(at.session_state[K.PROPOSER_IDS]) == 8
+    assert at.button(key=K.ADD_PROPOSER).disabled  # a 9th proposer cannot be added
+    assert "8 of 8" in html(at)
+    at.slider(key=K.LAYERS).set_value(3).run()
+    assert not at.exception
+    assert "modified" in " ".join(c.value for c in at.caption)
+
+
+def test_the_last_proposer_cannot_be_removed(loopback):
+    at = app()
+    ids = at.session_state[K.PROPOSER_IDS]
+    for slot in ids[:-1]:
+        at.button(key=f"p{slot}.remove").click().run()
+    assert at.button(key=f"p{ids[-1]}.remove").disabled
+
+
+def test_empty_prompt_is_refused_with_a_message_and_nothing_saved(loopback, db_path):
+    at = run(app(), "   ")
+    assert errors(at) == ["the prompt is empty: type a question or task for the models"]
+    assert loopback.requests == []
+    assert not db_path.exists() or Store(db_path).count_runs() == 0
+
+
+def test_a_bad_field_is_named_in_the_sidebar_and_refused_on_run(loopback):
+    at = app()
+    at.text_input(key="p0.api_base").input("ftp://example").run()
+    assert any("proposers[0].api_base" in e and "http(s) URL" in e for e in errors(at))
+    run(at, "Hello?")
+    assert any("proposers[0].api_base" in e for e in errors(at))
+    assert loopback.requests == []
+
+
+def _preset(fake, presets, name: str, **changes) -> None:
+    cfg = make_config(fake, ["alpha", "beta"], name=name)
+    for key, value in changes.items():
+        target, attr = key.split("__")
+        spec = cfg.aggregator if target == "agg" else cfg.proposers[int(target[1:])]
+        setattr(spec, attr, value)
+    config_mod.save_preset(cfg, name, presets)
+
+
+def test_unknown_model_id_is_refused_before_any_call(loopback, presets):
+    _preset(loopback, presets, "bad-model", p1__model="nosuchprovider/model-x")
+    at = app()
+    at.selectbox(key=K.PRESET).set_value("bad-model").run()
+    assert "nosuchprovider/model-x" in at.selectbox(key="p1.model").options  # typed ids stay
+    run(at, "Hello?")
+    assert any("'nosuchprovider/model-x' is not a model id litellm knows" in e for e in errors(at))
+    assert loopback.requests == []
+
+
+def test_budget_cap_refuses_a_run_whose_estimate_is_over_it(loopback, presets):
+    # A model litellm has a price for, still served by the loopback server.
+    _preset(loopback, presets, "priced", agg__model="openai/gpt-4o-mini")
+    at = app()
+    at.selectbox(key=K.PRESET).set_value("priced").run()
+    assert any("Estimated cost: at most $" in plain(c.value) for c in at.caption)
+    at.number_input(key=K.BUDGET).set_value(0.000001).run()
+    assert any("over the budget cap" in e for e in errors(at))
+    run(at, "Hello?")
+    assert any("is over max_cost_usd" in e for e in errors(at))
+    assert loopback.requests == []
+
+
+def test_bad_preset_name_on_save_is_an_error_not_a_traceback(loopback, presets):
+    at = app()
+    at.text_input(key=K.SAVE_NAME).input("../evil").run()
+    at.button(key=K.SAVE_BUTTON).click().run()
+    assert not at.exception
+    assert any("preset name '../evil' is not allowed" in e for e in errors(at))
+    assert sorted(p.name for p in presets.parent.rglob("*.toml")) == ["loop.toml"]
+
+
+def test_save_as_preset_writes_the_form_and_selects_it(loopback, presets):
+    at = app()
+    at.slider(key=K.LAYERS).set_value(2).run()
+    at.text_input(key=K.SAVE_NAME).input("my mix").run()
+    at.button(key=K.SAVE_BUTTON).click().run()
+    assert [plain(s.value) for s in at.success] == ["Saved preset 'my mix'."]
+    assert at.selectbox(key=K.PRESET).value == "my mix"
+    saved = config_mod.load_preset("my mix", presets)
+    assert saved.layers == 2 and [p.model for p in saved.proposers] == [
+        "openai/alpha",
+        "openai/beta",
+        "openai/gamma",
+    ]
+
+
+def test_picking_a_preset_loads_it_into_the_form(loopback, presets):
+    other = make_config(loopback, ["solo"], aggregator="writer", name="other", layers=2)
+    config_mod.save_preset(other, "other", presets)
+    at = app()
+    at.selectbox(key=K.PRESET).set_value("other").run()
+    ids = at.session_state[K.PROPOSER_IDS]
+    assert len(ids) == 1
+    assert at.selectbox(key=f"p{ids[0]}.model").value == "openai/solo"
+    assert at.slider(key=K.LAYERS).value == 2
+    assert at.selectbox(key="agg.model").value == "openai/writer"
+
+
+def test_synthesis_prompt_resets_to_the_default(loopback):
+    from moa.prompts import DEFAULT_AGGREGATOR_PROMPT
+
+    at = app()
+    at.text_area(key=K.SYNTHESIS).input("Just pick the best one.").run()
+    at.button(key=K.RESET_SYNTHESIS).click().run()
+    assert at.text_area(key=K.SYNTHESIS).value == DEFAULT_AGGREGATOR_PROMPT
+
+
+# ---------------------------------------------------------------- a run
+
+
+def test_a_run_streams_to_the_end_shows_what_was_kept_and_is_saved(loopback, db_path):
+    at = app()
+    at.slider(key=K.LAYERS).set_value(1).run()
+    run(at, "How do plants grow?")
+    page = html(at)
+    # Every candidate and the final answer, done.
+    for name in ("alpha", "beta", "gamma"):
+        assert f'title="{name}"' in page
+    assert page.count('data-status="ok"') == 4
+    assert "Talk to your plants kindly" not in page  # the text is as the model wrote it
+    assert "talk to your plants kindly" in page
+    # The final answer is tinted by source: kept sentences name their candidate, the last is new.
+    assert re.search(r'<span class="moa-seg" style="[^"]+" title="Kept from alpha \(score', page)
+    assert 'class="moa-seg moa-new"' in page
+    assert "moa-legend" in page and "moa-dropped" in page
+    # Hostile text from a candidate is shown escaped.
+    assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in page
+    assert "<script>" not in page.replace("<style>", "")
+    # It is in the store, and linked.
+    runs = Store(db_path).search_runs()
+    assert [(r.status, r.final_text) for r in runs] == [("ok", loopback.behaviours["agg"].text)]
+    assert f'href="?run={runs[0].id}"' in page
+    # The form kept its values while the sidebar was locked during the run.
+    assert at.selectbox(key=K.PRESET).value == "loop"
+    assert len(at.session_state[K.PROPOSER_IDS]) == 3
+    assert at.button(key=K.RUN_BUTTON).disabled is False
+    assert at.session_state[K.LIVE].running is False
+
+
+def test_two_layers_show_each_layer_then_the_aggregator(loopback, db_path):
+    at = app()
+    at.slider(key=K.LAYERS).set_value(2).run()
+    page = html(run(at, "How do plants grow?"))
+    assert "Layer 1 of 2" in page and "Layer 2 of 2" in page
+    assert page.count('data-status="ok"') == 7  # 3 + 3 proposers and the aggregator
+    assert 'data-call="2-proposer-2"' in page
+    record = Store(db_path).get_run(Store(db_path).search_runs()[0].id)
+    assert [c.layer for c in record.proposer_calls] == [1, 1, 1, 2, 2, 2]
+
+
+def test_a_failing_proposer_is_shown_with_the_providers_message(loopback):
+    loopback.set("beta", fault="500")
+    at = run(app(), "How do plants grow?")
+    page = html(at)
+    assert 'data-status="failed"' in page
+    assert "upstream beta exploded" in page
+    assert page.count('data-status="ok"') == 3  # the run goes on without it
+
+
+def test_the_stored_run_view_draws_the_same_run(loopback, db_path):
+    live = run(app(), "How do plants grow?")
+    run_id = Store(db_path).search_runs()[0].id
+    live_final = next(h.value for h in live.html if "moa-final" in h.value)
+
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception
+    stored_final = next(h.value for h in at.html if "moa-final" in h.value)
+    assert stored_final == live_final  # the same renderer, the same markup
+    assert "How do plants grow?" in html(at)  # the prompt is shown in the read-only view
+    assert at.button(key=K.NEW_RUN_BUTTON)
+
+
+def test_an_unknown_run_id_is_an_error(loopback):
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params["run"] = "0123456789abcdef0123"
+    at.run()
+    assert errors(at) == ["no run with id '0123456789abcdef0123'"]
+
+
+# ---------------------------------------------------------------- live plumbing, renderer
+
+
+def test_live_run_cancel_keeps_what_arrived_and_the_store_has_it(fake, db_path):
+    fake.set("slow", text=" ".join(f"w{i}" for i in range(100)), token_delay_s=0.05)
+    store = Store(db_path)
+    live = LiveRun(make_config(fake, ["slow"]), "Count.").start(store)
+    assert live.started.wait(5)
+    deadline = time.monotonic() + 10
+    while "w3" not in live.record().proposer_calls[0].text and time.monotonic() < deadline:
+        time.sleep(0.02)
+    live.stop()
+    assert live.wait(5)
+    record = live.record()
+    assert record.status == "cancelled"
+    assert record.proposer_calls[0].status == "cancelled"
+    assert record.proposer_calls[0].text.startswith("w0 w1 w2 w3")
+    assert record.aggregator_call.status == "cancelled"
+    stored = Store(db_path).get_run(live.run_id)
+    assert stored.status == "cancelled"
+    assert stored.proposer_calls[0].text == record.proposer_calls[0].text
+
+
+def test_live_run_versions_only_report_calls_that_changed(fake, db_path):
+    live = LiveRun(make_config(fake, ["a", "b"]), "Hi").start(Store(db_path))
+    assert live.wait(10)
+    drawn: dict = {}
+    first = live.changes(drawn)
+    assert {c.key for c, _ in first} == {
+        (1, "proposer", 0),
+        (1, "proposer", 1),
+        (2, "aggregator", 0),
+    }
+    assert live.changes(drawn) == []  # nothing new since
+
+
+def _record(fake, text: str, label: str = "a", **kw) -> RunRecord:
+    call = CallRecord(1, "proposer", 0, "openai/a", label, text=text, status="ok", **kw)
+    agg = CallRecord(2, "aggregator", 0, "openai/agg", "agg")
+    return RunRecord("0123456789abcdef", make_config(fake, ["a"]), "Hi", calls=[call, agg])
+
+
+def test_cards_and_header_escape_hostile_labels_text_and_errors(fake):
+    record = _record(fake, XSS, label=XSS, error=XSS)
+    record.config.name = record.error = XSS
+    call = record.calls[0]
+    call.model, call.status = XSS, "failed"
+    for markup in (call_card(call), run_header(record)):
+        assert "<script" not in markup and "<img" not in markup
+        assert "&lt;script&gt;" in markup
+
+
+def test_hover_titles_are_escaped(fake):
+    from moa.attribution import attribute
+
+    record = _record(fake, 'Say "hi" <b>loud</b>. Then stop.')
+    kept = Kept(record, attribute('Say "hi" <b>loud</b>.', [record.proposer_calls[0].text]), [0])
+    final = kept.final_html('Say "hi" <b>loud</b>.')
+    column = kept.candidate_html(0)
+    for markup in (final, column):
+        assert "<b>" not in markup
+        assert "&quot;hi&quot; &lt;b&gt;loud&lt;/b&gt;" in markup
+        for title in re.findall(r'title="([^"]*)"', markup):
+            assert "<" not in title

@@ -1,0 +1,247 @@
+"""The Run page in a real Chromium: streaming, Ctrl+Enter, Stop, the saved run, hostile text."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from moa import config as config_mod
+from moa.store import Store
+from tests.appserver import CHROMIUM, ROOT, AppServer, interfaces, launch_chromium, loopback_netns
+from tests.conftest import make_config
+from tests.fakeserver import FakeServer
+
+pytestmark = pytest.mark.browser
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"Chromium is not installed at {CHROMIUM}", allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+ARTIFACTS = ROOT / "test-artifacts"
+PWNED = "document.title='pwned'"
+PAYLOADS = [
+    f"<script>{PWNED}</script>",
+    f'<img src=x onerror="{PWNED}">',
+    f"[click](javascript:{PWNED})",
+    "<style>body{display:none}</style>",
+    '<iframe src="javascript:alert(1)"></iframe>',
+]
+TEXTS = {
+    "alpha": "Plants need sunlight to make food through photosynthesis. Water carries nutrients "
+    f"from the roots up to the leaves. {PAYLOADS[0]} Healthy soil holds the minerals that "
+    "roots absorb. Most houseplants like bright but indirect light.",
+    "beta": "Give plants steady light every single day. Water them when the top of the soil "
+    f"feels dry. {PAYLOADS[1]} {PAYLOADS[2]} Most plants grow best between 18 and 24 "
+    "degrees. Turn pots now and then so stems grow straight.",
+    "gamma": "Roots anchor the plant and absorb water from the soil. "
+    f"{PAYLOADS[3]} {PAYLOADS[4]} Fertiliser adds nitrogen, phosphorus and potassium. "
+    "Too much water rots the roots, so let pots drain.",
+}
+FINAL = (
+    "Plants need sunlight to make food through photosynthesis. Water them when the top of "
+    "the soil feels dry.\n\nRoots anchor the plant and absorb water from the soil. "
+    f"{' '.join(PAYLOADS)}\n\nKeep an eye out for pests such as aphids on new leaves."
+)
+HOSTILE_LABEL = f'<img src=x onerror="{PWNED}">Gamma'
+
+# Records, for every card, the (status, text length) states the page went through.
+OBSERVER = """
+window.__moaSeen = {};
+new MutationObserver(() => {
+  for (const card of document.querySelectorAll('.moa-card[data-call]')) {
+    const key = card.dataset.call, text = card.querySelector('.moa-text');
+    const state = card.dataset.status + ':' + (text ? text.textContent.length : 0);
+    const seen = (window.__moaSeen[key] = window.__moaSeen[key] || []);
+    if (seen[seen.length - 1] !== state) seen.push(state);
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+@pytest.fixture
+def netns():
+    """Run the app server, the model server and Chromium with only loopback, when possible."""
+    with loopback_netns() as why_not:
+        if why_not is None:
+            assert interfaces() == ["lo"]
+        yield why_not
+
+
+@pytest.fixture
+def app(tmp_path, netns):
+    fake = FakeServer().start()  # created inside the namespace, like everything below
+    presets = tmp_path / "presets"
+    xss = make_config(fake, ["alpha", "beta", "gamma"], name="xss demo")
+    xss.proposers[0].label, xss.proposers[1].label = "Alpha", "Beta"
+    xss.proposers[2].label = HOSTILE_LABEL
+    xss.aggregator.label = "Writer"
+    config_mod.save_preset(xss, "xss-demo", presets)
+    slow = make_config(fake, ["slow1", "slow2"], name="slow")
+    config_mod.save_preset(slow, "a-slow-loopback", presets)  # first, so the default
+    for name, text in TEXTS.items():
+        fake.set(name, text=text, token_delay_s=0.03)
+    fake.set("agg", text=FINAL, token_delay_s=0.02)
+    long = " ".join(f"word{i}" for i in range(200))
+    fake.set("slow1", text=long, token_delay_s=0.1)
+    fake.set("slow2", text=long, token_delay_s=0.1)
+    db = tmp_path / "moa.db"
+    env = {"MOA_DB": str(db), "MOA_PRESETS_DIR": str(presets), "MOA_PRESET": ""}
+    env |= {k: "" for k in os.environ if k.endswith("_API_KEY")}  # no developer keys
+    server = AppServer(env).start()
+    try:
+        server.wait_healthy()
+        yield server, db
+    finally:
+        server.stop()
+        fake.stop()
+
+
+def _pick_preset(page, name: str) -> None:
+    page.get_by_test_id("stSelectbox").filter(has_text="Preset").click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def _run_prompt(page, prompt: str) -> None:
+    box = page.get_by_label("Prompt", exact=True)
+    box.fill(prompt)
+    box.press("Control+Enter")  # st.form: Ctrl/Cmd+Enter in a text area submits
+
+
+def screenshot(page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so grow the viewport to fit."""
+    size = page.viewport_size
+    height = page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll('[data-testid=stMain], "
+        "[data-testid=stSidebarContent]')].map(e => e.scrollHeight))"
+    )
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], height)})
+    page.wait_for_timeout(300)  # let plotly re-layout to the new size
+    page.screenshot(path=ARTIFACTS / name)
+    page.set_viewport_size(size)
+
+
+def _page_visible(page) -> bool:
+    """Not hidden by an injected style (body itself is 0 px high in Streamlit's layout)."""
+    styles = page.evaluate(
+        "() => [getComputedStyle(document.body).display, getComputedStyle(document.body).visibility]"
+    )
+    return styles == ["block", "visible"] and page.get_by_test_id("stApp").is_visible()
+
+
+def _dom_injections(page) -> dict[str, int]:
+    return page.evaluate(
+        """() => ({
+        img_x: document.querySelectorAll('img[src="x"]').length,
+        onerror: document.querySelectorAll('[onerror]').length,
+        iframes: document.querySelectorAll('iframe').length,
+        js_links: document.querySelectorAll('a[href^="javascript"]').length,
+        scripts: [...document.querySelectorAll('script')].filter(
+            s => s.textContent.includes('pwned')).length,
+        styles: [...document.querySelectorAll('style')].filter(
+            s => s.textContent.includes('display:none') && s.textContent.includes('body{')).length,
+    })"""
+    )
+
+
+def test_run_page_streams_highlights_stops_and_is_not_injectable(app, netns):
+    server, db = app
+    ARTIFACTS.mkdir(exist_ok=True)
+    dialogs: list[str] = []
+    with playwright_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.add_init_script(OBSERVER)
+        page.goto(server.url)
+        page.get_by_role("button", name="Run").wait_for(timeout=20_000)
+        title = page.title()
+
+        # Pick the hostile preset and run it with Ctrl+Enter.
+        _pick_preset(page, "xss-demo")
+        page.get_by_text("Proposer 3").wait_for()
+        _run_prompt(page, "How do plants grow?")
+        page.locator(".moa-card[data-status=running] .moa-tail").first.wait_for(timeout=20_000)
+        screenshot(page, "run-streaming.png")
+        page.locator(".moa-final .moa-seg").first.wait_for(timeout=30_000)
+        page.locator(".moa-runhead .moa-ok").wait_for()
+        page.get_by_text("Where the time went").wait_for(state="attached")
+
+        # Every candidate streamed: some card state had part of its text, before the end.
+        seen = page.evaluate("window.__moaSeen")
+        for i, name in enumerate(["alpha", "beta", "gamma"]):
+            states = seen[f"1-proposer-{i}"]
+            partial = [s for s in states if s.startswith("running:") and s != "running:0"]
+            assert partial, f"{name} never showed partial text: {states}"
+            lengths = [int(s.split(":")[1]) for s in partial]
+            assert min(lengths) < len(TEXTS[name]), f"{name}: no partial state in {states}"
+            assert states[-1] == f"ok:{len(TEXTS[name])}"
+        # The final answer is tinted by source, with new sentences marked, and a legend.
+        final = page.locator(".moa-final")
+        assert final.locator(".moa-seg:not(.moa-new)").count() >= 3
+        assert final.locator(".moa-seg.moa-new").count() >= 1
+        kept = final.locator(".moa-seg:not(.moa-new)").first.get_attribute("title")
+        assert kept.startswith("Kept from ") and "score" in kept
+        assert page.locator(".moa-legend").inner_text().count("%") == 4
+        assert page.locator(".moa-dropped").count() >= 1  # a candidate sentence left out
+        # Payloads are shown as text, literally.
+        assert (
+            HOSTILE_LABEL
+            in page.locator(".moa-card[data-call='1-proposer-2'] .moa-name").inner_text()
+        )
+        assert PAYLOADS[0] in final.inner_text()
+        page.get_by_text("Final answer as formatted Markdown").click()
+        screenshot(page, "run-final.png")
+
+        assert page.title() == title
+        assert dialogs == []
+        assert _page_visible(page)
+        assert _dom_injections(page) == {
+            "img_x": 0,
+            "onerror": 0,
+            "iframes": 0,
+            "js_links": 0,
+            "scripts": 0,
+            "styles": 0,
+        }
+        link = page.locator(".moa-runhead a").get_attribute("href")
+        run_id = re.fullmatch(r"\?run=([0-9a-f]+)", link).group(1)
+        n_segments = final.locator(".moa-seg").count()
+
+        # Stop: a long, slow run is cancelled mid-stream; what arrived is kept and saved.
+        _pick_preset(page, "a-slow-loopback")
+        page.get_by_text("Proposer 3").wait_for(state="detached")
+        _run_prompt(page, "Count slowly.")
+        page.locator(".moa-card[data-status=running] .moa-text", has_text="word5 ").first.wait_for(
+            timeout=20_000
+        )
+        page.get_by_role("button", name="Stop").click()
+        page.locator(".moa-runhead .moa-cancelled").wait_for(timeout=15_000)
+        cards = page.locator(".moa-card[data-status=cancelled]")
+        # Two proposers cut mid-stream, and the aggregator, which never started.
+        playwright_api.expect(cards).to_have_count(3)
+        partial = cards.first.locator(".moa-text").inner_text()
+        assert partial.startswith("word0 word1") and "word199" not in partial
+        playwright_api.expect(page.get_by_role("button", name="Run")).to_be_enabled()
+        screenshot(page, "run-stopped.png")
+
+        # The saved run opens through the same renderer, highlights included.
+        page.goto(server.url + f"?run={run_id}")
+        page.locator(".moa-final .moa-seg").first.wait_for(timeout=20_000)
+        assert page.locator(".moa-final .moa-seg").count() == n_segments
+        assert page.locator(".moa-prompt").first.inner_text().endswith("How do plants grow?")
+        screenshot(page, "run-saved.png")
+        assert page.title() == title and dialogs == [] and _page_visible(page)
+        assert _dom_injections(page)["img_x"] == 0
+        browser.close()
+
+    runs = Store(db).search_runs()
+    by_status = {r.status: r for r in runs}
+    assert set(by_status) == {"ok", "cancelled"}
+    cancelled = Store(db).get_run(by_status["cancelled"].id)
+    assert cancelled.proposer_calls[0].text.startswith("word0 word1")
+    (ARTIFACTS / "browser-netns.json").write_text(
+        json.dumps({"loopback_only_namespace": netns is None, "why_not": netns})
+    )
