@@ -231,7 +231,7 @@ def main() -> None:
     ]
 
     if "local/qwen2.5-coder-0.5b" in models:
-        lines.append(join_line("local/qwen2.5-coder-0.5b"))
+        lines += ["", join_line("local/qwen2.5-coder-0.5b")]
     lines += [
         "",
         "`moa.local` sets `OMP_WAIT_POLICY=PASSIVE` (unless already set) before llama.cpp loads: "

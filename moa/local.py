@@ -43,8 +43,9 @@ _READ_CHUNK = 8 * 1024 * 1024
 class LocalModelError(RuntimeError):
     """A local model cannot run; the message names the model and what to do about it.
 
-    `status_code` lets litellm map it to its own exception types (400 bad request, 404 not
-    installed, 408 timeout, 500 broken weights) with this message kept.
+    `status_code` lets litellm map it to its own exception types with this message kept:
+    400 bad request, 404 unknown or not installed, 408 timeout (BadRequestError, NotFoundError,
+    Timeout), 422 damaged weights (BadRequestError), 500 anything else (InternalServerError).
     """
 
     def __init__(self, message: str, status_code: int = 500) -> None:
@@ -274,7 +275,8 @@ def _file_sha(path: Path) -> str:
 def _mismatch(model: LocalModel, what: str, expected: str, got: str) -> LocalModelError:
     return LocalModelError(
         f"{model.id}: {what} mismatch (expected {expected}, got {got}); "
-        f"the weights are damaged or not the release we know; reinstall: {model.reinstall_hint()}"
+        f"the weights are damaged or not the release we know; reinstall: {model.reinstall_hint()}",
+        status_code=422,  # retrying cannot help: litellm maps it to a (non-retryable) 4xx error
     )
 
 
@@ -513,7 +515,7 @@ def _load(model: LocalModel) -> _Loaded:
         template = llama.metadata.get("tokenizer.chat_template")
         if not template:
             llama.close()
-            raise LocalModelError(f"{model.id}: {path.name} carries no chat template")
+            raise LocalModelError(f"{model.id}: {path.name} carries no chat template", 422)
         eos, bos = llama.token_eos(), llama.token_bos()
         # The same formatter llama-cpp-python builds from the GGUF for chat_format=None.
         formatter = llama_chat_format.Jinja2ChatFormatter(

