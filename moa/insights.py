@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 from moa.store import Store
 
@@ -87,25 +86,11 @@ class Insights:
     failures: dict[str, dict[str, int]]  # model -> error type -> count
 
 
-def _where(since: str | None, until: str | None, preset: str | None) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    if since:
-        clauses.append("runs.created_at >= ?")
-        params.append(since)
-    if until:
-        clauses.append("runs.created_at < ?")
-        params.append(until)
-    if preset:
-        clauses.append("runs.name = ?")
-        params.append(preset)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
 def compute(
     store: Store, since: str | None = None, until: str | None = None, preset: str | None = None
 ) -> Insights:
     """Sums and counts in SQL; only latencies travel to Python, for percentiles."""
-    where, params = _where(since, until, preset)
+    where, params = store.where_clause("", None, None, since, until, preset)
     db = store.db
     n_runs = db.execute(f"SELECT count(*) FROM runs{where}", params).fetchone()[0]
     done = "calls.status NOT IN ('waiting', 'running')"

@@ -276,7 +276,7 @@ class Store:
             record.calls.append(CallRecord.from_dict(c))
         return record
 
-    def _filters(
+    def where_clause(
         self,
         query: str,
         model: str | None,
@@ -285,6 +285,7 @@ class Store:
         until: str | None,
         name: str | None = None,
     ) -> tuple[str, list[Any]]:
+        """` WHERE …` over `runs` (and `runs_fts` when there are words) with its parameters."""
         where, params = [], []
         fts = fts_query(query)
         if fts:
@@ -318,7 +319,7 @@ class Store:
         cap: int | None = 10_000,
     ) -> int:
         """How many runs match, counting at most `cap` (a pager shows "10,000+")."""
-        where, params = self._filters(query, model, status, since, until, name)
+        where, params = self.where_clause(query, model, status, since, until, name)
         inner = f"SELECT 1 FROM {_source(query)}{where}"
         if cap is not None:
             inner += f" LIMIT {int(cap) + 1}"
@@ -348,7 +349,7 @@ class Store:
         that an imported run sorts by when it was imported. Ordering by rowid lets SQLite (and
         FTS5) stop after one page instead of sorting every match: < 100 ms at 100,000 runs.
         """
-        where, params = self._filters(query, model, status, since, until, name)
+        where, params = self.where_clause(query, model, status, since, until, name)
         sql = (
             "SELECT runs.id, runs.created_at, runs.name, runs.prompt, runs.proposers, "
             "runs.aggregator, runs.status, runs.error, runs.wall_s, runs.tokens_in, "
