@@ -1,0 +1,133 @@
+"""Helpers of the History page that do not draw: table rows, word diffs, import, re-aggregation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import html
+import re
+from dataclasses import replace
+
+from moa import engine
+from moa.export import load_json_export
+from moa.records import RunRecord
+from moa.store import RunSummary, Store, StoreWriter
+from moa.ui.render import fmt_cost
+
+PAGE_SIZE = 50
+COUNT_CAP = 10_000
+
+
+def fmt_count(n: int, cap: int = COUNT_CAP) -> str:
+    return f"{cap:,}+" if n > cap else f"{n:,}"
+
+
+def date_bounds(value: object) -> tuple[str | None, str | None]:
+    """A st.date_input range → (since, until) ISO strings; `until` is the day after the end."""
+    days = [d for d in (value if isinstance(value, list | tuple) else [value]) if d]
+    if not days:
+        return None, None
+    since = days[0].isoformat()
+    end = days[1] if len(days) > 1 else days[0]
+    return since, (end + dt.timedelta(days=1)).isoformat()
+
+
+def _short(text: str | None, n: int = 90) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def table_rows(runs: list[RunSummary]) -> list[dict[str, object]]:
+    """One dict per run; a dataframe shows them as text (never HTML)."""
+    rows = []
+    for r in runs:
+        tokens = (
+            None
+            if r.tokens_in is None and r.tokens_out is None
+            else ((r.tokens_in or 0) + (r.tokens_out or 0))
+        )
+        rows.append(
+            {
+                "time": (r.created_at or "")[:19].replace("T", " "),
+                "prompt": _short(r.prompt),
+                "proposers": r.proposers,
+                "aggregator": r.aggregator,
+                "status": r.status,
+                "wall s": "unknown" if r.wall_s is None else f"{r.wall_s:.2f}",
+                "tokens": "unknown" if tokens is None else f"{tokens:,}",
+                "cost": fmt_cost(r.cost_usd),
+                "id": r.id,
+            }
+        )
+    return rows
+
+
+def word_diff_html(base: str, other: str) -> str:
+    """`other` against `base`, word by word: insertions green, deletions struck red (escaped)."""
+    a, b = re.findall(r"\S+", base or ""), re.findall(r"\S+", other or "")
+    out: list[str] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(html.escape(" ".join(b[j1:j2])))
+            continue
+        if op in ("delete", "replace"):
+            out.append(
+                '<del style="background:#fee2e2;color:#991b1b">'
+                + html.escape(" ".join(a[i1:i2]))
+                + "</del>"
+            )
+        if op in ("insert", "replace"):
+            out.append(
+                '<ins style="background:#dcfce7;color:#166534;text-decoration:none">'
+                + html.escape(" ".join(b[j1:j2]))
+                + "</ins>"
+            )
+    return " ".join(out)
+
+
+class ImportRefused(ValueError):
+    """The file is valid but cannot be imported (its run id is already in the log)."""
+
+
+def import_json(store: Store, data: bytes | str) -> RunRecord:
+    """Parse an export and save it; ImportError_ for a bad file, ImportRefused for a known id."""
+    record = load_json_export(data)
+    if store.get_run(record.run_id) is not None:
+        raise ImportRefused(f"run {record.run_id} is already in the log; nothing was imported")
+    store.save_run(record)
+    return record
+
+
+def reaggregate(
+    store: Store,
+    record: RunRecord,
+    model: str,
+    api_base: str | None,
+    synthesis_prompt: str | None,
+) -> RunRecord:
+    """A new run reusing `record`'s candidates, only the (new) aggregator called; saved.
+
+    Raises engine.InputError (before any call) when the inputs cannot work.
+    """
+    model = (model or "").strip()
+    if not model:
+        raise engine.InputError("type the litellm id of the aggregator model, e.g. openai/gpt-4o")
+    old = record.config.aggregator
+    api_base = (api_base or "").strip() or None
+    spec = replace(
+        old,
+        model=model,
+        api_base=api_base,
+        label=old.label if model == old.model else None,
+        api_key_env=old.api_key_env if api_base == old.api_base else None,
+    )
+    cfg = engine.reaggregate_config(record, spec, synthesis_prompt)
+    engine.check(cfg, record.prompt, record.system_prompt, reuse=record)
+    return engine.run_sync(
+        cfg,
+        record.prompt,
+        system_prompt=record.system_prompt,
+        reuse=record,
+        checked=True,
+        on_event=StoreWriter(store),
+    )
