@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from moa.llm import redact
-from moa.records import utc_now
-from moa.store import Store, _alive
+from moa.records import pid_alive, utc_now
+from moa.store import Store
 
 ITEM_FIELDS = (
     "category",
@@ -111,7 +111,7 @@ class EvalStore:
         rows = self.store.db.execute(
             "SELECT id, pid FROM evals WHERE status = 'running'"
         ).fetchall()
-        dead = [eid for eid, pid in rows if pid != os.getpid() and not _alive(pid)]
+        dead = [eid for eid, pid in rows if pid != os.getpid() and not pid_alive(pid)]
         if dead:
             with self.store._write() as conn:
                 for eid in dead:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moa.records import pid_alive
+
 if TYPE_CHECKING:  # llama_cpp and litellm are heavy: imported lazily, on first use
     import llama_cpp
 
@@ -289,21 +291,11 @@ def _verify_in_place(model: LocalModel, path: Path) -> None:
         raise _mismatch(model, "sha256", model.sha256, sha)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_temps(dest: Path) -> None:
     """Delete half-written joins left by processes that died mid-copy."""
     for tmp in dest.parent.glob(f".{dest.name}.*.tmp"):
         parts = tmp.name[len(dest.name) + 2 :].split(".")
-        if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+        if parts and parts[0].isdigit() and not pid_alive(int(parts[0])):
             tmp.unlink(missing_ok=True)
 
 

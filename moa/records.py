@@ -22,6 +22,19 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id still exists (no signal is sent)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it is just not ours
+    return True
+
+
 def new_run_id() -> str:
     """Time-ordered id: 12 hex digits of milliseconds then 8 random hex digits."""
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}"

@@ -28,7 +28,7 @@ from moa.events import (
 )
 from moa.llm import redact
 from moa.migrations import migrate
-from moa.records import CallRecord, RunRecord
+from moa.records import CallRecord, RunRecord, pid_alive
 
 DEFAULT_DB = config_mod.ROOT / "data" / "moa.db"
 PARTIAL_FLUSH_S = 0.5  # how often a streaming call's partial text is saved (crash safety)
@@ -228,7 +228,7 @@ class Store:
     def recover_interrupted(self) -> int:
         """Runs left `running` by a process that is gone become `interrupted`, keeping their calls."""
         rows = self.db.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
-        dead = [rid for rid, pid in rows if rid not in _ACTIVE_RUNS and not _alive(pid)]
+        dead = [rid for rid, pid in rows if rid not in _ACTIVE_RUNS and not pid_alive(pid)]
         if not dead:
             return 0
         with self._write() as conn:
@@ -435,18 +435,6 @@ class StoreWriter:
                 self.store.save_call(run_id, call)
             case RunFinished(record=record):
                 self.store.finish_run(record)
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _explain(path: Path, e: sqlite3.DatabaseError) -> str:
