@@ -3,7 +3,7 @@ Self-MoA on SmolLM2, on the bundled verifiable questions, through `moa.evaluate`
 
 Prints accuracy (Wilson 95% CI), cost and time per contender, the per-category breakdown and the
 headline. The full set is 76 questions × 5 contenders (about an hour on 2 cores); `--limit N`
-takes the first N questions. `--db PATH` keeps the runs (and makes an interrupted run resumable:
+takes N questions spread over the categories. `--db PATH` keeps the runs (and makes an interrupted run resumable:
 rerun the same command); by default they go to a temporary database.
 
     .venv/bin/python bench/eval_local.py [--limit N] [--db PATH] [--samples N] [--write]
@@ -38,7 +38,7 @@ TIMEOUT_S = 900.0
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--limit", type=int, help="only the first N questions (default: all)")
+    p.add_argument("--limit", type=int, help="N questions spread over the categories (default: all)")
     p.add_argument("--db", help="SQLite file for the runs (default: a temporary one)")
     p.add_argument("--samples", type=int, help="Self-MoA samples (default: as many as proposers)")
     p.add_argument("--temperature", type=float, default=ev.SELF_MOA_TEMPERATURE)
@@ -75,7 +75,7 @@ def main() -> None:
 
 
 def report(results: ev.EvalResults, cfg: config.RunConfig, n: int, wall: float) -> list[str]:
-    subset = "all" if n == 76 else f"the first {n}"
+    subset = "all" if n == 76 else f"{n} (spread over the categories)"
     lines = [
         f"{subset.capitalize()} of the bundled verifiable questions (`data/questions/verifiable.jsonl`: "
         "arithmetic word problems, unit conversions, facts), scored by numeric/alias/exact "

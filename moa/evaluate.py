@@ -150,7 +150,7 @@ def from_preset(
     if alone:
         seen = set()
         for spec in [*cfg.proposers, cfg.aggregator]:
-            key = (spec.model, spec.api_base, spec.temperature, spec.max_tokens, spec.system_prompt)
+            key = (spec.model, spec.api_base)  # each *model* alone, once
             if key not in seen:
                 seen.add(key)
                 timed = replace(spec, timeout_s=cfg.timeout_for(spec))

@@ -85,14 +85,23 @@ class QuestionSet:
         return list(dict.fromkeys(q.category for q in self.questions))
 
     def limited(self, n: int | None) -> QuestionSet:
-        """The first n questions (the whole set for None)."""
-        if n is None:
+        """n questions taken round-robin across categories, each in file order, so a small
+        subset covers every category (the whole set for None; a one-category file: the first n).
+        Deterministic, so a resumed evaluation picks the same questions."""
+        if n is None or n >= len(self.questions):
             return self
-        return QuestionSet(self.name, self.source, self.questions[:n])
+        queues = {c: [q for q in self.questions if q.category == c] for c in self.categories}
+        picked: list[Question] = []
+        while len(picked) < n:
+            for queue in queues.values():
+                if queue and len(picked) < n:
+                    picked.append(queue.pop(0))
+        return QuestionSet(self.name, self.source, picked)
 
 
 def load_question_set(spec: str, limit: int | None = None) -> QuestionSet:
-    """`mtbench`, `verifiable`, or a path to a .jsonl/.csv file; the first `limit` questions."""
+    """`mtbench`, `verifiable`, or a path to a .jsonl/.csv file; `limit` questions spread over
+    the categories (see `QuestionSet.limited`)."""
     if limit is not None and limit < 1:
         raise QuestionFileError("--limit must be 1 or more")
     spec = spec.strip()
