@@ -38,7 +38,9 @@ TIMEOUT_S = 900.0
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--limit", type=int, help="N questions spread over the categories (default: all)")
+    p.add_argument(
+        "--limit", type=int, help="N questions spread over the categories (default: all)"
+    )
     p.add_argument("--db", help="SQLite file for the runs (default: a temporary one)")
     p.add_argument("--samples", type=int, help="Self-MoA samples (default: as many as proposers)")
     p.add_argument("--temperature", type=float, default=ev.SELF_MOA_TEMPERATURE)

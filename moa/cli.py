@@ -325,7 +325,9 @@ def _eval_parser(sub: Any) -> None:
         help="auto: match verifiable answers, else grade with the judge (default)",
     )
     ev.add_argument("--baseline", metavar="NAME", help="pairwise: compare with this contender")
-    ev.add_argument("--limit", type=int, metavar="N", help="N questions, spread over the categories")
+    ev.add_argument(
+        "--limit", type=int, metavar="N", help="N questions, spread over the categories"
+    )
     ev.add_argument("--concurrency", type=int, default=4, metavar="N", help="answers in flight")
     ev.add_argument("--max-cost", type=float, metavar="USD", help="refuse if the estimate is over")
     ev.add_argument(

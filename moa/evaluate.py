@@ -1261,6 +1261,33 @@ class EvalResults:
             latency_ratio = m.latency_s / best.latency_s
         return Headline(m, best, m.score - best.score, delta_ci, cost_ratio, latency_ratio)
 
+    def win_rates(self) -> dict[str, float | None]:
+        """Head to head on the same questions: how often a contender's answer scored above
+        another contender's, ties counted half, over all the others. Pairwise scoring: its score
+        (the win rate against the baseline; None for the baseline itself)."""
+        if self.scoring == "pairwise":
+            return {c.name: None if c.name == self.baseline else c.score for c in self.contenders}
+        scores: dict[tuple[str, str], float] = {
+            (i.question_id, i.contender): i.score
+            for i in self.items
+            if i.status == "scored" and i.score is not None
+        }
+        rates: dict[str, float | None] = {}
+        for c in self.contenders:
+            points = games = 0.0
+            for q in self.questions:
+                mine = scores.get((q.id, c.name))
+                if mine is None:
+                    continue
+                for o in self.contenders:
+                    theirs = scores.get((q.id, o.name))
+                    if o is c or theirs is None:
+                        continue
+                    games += 1
+                    points += 1.0 if mine > theirs else 0.5 if mine == theirs else 0.0
+            rates[c.name] = points / games if games else None
+        return rates
+
     def pareto_front(self, x: str = "cost") -> list[ContenderResult]:
         """Contenders no other beats on both quality and `x` ("cost" per answer or "latency")."""
 

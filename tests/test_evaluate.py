@@ -316,6 +316,8 @@ def test_an_evaluation_stores_linked_runs_and_scores_them(fake, capitals, db_pat
     assert head.delta == pytest.approx(0.25)
     assert "Duo vs best single contender openai/solo: +25.0 points accuracy" in head.describe()
     assert [s.id for s in ev.list_evaluations(store)] == [results.eval_id]
+    # Head to head: Duo wins fr and n, ties it (both wrong), loses jp.
+    assert results.win_rates() == {"Duo": 0.625, "openai/solo": 0.375}
 
 
 def test_cli_eval_json_has_the_documented_fields(fake, capitals, db_path, capsys):

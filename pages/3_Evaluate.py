@@ -1,0 +1,386 @@
+"""MoA Studio, the Evaluate page: is the mixture worth its cost, against single models?
+
+Pick a question set and contenders (a preset's MoA, each of its models alone, Self-MoA, any
+model), see the estimate, run with a progress bar; then the results table, the headline, quality
+against cost and latency with the Pareto front, per category and per question down to the runs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from moa import config as config_mod
+from moa import evaluate as ev
+from moa.config import ConfigError
+from moa.questions import QuestionFileError, QuestionSet, load_question_set
+from moa.store import Store, StoreError
+from moa.ui import evaluation as E
+from moa.ui.config_form import default_preset
+from moa.ui.render import esc, fmt_cost, fmt_s, inject_css, markdown_escape, run_chip
+from moa.ui.resources import copy_secrets_to_env, get_store, presets_dir, wait_for_litellm
+
+LIVE = "eval_live"  # the session's LiveEval (running, or the last one)
+MESSAGE = "eval_message"  # why the last Start was refused, or how the last evaluation ended
+OPEN = "eval_open"
+SETS = {
+    "verifiable": "Bundled verifiable questions (76: arithmetic, units, facts; scored by match)",
+    "mtbench": "MT-Bench first turns (80 questions; graded by a judge model)",
+    "file": "My own file (.jsonl or .csv: prompt, optional answer and category)",
+}
+AGGREGATOR = "(each preset's aggregator)"
+REFRESH_S = 0.5
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def questions_input() -> QuestionSet | None:
+    choice = st.radio("Question set", list(SETS), format_func=SETS.get, key="eval_set")
+    limit = st.number_input(
+        "Questions (0 = all; a subset is spread over the categories)",
+        min_value=0,
+        max_value=2000,
+        value=12,
+        key="eval_limit",
+    )
+    if choice == "file":
+        up = st.file_uploader("Question file", type=["jsonl", "csv"], key="eval_file")
+        if up is None:
+            st.caption(
+                'One question a line, e.g. `{"prompt": "What is 7 × 8?", "answer": 56, '
+                '"category": "arithmetic"}`; in CSV the header names the same columns.'
+            )
+            return None
+        questions = E.uploaded_questions(up.name, up.getvalue())
+    else:
+        questions = load_question_set(choice)
+    return questions.limited(limit or None)
+
+
+def contenders_input() -> list[ev.Contender]:
+    names = config_mod.list_presets(presets_dir())
+    default = default_preset(names)
+    chosen = st.multiselect(
+        "Presets (each one's mixture is a contender)",
+        names,
+        default=[default] if default else [],
+        key="eval_presets",
+    )
+    configs = [config_mod.load_preset(name, presets_dir()) for name in chosen]
+    c1, c2 = st.columns(2)
+    alone = c1.checkbox("each of its models alone", value=True, key="eval_alone")
+    with_self = c2.checkbox("Self-MoA (one model sampled N times)", value=True, key="eval_self")
+    model, n, temperature = None, None, ev.SELF_MOA_TEMPERATURE
+    if with_self and configs:
+        models = list(dict.fromkeys(s.model for cfg in configs for s in cfg.models()))
+        s1, s2, s3 = st.columns([2, 1, 1])
+        picked = s1.selectbox("Self-MoA model", [AGGREGATOR, *models], key="eval_self_model")
+        model = None if picked == AGGREGATOR else picked
+        n = s2.number_input("samples (0 = as many as proposers)", 0, 8, 0, key="eval_self_n")
+        temperature = s3.slider("temperature", 0.1, 2.0, ev.SELF_MOA_TEMPERATURE, 0.1, key="eval_t")
+    extra = st.text_area(
+        "More contenders: model ids (`provider/model`, `model@http://host/v1`), preset names or "
+        "`self-moa:MODEL`, separated by commas or lines",
+        key="eval_extra",
+        height=68,
+    )
+    contenders: list[ev.Contender] = []
+    for cfg in configs:
+        contenders += ev.from_preset(
+            cfg,
+            alone=alone,
+            with_self_moa=with_self,
+            self_moa_model=model,
+            n=n or None,
+            temperature=temperature,
+        )
+    contenders += [ev.parse_contender(text) for text in E.split_models(extra)]
+    return ev.unique_names(contenders)
+
+
+def plan_input() -> ev.EvalPlan | None:
+    """The form; the plan it describes (None until a question file is uploaded)."""
+    questions = questions_input()
+    contenders = contenders_input()
+    c1, c2, c3 = st.columns([1, 2, 1.4])
+    scoring = c1.selectbox("Scoring", ev.SCORINGS, key="eval_scoring")
+    judge = c2.text_input(
+        "Judge model (for MT-Bench, your own open questions, judge or pairwise scoring)",
+        key="eval_judge",
+        placeholder="e.g. openai/gpt-4o-mini or local/qwen2.5-coder-1.5b",
+    )
+    baseline = None
+    if scoring == "pairwise" and contenders:
+        baseline = c3.selectbox("Baseline", [c.name for c in contenders], key="eval_baseline")
+    c1, c2 = st.columns(2)
+    concurrency = c1.number_input(
+        "Answers in flight (local models run one at a time anyway)", 1, 64, 4, key="eval_conc"
+    )
+    budget = c2.number_input(
+        "Budget cap, USD (0 = none): refused before starting if the estimate is over",
+        min_value=0.0,
+        value=0.0,
+        step=0.5,
+        key="eval_budget",
+    )
+    if questions is None:
+        return None
+    return ev.EvalPlan(
+        questions,
+        contenders,
+        scoring=scoring,
+        judge=ev.judge_spec(judge) if judge.strip() else None,
+        baseline=baseline,
+        concurrency=int(concurrency),
+        max_cost_usd=budget or None,
+    )
+
+
+def new_evaluation(store: Store, running: bool) -> None:
+    try:
+        plan = plan_input()
+        if plan is None:
+            return
+        fresh = st.checkbox(
+            "Start afresh (by default an unfinished evaluation of the same plan resumes)",
+            key="eval_fresh",
+        )
+        with st.spinner("Loading the model library (first time only)…"):
+            wait_for_litellm(60)
+        prepared = ev.prepare(store, plan, resume=not fresh)
+    except (QuestionFileError, ConfigError, ev.EvalInputError, StoreError) as e:
+        st.error(markdown_escape(str(e)))
+        return
+    plan, est = prepared.plan, prepared.estimate
+    text = (
+        f"{len(plan.questions.questions)} questions × {len(plan.contenders)} contenders = "
+        f"{prepared.total} answers · scoring **{plan.scoring}**"
+        + (f" by {markdown_escape(plan.judge.model)}" if plan.judge else "")
+        + f" · left to do: {est.n_runs} runs + {est.n_judge_calls} judge calls, estimated "
+        f"≤ {markdown_escape(est.describe())}"
+    )
+    if prepared.eval_id:
+        text += f" · resumes {prepared.eval_id} ({prepared.done} done)"
+    st.markdown(text)
+    st.caption(" · ".join(markdown_escape(c.name) for c in plan.contenders))
+    if st.button("Start evaluation", type="primary", disabled=running, key="eval_start"):
+        st.session_state[LIVE] = E.LiveEval(prepared).start(store)
+        st.session_state.pop(MESSAGE, None)
+        st.rerun()
+
+
+# ---------------------------------------------------------------- running
+
+
+def follow(store: Store, live: E.LiveEval) -> None:
+    """Progress bar and partial results until the evaluation ends (script thread)."""
+    st.subheader("Running")
+    bar = st.progress(0.0)
+    line = st.empty()
+    if st.button("Stop", key="eval_stop"):
+        live.cancel.cancel()
+    partial = st.empty()
+    shown_at = 0.0
+    while True:
+        finished = live.done.is_set()
+        bar.progress(min(1.0, live.fraction))
+        line.caption(("stopping… " if live.cancel.requested else "") + live.describe())
+        if live.eval_id and (finished or time.monotonic() - shown_at > 2):
+            shown_at = time.monotonic()
+            try:
+                rows = E.results_rows(ev.load_results(store, live.eval_id))
+                partial.dataframe(rows, hide_index=True, width="stretch")
+            except (ev.EvalInputError, StoreError):
+                pass
+        if finished:
+            break
+        _ = st.session_state.get(LIVE)  # a click (Stop) interrupts here
+        live.done.wait(REFRESH_S)
+    if live.error:
+        st.session_state[MESSAGE] = ("error", f"The evaluation stopped: {live.error}")
+    elif live.results is not None:
+        r = live.results
+        st.session_state[MESSAGE] = (
+            "success" if r.status == "ok" else "warning",
+            f"Evaluation {r.eval_id}: {r.status}" + (f" — {r.error}" if r.error else ""),
+        )
+    if live.eval_id:
+        st.session_state[OPEN] = live.eval_id
+        st.query_params["eval"] = live.eval_id
+    st.rerun()
+
+
+# ---------------------------------------------------------------- results
+
+
+def pick_evaluation(store: Store) -> str | None:
+    evals = ev.list_evaluations(store, limit=200)
+    if not evals:
+        st.info(
+            "No evaluation yet. Pick a question set and contenders above and start one: the "
+            "bundled verifiable questions on the `local-demo` preset need no API key."
+        )
+        return None
+    labels = {
+        e.id: f"{e.created_at[:16].replace('T', ' ')} · {e.name} · {e.status} · "
+        f"{e.n_scored}/{e.n_questions * max(1, e.contenders.count(',') + 1)} scored"
+        for e in evals
+    }
+    wanted = st.query_params.get("eval")
+    if wanted in labels and st.session_state.get(OPEN) != wanted:
+        st.session_state[OPEN] = wanted
+    if st.session_state.get(OPEN) not in labels:
+        st.session_state[OPEN] = evals[0].id
+    picked = st.selectbox("Evaluation", list(labels), format_func=labels.get, key=OPEN)
+    if picked != wanted:
+        st.query_params["eval"] = picked
+    return picked
+
+
+def show_results(store: Store, eval_id: str, running: bool) -> None:
+    results = ev.load_results(store, eval_id)
+    judge = f" · judge {results.judge_model}" if results.judge_model else ""
+    st.html(
+        f'<div class="moa-runhead">{run_chip(results.status)}'
+        f'<span class="moa-runname">{esc(results.name)}</span>'
+        f'<span class="moa-sep">·</span>{esc(results.question_set)}, {len(results.questions)} '
+        f'questions<span class="moa-sep">·</span>scoring {esc(results.scoring)}{esc(judge)}'
+        f'<span class="moa-sep">·</span>{esc(results.created_at[:19].replace("T", " "))}</div>'
+    )
+    if results.error:
+        st.warning(markdown_escape(results.error))
+    resumable = results.status in ("interrupted", "cancelled") and not running
+    if resumable and st.button("Resume this evaluation", key="eval_resume"):
+        try:
+            prepared = ev.prepare(store, None, eval_id=eval_id)
+        except ev.EvalInputError as e:
+            st.error(markdown_escape(str(e)))
+        else:
+            st.session_state[LIVE] = E.LiveEval(prepared).start(store)
+            st.rerun()
+
+    head = results.headline()
+    if head is not None:
+        st.success(markdown_escape(head.describe()))
+    else:
+        st.caption(
+            "The headline compares an MoA contender with the best single model: add both to see it."
+        )
+    if results.judge_cost_usd:
+        st.caption(f"Judge calls cost {fmt_cost(results.judge_cost_usd)}, counted separately.")
+    st.dataframe(E.results_rows(results), hide_index=True, width="stretch")
+
+    left, right = st.columns(2)
+    cost_fig, speed_fig = E.quality_chart(results, "cost"), E.quality_chart(results, "latency")
+    with left:
+        if cost_fig is not None:
+            st.plotly_chart(cost_fig, key="eval_cost_chart")
+        unpriced = [c.name for c in results.contenders if c.n_ok and c.cost_usd is None]
+        if unpriced:
+            st.caption(
+                markdown_escape(
+                    "Quality vs cost leaves out contenders whose price is unknown (never "
+                    f"counted as $0): {', '.join(unpriced)}"
+                )
+            )
+        if all(c.cost_usd == 0 for c in results.contenders):
+            st.caption("Every contender cost $0 (local models): here latency is the price.")
+    with right:
+        if speed_fig is not None:
+            st.plotly_chart(speed_fig, key="eval_speed_chart")
+    cat_fig = E.category_chart(results)
+    if cat_fig is not None:
+        st.plotly_chart(cat_fig, key="eval_cat_chart")
+
+    st.subheader("Per question")
+    st.dataframe(E.question_rows(results), hide_index=True, width="stretch")
+    drill_down(store, results)
+
+
+def drill_down(store: Store, results: ev.EvalResults) -> None:
+    by_id = {q.id: q for q in results.questions}
+    qid = st.selectbox(
+        "Open a question: every contender's stored run side by side",
+        ["", *by_id],
+        format_func=lambda i: "—" if not i else f"{i} · {E._short(by_id[i].prompt, 70)}",
+        key="eval_question",
+    )
+    if not qid:
+        return
+    q = by_id[qid]
+    st.markdown(f"**Prompt** ({markdown_escape(q.category)}): {markdown_escape(q.prompt)}")
+    if q.reference or q.answer is not None:
+        ref = q.answer if q.answer is not None else q.reference
+        aliases = f" (also accepted: {', '.join(map(str, q.aliases))})" if q.aliases else ""
+        st.markdown(f"**Reference**: {markdown_escape(str(ref) + aliases)}")
+    kind = ev.SCORE_KINDS[results.scoring]
+    per_row = 4
+    contenders = results.contenders
+    for start in range(0, len(contenders), per_row):
+        cols = st.columns(per_row)
+        for col, c in zip(cols, contenders[start : start + per_row], strict=False):
+            item = results.item(qid, c.name)
+            record = store.get_run(item.run_id) if item and item.run_id else None
+            bits = [E.item_mark(item, kind)]
+            if item and item.extracted:
+                bits.append(f"extracted {item.extracted}")
+            if item and item.latency_s is not None:
+                bits.append(fmt_s(item.latency_s))
+            if item and item.cost_usd is not None:
+                bits.append(fmt_cost(item.cost_usd))
+            link = (
+                f'<a href="/History?run={esc(item.run_id)}" target="_blank" '
+                f'rel="noopener noreferrer">open run ↗</a>'
+                if item and item.run_id
+                else ""
+            )
+            text = record.final_text if record else None
+            if text is None and item and item.error:
+                text = f"(failed: {item.error})"
+            col.html(
+                '<div class="moa-evalcard" style="border:1px solid #e2e8f0;border-radius:10px;'
+                'padding:.6rem .75rem;height:100%">'
+                f'<div style="font-weight:650">{esc(c.name)}</div>'
+                f'<div style="color:#64748b;font-size:.8rem">{esc(" · ".join(bits))} {link}</div>'
+                '<div style="white-space:pre-wrap;font-size:.88rem;margin-top:.35rem;'
+                f'max-height:22rem;overflow:auto">{esc(text or "(no answer)")}</div></div>'
+            )
+
+
+# ---------------------------------------------------------------- the page
+
+
+def main() -> None:
+    st.set_page_config(page_title="MoA Studio · Evaluate", page_icon="🧩", layout="wide")
+    inject_css()
+    copy_secrets_to_env()
+    st.title("Evaluate")
+    st.caption(
+        "Is the mixture worth its cost? Score a preset's MoA against each of its models alone, "
+        "Self-MoA and any other model, on questions with known answers or with a judge."
+    )
+    try:
+        store = get_store()
+    except StoreError as e:
+        st.error(markdown_escape(str(e)))
+        return
+    message = st.session_state.pop(MESSAGE, None)
+    if message:
+        getattr(st, message[0])(markdown_escape(message[1]))
+    live: E.LiveEval | None = st.session_state.get(LIVE)
+    running = live is not None and live.running
+    has_any = bool(ev.list_evaluations(store, limit=1))
+    with st.expander("New evaluation", expanded=not has_any and not running):
+        new_evaluation(store, running)
+    if running:
+        follow(store, live)
+        return
+    st.subheader("Results")
+    eval_id = pick_evaluation(store)
+    if eval_id:
+        show_results(store, eval_id, running)
+
+
+main()
