@@ -91,6 +91,7 @@ def app(tmp_path, netns):
     env = {"MOA_DB": str(db), "MOA_PRESETS_DIR": str(presets), "MOA_PRESET": ""}
     env |= {k: "" for k in os.environ if k.endswith("_API_KEY")}  # no developer keys
     server = AppServer(env).start()
+    server.fake, server.xss_config = fake, xss
     try:
         server.wait_healthy()
         yield server, db
@@ -245,3 +246,76 @@ def test_run_page_streams_highlights_stops_and_is_not_injectable(app, netns):
     (ARTIFACTS / "browser-netns.json").write_text(
         json.dumps({"loopback_only_namespace": netns is None, "why_not": netns})
     )
+
+
+def test_history_report_download_delete_and_import_in_a_real_browser(app, netns, tmp_path):
+    """A hostile run, opened from History: its HTML report (downloaded through the page) is
+    inert offline; deleting it and importing its JSON export through the uploader brings back
+    the identical run."""
+    from moa import engine
+    from moa.export import run_to_json
+    from moa.store import StoreWriter
+
+    server, db = app
+    store = Store(db)
+    record = engine.run_sync(
+        server.xss_config, f"How do plants grow? {PAYLOADS[1]}", on_event=StoreWriter(store)
+    )
+    assert record.status == "ok"
+    original = run_to_json(store.get_run(record.run_id))
+    ARTIFACTS.mkdir(exist_ok=True)
+    dialogs: list[str] = []
+    with playwright_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        context = browser.new_context(
+            accept_downloads=True, viewport={"width": 1400, "height": 1000}
+        )
+        context.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page = context.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(server.url + f"History?run={record.run_id}")
+        page.locator(".moa-final .moa-seg").first.wait_for(timeout=30_000)
+
+        # The stakeholder report, downloaded as a user would, opened as a file.
+        with page.expect_download() as dl:
+            page.get_by_role("button", name="HTML report").click()
+        report = tmp_path / "report.html"
+        dl.value.save_as(report)
+        with page.expect_download() as dl:
+            page.get_by_role("button", name="JSON").click()
+        export = tmp_path / "export.json"
+        dl.value.save_as(export)
+        viewer = context.new_page()
+        viewer.goto(report.as_uri())
+        viewer.locator(".final .seg").first.wait_for()
+        assert viewer.title().startswith("MoA run: ")
+        assert PAYLOADS[0] in viewer.locator(".final").inner_text()
+        assert HOSTILE_LABEL in viewer.locator("body").inner_text()
+        assert viewer.locator(".final .seg").count() >= 3  # the highlights made it
+        assert _dom_injections(viewer) == {
+            "img_x": 0,
+            "onerror": 0,
+            "iframes": 0,
+            "js_links": 0,
+            "scripts": 0,
+            "styles": 0,
+        }
+        assert "pwned" not in viewer.title() and viewer.locator("body").is_visible()
+        viewer.screenshot(path=ARTIFACTS / "history-report.png", full_page=True)
+        viewer.close()
+
+        # Delete it (with confirmation), then import the JSON export through the uploader.
+        page.get_by_role("button", name="Delete").click()
+        page.get_by_role("button", name="Yes, delete").click()
+        page.get_by_text(f"Run {record.run_id} was deleted.").wait_for(timeout=15_000)
+        assert store.get_run(record.run_id) is None
+        page.get_by_text("Import a run (JSON export)").click()
+        page.locator('[data-testid="stFileUploader"] input[type=file]').set_input_files(export)
+        page.get_by_role("button", name="Import", exact=True).click()
+        page.get_by_text(f"Imported run {record.run_id}.").wait_for(timeout=15_000)
+        page.locator(".moa-final .moa-seg").first.wait_for(timeout=30_000)
+        screenshot(page, "history-imported.png")
+        assert page.title() and "pwned" not in page.title() and dialogs == []
+        assert _dom_injections(page)["img_x"] == 0
+        browser.close()
+    assert run_to_json(store.get_run(record.run_id)) == original
