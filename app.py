@@ -10,6 +10,8 @@ from moa import engine
 from moa.config import ConfigError, RunConfig
 from moa.ui import state as K
 from moa.ui.config_form import config_from_state, init_state, render_locked, render_sidebar
+from moa.ui.keys import activate as activate_session_keys
+from moa.ui.keys import render_keys, session_keys
 from moa.ui.live import LiveRun, follow
 from moa.ui.render import (
     RunView,
@@ -24,6 +26,7 @@ from moa.ui.render import (
 from moa.ui.resources import (
     copy_secrets_to_env,
     get_store,
+    get_writable_store,
     litellm_ready,
     start_litellm_import,
     wait_for_litellm,
@@ -38,6 +41,7 @@ def _on_run() -> None:
 
     ss = st.session_state
     ss[K.RUN_ERROR] = None
+    activate_session_keys()  # callbacks may run in another thread than the last script run
     live = ss.get(K.LIVE)
     if live is not None and live.running:
         return
@@ -46,14 +50,14 @@ def _on_run() -> None:
     try:
         cfg = config_from_state()
         engine.check(cfg, prompt, system)
-        store = get_store()
+        store = get_writable_store()
     except (engine.InputError, ConfigError, StoreError) as e:
         ss[K.RUN_ERROR] = str(e)  # shown under the form; nothing was called or saved
         return
     except Exception as e:  # a check that crashed must still read as a message, not a traceback
         ss[K.RUN_ERROR] = f"could not check the run: {type(e).__name__}: {e}"
         return
-    ss[K.LIVE] = LiveRun(cfg, prompt, system).start(store)
+    ss[K.LIVE] = LiveRun(cfg, prompt, system, keys=session_keys()).start(store)
 
 
 def _on_stop() -> None:
@@ -195,6 +199,7 @@ def sidebar(live: LiveRun | None, running: bool) -> None:
             cfg = render_sidebar()
             kind, text = estimate_text(cfg)
             (st.error if kind == "error" else st.caption)(markdown_escape(text))
+            render_keys(cfg)
 
 
 def run_form(running: bool) -> None:
@@ -229,6 +234,7 @@ def run_form(running: bool) -> None:
 def main() -> None:
     st.set_page_config(page_title="MoA Studio · Run", page_icon="🧩", layout="wide")
     copy_secrets_to_env()
+    activate_session_keys()
     inject_css()
     init_state()
     live: LiveRun | None = st.session_state.get(K.LIVE)

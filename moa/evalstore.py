@@ -112,7 +112,7 @@ class EvalStore:
             "SELECT id, pid FROM evals WHERE status = 'running'"
         ).fetchall()
         dead = [eid for eid, pid in rows if pid != os.getpid() and not pid_alive(pid)]
-        if dead:
+        if dead and not self.store.read_only:  # a read-only log is shown as it is
             with self.store._write() as conn:
                 for eid in dead:
                     conn.execute(

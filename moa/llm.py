@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import os
 import re
+import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,12 +67,45 @@ def preload_in_background() -> threading.Thread:
 
 # ---------------------------------------------------------------- secrets
 
+# Keys typed into one browser session (the app's "API keys" expander). They must never reach
+# os.environ: the server process is shared by every session. The UI sets this variable in the
+# thread that checks or runs a session's calls; asyncio tasks inherit it, other threads do not.
+_SESSION_KEYS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "moa_session_keys", default=None
+)
+# Names of variables read through `api_key_env` (e.g. MY_SERVER_CRED): their values are
+# scrubbed from text too, even when the name does not look like a key.
+_KEY_NAMES_USED: set[str] = set()
+
+
+def set_session_keys(keys: Mapping[str, str] | None) -> contextvars.Token:
+    """Make `keys` (env var name → value) this context's session keys; returns a reset token."""
+    clean = {k: v for k, v in (keys or {}).items() if isinstance(v, str) and v.strip()}
+    return _SESSION_KEYS.set(clean or None)
+
+
+@contextmanager
+def session_keys(keys: Mapping[str, str] | None) -> Iterator[None]:
+    token = set_session_keys(keys)
+    try:
+        yield
+    finally:
+        _SESSION_KEYS.reset(token)
+
+
+def key_value(name: str) -> str | None:
+    """The value of key variable `name`: this session's key first, then the environment."""
+    keys = _SESSION_KEYS.get() or {}
+    return keys.get(name) or os.environ.get(name) or None
+
 
 def secret_values() -> list[str]:
-    """Values of every key-like environment variable, so they can be scrubbed from text."""
-    names = set(PROVIDER_KEYS.values())
+    """Values of every key-like environment variable and session key, to scrub from text."""
+    names = set(PROVIDER_KEYS.values()) | _KEY_NAMES_USED
     names |= {k for k in os.environ if re.search(r"(KEY|TOKEN|SECRET|PASSWORD)$", k.upper())}
-    return [v for k in names if len(v := os.environ.get(k, "")) >= 8]
+    values = {v for k in names if len(v := os.environ.get(k, "")) >= 8}
+    values |= {v for v in (_SESSION_KEYS.get() or {}).values() if len(v) >= 8}
+    return sorted(values, key=len, reverse=True)  # longest first: no half-replaced key
 
 
 _KEY_PATTERNS = re.compile(
@@ -88,11 +124,36 @@ def redact(text: str | None) -> str | None:
 
 
 def keys_set() -> dict[str, bool]:
-    """Env var name → whether it is set (never the value)."""
-    return {env: bool(os.environ.get(env)) for env in PROVIDER_KEYS.values()}
+    """Env var name → whether it is set, in the environment or this session (never the value)."""
+    return {env: bool(key_value(env)) for env in PROVIDER_KEYS.values()}
+
+
+def needed_keys(spec: ModelSpec) -> list[str]:
+    """Names of the variables a model's calls read its key from (none for local or api_base)."""
+    if spec.model.startswith("local/"):
+        return []
+    if spec.api_key_env:
+        return [spec.api_key_env]
+    if spec.api_base:
+        return []
+    if spec.provider in PROVIDER_KEYS:
+        return [PROVIDER_KEYS[spec.provider]]
+    if _litellm is None:  # not imported yet: don't block a page on it
+        return []
+    try:
+        env = _litellm.validate_environment(model=spec.model)
+    except Exception:
+        return []
+    return [k for k in env.get("missing_keys", []) if not k.endswith("_BASE")]
 
 
 # ---------------------------------------------------------------- input checks
+
+
+_WHERE_KEYS = (
+    ", in .streamlit/secrets.toml, or (in the app) under “API keys” in the sidebar, "
+    "for this browser session only"
+)
 
 
 class ModelInputError(ValueError):
@@ -116,19 +177,21 @@ def check_model(spec: ModelSpec, where: str) -> None:
             f"{where}: {spec.model!r} is not a model id litellm knows; use 'provider/model', "
             "e.g. 'openai/gpt-4o-mini', 'ollama/llama3.2' or 'local/smollm2-135m'"
         ) from None
-    if spec.api_key_env and not os.environ.get(spec.api_key_env):
+    if spec.api_key_env and not key_value(spec.api_key_env):
         raise ModelInputError(
             f"{where}: api_key_env names {spec.api_key_env}, which is not set; set it in the "
-            "environment or in .streamlit/secrets.toml"
+            f"environment{_WHERE_KEYS}"
         )
     if spec.api_base:
         return  # a self-hosted OpenAI-compatible server: no provider key is sent
     env = lt.validate_environment(model=spec.model)
-    missing = [k for k in env.get("missing_keys", []) if not k.endswith("_BASE")]
+    missing = [
+        k for k in env.get("missing_keys", []) if not k.endswith("_BASE") and not key_value(k)
+    ]
     if missing:
         raise ModelInputError(
-            f"{where}: {spec.model!r} needs {' and '.join(missing)}; set it in the environment "
-            "or in .streamlit/secrets.toml"
+            f"{where}: {spec.model!r} needs {' and '.join(missing)}; set it in the "
+            f"environment{_WHERE_KEYS}"
         )
 
 
@@ -205,7 +268,49 @@ def _retry_after(exc: Exception) -> float | None:
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def _connection_problem(exc: Exception) -> str | None:
+    """Why the server could not be reached at all (refused, unknown host…), or None.
+
+    litellm reports these as "HTTP 500: Connection error.", which reads like the server
+    answered; the cause chain holds the real reason.
+    """
+    names = {type(e).__name__ for e in _causes(exc)}
+    if not names & {"APIConnectionError", "ConnectError", "ClientConnectorError", "ConnectTimeout"}:
+        return None
+    for e in _causes(exc):
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused: nothing is listening there"
+        if isinstance(e, socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(e, TimeoutError) or type(e).__name__ == "ConnectTimeout":
+            return "the connection timed out"
+    return "could not connect"
+
+
 def classify(exc: Exception) -> ErrorInfo:
+    problem = _connection_problem(exc)
+    if problem is not None:
+        where = getattr(exc, "moa_api_base", None) or "the provider"
+        fix = (
+            "check that the server is running and that api_base is right"
+            if getattr(exc, "moa_api_base", None)
+            else "check the network connection"
+        )
+        return ErrorInfo(
+            message=redact(f"cannot connect to {where} ({problem}); {fix}"),
+            retryable=True,
+            retry_after_s=None,
+            status_code=None,
+        )
     code = getattr(exc, "status_code", None)
     name = type(exc).__name__
     message = str(getattr(exc, "message", "") or exc) or name
@@ -250,7 +355,14 @@ def call_kwargs(spec: ModelSpec, messages: list[dict[str, str]], timeout_s: floa
         kwargs["api_base"] = spec.api_base
         kwargs["api_key"] = NO_KEY
     if spec.api_key_env:
-        kwargs["api_key"] = os.environ.get(spec.api_key_env) or NO_KEY
+        _KEY_NAMES_USED.add(spec.api_key_env)
+        kwargs["api_key"] = key_value(spec.api_key_env) or NO_KEY
+    elif not spec.api_base:
+        # A key typed in this browser session travels with the call, never through os.environ.
+        session = _SESSION_KEYS.get() or {}
+        names = [n for n in needed_keys(spec) if session.get(n)]
+        if len(names) == 1:
+            kwargs["api_key"] = session[names[0]]
     return kwargs
 
 
@@ -259,11 +371,15 @@ async def astream(
 ) -> AsyncIterator[Chunk]:
     """Stream one chat completion: text deltas, then usage if the provider reports it."""
     lt = litellm()
-    response = await lt.acompletion(
-        **call_kwargs(spec, messages, timeout_s),
-        stream=True,
-        stream_options={"include_usage": True},
-    )
+    try:
+        response = await lt.acompletion(
+            **call_kwargs(spec, messages, timeout_s),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    except Exception as e:
+        e.moa_api_base = spec.api_base  # type: ignore[attr-defined]  # for classify's message
+        raise
     async for chunk in response:
         out = Chunk()
         choices = getattr(chunk, "choices", None) or []

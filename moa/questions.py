@@ -291,14 +291,14 @@ def _question(where: str, row: dict[str, Any], default_id: str) -> Question:
     if prompt is None:
         raise QuestionFileError(f"{where}: `prompt` is missing: every question needs one")
     if not prompt.strip():
-        raise QuestionFileError(f"{where}: `prompt` is empty")
+        raise QuestionFileError(f"{where}: `prompt` is empty: write the question, or delete the row")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise QuestionFileError(
             f"{where}: the prompt is {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,}"
         )
     qid = str(row.get("id", default_id)).strip()
     if not qid:
-        raise QuestionFileError(f"{where}: `id` is empty")
+        raise QuestionFileError(f"{where}: `id` is empty: give it a unique id, or leave the id out")
     answer = row.get("answer")
     if isinstance(answer, float) and not math.isfinite(answer):
         raise QuestionFileError(f"{where}: answer must be a finite number")

@@ -69,16 +69,54 @@ class Store:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_path()
         self._local = threading.local()
+        # Why writes are refused (a read-only file or folder), or None. A read-only log can
+        # still be read (History, `moa history/show/export`); anything that would write says
+        # so up front, before a model is called (`check_writable`).
+        self.read_only: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = self.db
             db.enable_wal()
-            migrate(db)
-            self.recover_interrupted()
+            self.read_only = self._probe_write()
+            if self.read_only is None:
+                migrate(db)
+                self.recover_interrupted()
+            elif _pending_migrations(db):
+                raise StoreError(self.read_only)  # an old file that must be upgraded to be read
         except sqlite3.DatabaseError as e:
             raise StoreError(_explain(self.path, e)) from None
         except OSError as e:
             raise StoreError(f"cannot open database {self.path}: {e.strerror or e}") from None
+
+    def _probe_write(self) -> str | None:
+        """Try a write and roll it back: SQLite opens a file it may not write read-only without
+        a word, and only the first write fails. Returns the read-only message, or None."""
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as e:
+            if _is_read_only(e):
+                return read_only_message(self.path, e)
+            raise
+        return None
+
+    def check_writable(self) -> None:
+        """StoreError naming the file and the fix if this database cannot be written now.
+
+        Called before a run starts, so a read-only log refuses the run instead of half-saving
+        it (the file may have become read-only since it was opened).
+        """
+        try:
+            self.read_only = self._probe_write()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(_explain(self.path, e)) from None
+        if self.read_only:
+            raise StoreError(self.read_only)
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -94,6 +132,8 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            raise StoreError(self.read_only)
         conn = self.db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -101,11 +141,18 @@ class Store:
             raise StoreError(_explain(self.path, e)) from None
         try:
             yield conn
+        except sqlite3.DatabaseError as e:
+            conn.execute("ROLLBACK")  # nothing of this transaction is kept
+            raise StoreError(_explain(self.path, e)) from None
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         else:
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError as e:
+                conn.execute("ROLLBACK")
+                raise StoreError(_explain(self.path, e)) from None
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -437,6 +484,72 @@ class StoreWriter:
                 self.store.finish_run(record)
 
 
+def _pending_migrations(db: sqlite_utils.Database) -> bool:
+    from moa.migrations import MIGRATIONS, MIGRATIONS_TABLE
+
+    if not db[MIGRATIONS_TABLE].exists():
+        return True
+    done = {row["name"] for row in db[MIGRATIONS_TABLE].rows}
+    return any(fn.__name__ not in done for fn in MIGRATIONS)
+
+
+def _is_read_only(e: sqlite3.DatabaseError) -> bool:
+    name = getattr(e, "sqlite_errorname", "") or ""
+    return name.startswith("SQLITE_READONLY") or "readonly" in str(e) or "read-only" in str(e)
+
+
+def _who() -> str:
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(os.geteuid()).pw_name}"
+    except (ImportError, KeyError, AttributeError):
+        return "this user"
+
+
+def read_only_message(path: Path, e: sqlite3.DatabaseError | None = None) -> str:
+    """`the database <path> is read-only: <why>; <fix>` — why as a non-root user meets it."""
+    path = Path(os.path.abspath(path))
+    folder = path.parent
+    elsewhere = "or point MOA_DB / --db at a copy in a writable folder"
+    try:
+        mount_ro = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        mount_ro = False
+    name = getattr(e, "sqlite_errorname", "") if e is not None else ""
+    if mount_ro:
+        why = f"its file system ({folder}) is mounted read-only"
+        fix = f"remount it read-write {elsewhere}"
+    elif name == "SQLITE_READONLY_DIRECTORY" or not os.access(folder, os.W_OK):
+        why = (
+            f"its folder {folder} is not writable by {_who()}, and SQLite must create its "
+            "-wal and -shm files there"
+        )
+        fix = f"make the folder writable (chmod u+w '{folder}') {elsewhere}"
+    elif not os.access(path, os.W_OK):
+        try:
+            st = path.stat()
+            owned = st.st_uid == os.geteuid()
+            mode = st.st_mode & 0o777
+        except OSError:
+            owned, mode = False, 0
+        if owned and not mode & 0o200:
+            why = f"the file is not writable by {_who()} (mode {mode:o})"
+            fix = f"make it writable (chmod u+w '{path}') {elsewhere}"
+        elif owned:
+            why = f"the file is marked immutable or append-only (mode {mode:o}; lsattr shows it)"
+            fix = f"clear the flag (chattr -i '{path}') {elsewhere}"
+        else:
+            why = (
+                f"the file belongs to another user and is not writable by {_who()} (mode {mode:o})"
+            )
+            fix = f"run as its owner or give write access (chmod/chown '{path}') {elsewhere}"
+    else:
+        why = "SQLite refused to write it" + (f" ({e})" if e is not None else "")
+        fix = f"check the permissions of the file, its -wal and -shm files and its folder, {elsewhere}"
+    return f"the database {path} is read-only: {why}; {fix}"
+
+
 def _explain(path: Path, e: sqlite3.DatabaseError) -> str:
     msg = str(e)
     if "not a database" in msg or "malformed" in msg:
@@ -444,8 +557,10 @@ def _explain(path: Path, e: sqlite3.DatabaseError) -> str:
             f"{path} is not a usable SQLite database ({msg}); move it aside or point MOA_DB / --db "
             "at another file"
         )
-    if "readonly" in msg or "read-only" in msg:
-        return f"{path} is read-only ({msg}); make it writable or point MOA_DB / --db elsewhere"
+    if _is_read_only(e):
+        return read_only_message(path, e)
+    if "unable to open" in msg and path.exists() and not os.access(path.parent, os.W_OK):
+        return read_only_message(path, e)  # SQLite could not create its -wal/-shm files
     if "unable to open" in msg:
         return f"cannot open database {path} ({msg}); check the folder exists and is writable"
     return f"database {path}: {msg}"

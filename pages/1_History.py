@@ -15,6 +15,7 @@ from moa.records import RUN_STATUSES, RunRecord
 from moa.report import run_to_html
 from moa.store import Store, StoreError
 from moa.ui import history as H
+from moa.ui.keys import activate as activate_session_keys
 from moa.ui.render import (
     attribution_for,
     esc,
@@ -176,7 +177,12 @@ def actions(store: Store, record: RunRecord) -> None:
         st.warning("Delete this run and all its calls from the log? This cannot be undone.")
         y, n, _ = st.columns([1, 1, 4])
         if y.button("Yes, delete", key="hist_delete_yes", type="primary"):
-            store.delete_run(rid)
+            try:
+                store.delete_run(rid)
+            except StoreError as e:  # e.g. a read-only database: nothing was deleted
+                st.session_state.pop(CONFIRM, None)
+                st.error(markdown_escape(str(e)))
+                return
             st.session_state[MESSAGE] = ("success", f"Run {rid} was deleted.")
             open_run(None)
             st.rerun()
@@ -202,9 +208,10 @@ def actions(store: Store, record: RunRecord) -> None:
             go = st.form_submit_button("Re-aggregate", type="primary", key="re_go")
         if go:
             try:
+                store.check_writable()  # before any call: a read-only log cannot keep the result
                 with st.spinner("Calling the aggregator…"):
                     new = H.reaggregate(store, record, model, api_base, prompt)
-            except engine.InputError as e:
+            except (engine.InputError, StoreError) as e:
                 st.error(markdown_escape(str(e)))
             except Exception as e:
                 st.error(markdown_escape(f"re-aggregation failed: {type(e).__name__}: {e}"))
@@ -227,7 +234,11 @@ def show_open(store: Store, run_id: str) -> None:
 
 
 def importer(store: Store) -> None:
-    with st.expander("Import a run (JSON export)"):
+    # Open while a file is chosen: a rerun (the upload itself is one) must not fold the Import
+    # button out of sight.
+    with st.expander(
+        "Import a run (JSON export)", expanded=bool(st.session_state.get("hist_import"))
+    ):
         up = st.file_uploader("JSON export", type=["json"], key="hist_import")
         if up is not None and st.button("Import", key="hist_import_go"):
             try:
@@ -243,6 +254,7 @@ def importer(store: Store) -> None:
 def main() -> None:
     st.set_page_config(page_title="MoA Studio · History", page_icon="🧩", layout="wide")
     copy_secrets_to_env()
+    activate_session_keys()  # keys typed on the Run page serve re-aggregation here too
     inject_css()
     st.title("History")
     try:
@@ -250,6 +262,12 @@ def main() -> None:
     except StoreError as e:
         st.error(markdown_escape(str(e)))
         return
+    if store.read_only:
+        st.warning(
+            markdown_escape(store.read_only)
+            + "  \nYou can browse and export runs; deleting, importing and re-aggregating "
+            "need a writable database."
+        )
     msg = st.session_state.pop(MESSAGE, None)
     if msg:
         st.success(markdown_escape(msg[1]))

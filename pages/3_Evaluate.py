@@ -18,6 +18,7 @@ from moa.questions import QuestionFileError, QuestionSet, load_question_set
 from moa.store import Store, StoreError
 from moa.ui import evaluation as E
 from moa.ui.config_form import default_preset
+from moa.ui.keys import activate as activate_session_keys
 from moa.ui.render import esc, fmt_cost, fmt_s, inject_css, markdown_escape, run_chip
 from moa.ui.resources import copy_secrets_to_env, get_store, presets_dir, wait_for_litellm
 
@@ -139,6 +140,9 @@ def plan_input() -> ev.EvalPlan | None:
 
 
 def new_evaluation(store: Store, running: bool) -> None:
+    if store.read_only:  # an evaluation writes every answer: say so before any setup
+        st.error(markdown_escape(store.read_only))
+        return
     try:
         plan = plan_input()
         if plan is None:
@@ -166,6 +170,11 @@ def new_evaluation(store: Store, running: bool) -> None:
     st.markdown(text)
     st.caption(" · ".join(markdown_escape(c.name) for c in plan.contenders))
     if st.button("Start evaluation", type="primary", disabled=running, key="eval_start"):
+        try:
+            store.check_writable()  # it may have turned read-only since the page opened
+        except StoreError as e:
+            st.error(markdown_escape(str(e)))
+            return
         st.session_state[LIVE] = E.LiveEval(prepared).start(store)
         st.session_state.pop(MESSAGE, None)
         st.rerun()
@@ -273,10 +282,14 @@ def show_results(store: Store, eval_id: str, running: bool) -> None:
     st.dataframe(E.results_rows(results), hide_index=True, width="stretch")
 
     left, right = st.columns(2)
-    cost_fig, speed_fig = E.quality_chart(results, "cost"), E.quality_chart(results, "latency")
+    free = all(c.cost_usd == 0 for c in results.contenders if c.n_ok)
     with left:
+        cost_fig = None if free else E.quality_chart(results, "cost")
         if cost_fig is not None:
             st.plotly_chart(cost_fig, key="eval_cost_chart")
+            front_caption(results, "cost")
+        if free:
+            st.info("Every contender cost $0 (local models): here latency is the price.")
         unpriced = [c.name for c in results.contenders if c.n_ok and c.cost_usd is None]
         if unpriced:
             st.caption(
@@ -285,11 +298,11 @@ def show_results(store: Store, eval_id: str, running: bool) -> None:
                     f"counted as $0): {', '.join(unpriced)}"
                 )
             )
-        if all(c.cost_usd == 0 for c in results.contenders):
-            st.caption("Every contender cost $0 (local models): here latency is the price.")
     with right:
+        speed_fig = E.quality_chart(results, "latency")
         if speed_fig is not None:
             st.plotly_chart(speed_fig, key="eval_speed_chart")
+            front_caption(results, "latency")
     cat_fig = E.category_chart(results)
     if cat_fig is not None:
         st.plotly_chart(cat_fig, key="eval_cat_chart")
@@ -297,6 +310,18 @@ def show_results(store: Store, eval_id: str, running: bool) -> None:
     st.subheader("Per question")
     st.dataframe(E.question_rows(results), hide_index=True, width="stretch")
     drill_down(store, results)
+
+
+def front_caption(results: ev.EvalResults, x: str) -> None:
+    front = results.pareto_front(x)
+    if front:
+        what = "cheaper" if x == "cost" else "faster"
+        st.caption(
+            markdown_escape(
+                f"Pareto front (no contender is both better and {what}): "
+                + " → ".join(c.name for c in front)
+            )
+        )
 
 
 def drill_down(store: Store, results: ev.EvalResults) -> None:
@@ -356,6 +381,7 @@ def main() -> None:
     st.set_page_config(page_title="MoA Studio · Evaluate", page_icon="🧩", layout="wide")
     inject_css()
     copy_secrets_to_env()
+    activate_session_keys()  # keys typed on the Run page serve evaluations too
     st.title("Evaluate")
     st.caption(
         "Is the mixture worth its cost? Score a preset's MoA against each of its models alone, "

@@ -300,7 +300,9 @@ def test_history_report_download_delete_and_import_in_a_real_browser(app, netns,
             "scripts": 0,
             "styles": 0,
         }
-        assert "pwned" not in viewer.title() and viewer.locator("body").is_visible()
+        # The title is the prompt, payload included, as plain text: no script retitled it.
+        assert viewer.title() == f"MoA run: How do plants grow? {PAYLOADS[1]}"
+        assert viewer.locator("body").is_visible()
         viewer.screenshot(path=ARTIFACTS / "history-report.png", full_page=True)
         viewer.close()
 
@@ -309,13 +311,16 @@ def test_history_report_download_delete_and_import_in_a_real_browser(app, netns,
         page.get_by_role("button", name="Yes, delete").click()
         page.get_by_text(f"Run {record.run_id} was deleted.").wait_for(timeout=15_000)
         assert store.get_run(record.run_id) is None
+        page.get_by_text("No runs match").wait_for(timeout=15_000)  # the page redrew without it
         page.get_by_text("Import a run (JSON export)").click()
+        page.get_by_test_id("stFileUploader").wait_for(timeout=15_000)
         page.locator('[data-testid="stFileUploader"] input[type=file]').set_input_files(export)
-        page.get_by_role("button", name="Import", exact=True).click()
+        # The upload reruns the page; the Import button must still be in sight.
+        page.get_by_role("button", name="Import", exact=True).click(timeout=15_000)
         page.get_by_text(f"Imported run {record.run_id}.").wait_for(timeout=15_000)
         page.locator(".moa-final .moa-seg").first.wait_for(timeout=30_000)
         screenshot(page, "history-imported.png")
-        assert page.title() and "pwned" not in page.title() and dialogs == []
+        assert page.title() != "pwned" and dialogs == []
         assert _dom_injections(page)["img_x"] == 0
         browser.close()
     assert run_to_json(store.get_run(record.run_id)) == original

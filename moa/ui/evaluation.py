@@ -3,6 +3,7 @@ of its tables, and its plotly charts (quality against cost and latency, per cate
 
 from __future__ import annotations
 
+import contextvars
 import re
 import tempfile
 import threading
@@ -49,7 +50,10 @@ class LiveEval:
             finally:
                 self.done.set()
 
-        self._thread = threading.Thread(target=main, name="moa-eval", daemon=True)
+        # The browser session's API keys (moa.ui.keys) live in a context variable: the thread
+        # runs in a copy of the page's context, so its calls see them.
+        ctx = contextvars.copy_context()
+        self._thread = threading.Thread(target=ctx.run, args=(main,), name="moa-eval", daemon=True)
         self._thread.start()
         return self
 

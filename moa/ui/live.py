@@ -6,10 +6,10 @@ import asyncio
 import copy
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from moa import engine
+from moa import engine, llm
 from moa.config import RunConfig
 from moa.events import (
     CallFailed,
@@ -48,8 +48,12 @@ class LiveRun:
         prompt: str,
         system_prompt: str | None = None,
         run_id: str | None = None,
+        keys: Mapping[str, str] | None = None,
     ) -> None:
         self.run_id = run_id or new_run_id()
+        # The browser session's own API keys (moa.ui.keys): handed to the engine thread's
+        # context, never to os.environ, and dropped when the run ends.
+        self._keys = dict(keys or {})
         self.config, self.prompt, self.system_prompt = config, prompt, system_prompt
         self.cancel = engine.Cancel()
         self.started = threading.Event()  # RunStarted arrived: every call exists, as waiting
@@ -80,9 +84,12 @@ class LiveRun:
             try:
                 writer(event)
             except Exception as e:
-                self.store_error = str(e)
+                self.store_error = llm.redact(str(e))
 
         def main() -> None:
+            # A new thread starts with an empty context: the session's keys are set here, and
+            # asyncio.run's tasks inherit them.
+            llm.set_session_keys(self._keys)
             try:
                 asyncio.run(
                     engine.run(
@@ -97,12 +104,13 @@ class LiveRun:
                     )
                 )
             except BaseException as e:  # a bug in the engine: show it instead of hanging
-                self.error = f"{type(e).__name__}: {e}"
+                self.error = llm.redact(f"{type(e).__name__}: {e}")
                 with self._lock:
                     if self._record.status == "running":
                         self._record.status = "failed"
                         self._record.error = f"the run stopped unexpectedly: {self.error}"
             finally:
+                self._keys = {}
                 self.started.set()
                 self.done.set()
                 self._changed.set()

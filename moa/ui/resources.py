@@ -33,6 +33,14 @@ def get_store() -> Store:
     return _store(str(default_path()))
 
 
+def get_writable_store() -> Store:
+    """get_store(), refusing (StoreError naming the file and the fix) if it cannot be written:
+    a run must not start against a read-only log and half-save."""
+    store = get_store()
+    store.check_writable()
+    return store
+
+
 # Importing litellm takes ~5 s on 2 cores, holding the GIL much of that time: it starts once per
 # server process, after the first page is drawn, in a thread (moa.llm.preload_in_background).
 _import_lock = threading.Lock()
