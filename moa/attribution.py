@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import chain, pairwise
 from operator import itemgetter
@@ -519,6 +519,12 @@ class Attribution:
 # --------------------------------------------------------------------------------------------
 
 MATCHERS = ("lexical",)
+# Only this many leading characters of the final answer and of each candidate are attributed
+# (~12k tokens; typical answers are far shorter). A runaway model repeating itself makes the
+# matching quadratic: 1 MB final and candidate took over 5 minutes, 100k characters each 3-15 s,
+# 50k ~1.4 s on a busy 2-core machine. Segment offsets still index the full texts, so the rest
+# of a longer answer is simply shown untinted.
+ATTRIBUTION_MAX_CHARS = 50_000
 
 
 def attribute(
@@ -534,12 +540,13 @@ def attribute(
     kept from every candidate whose best score reaches `threshold` and is within TIE_MARGIN of
     the top one; when one candidate segment explains only part of it and a second segment
     (from any candidate) explains most of the rest, it is a merge and credits both. Otherwise
-    it is novel. `matcher` names the scoring method; "lexical" is the only one.
+    it is novel. `matcher` names the scoring method; "lexical" is the only one. Texts longer
+    than ATTRIBUTION_MAX_CHARS are attributed up to that length.
     """
     if matcher not in MATCHERS:
         raise ValueError(f"unknown matcher {matcher!r}; choose one of {', '.join(MATCHERS)}")
-    final_segments = split_segments(final or "")
-    candidate_segs = [split_segments(c or "") for c in candidates]
+    final_segments = split_segments((final or "")[:ATTRIBUTION_MAX_CHARS])
+    candidate_segs = [split_segments((c or "")[:ATTRIBUTION_MAX_CHARS]) for c in candidates]
     final_features = [_features(s) for s in final_segments]
     cand_features = [[_features(s) for s in segs] for segs in candidate_segs]
     index = _Index(cand_features)
@@ -548,9 +555,19 @@ def attribute(
     scores: dict[tuple[int, int, int], float] = {}
     attributed: list[AttributedSegment] = []
     used: list[list[tuple[int, int]]] = []  # per final segment: the candidate segments it used
+    # A sentence repeated in the final answer gets the same sources each time: its features
+    # are a function of (words, code), so work it out once (a model stuck in a loop repeats
+    # a few sentences thousands of times).
+    memo: dict[tuple[str, bool], tuple[AttributedSegment, list, dict]] = {}
     for fi, (seg, q) in enumerate(zip(final_segments, final_features, strict=True)):
-        cache: dict[tuple[int, int], float] = {}
-        result, parts = _attribute_segment(seg, q, index, threshold, cache)
+        seen = memo.get((q.flat, q.code))
+        if seen is None:
+            cache: dict[tuple[int, int], float] = {}
+            result, parts = _attribute_segment(seg, q, index, threshold, cache)
+            memo[(q.flat, q.code)] = (result, parts, cache)
+        else:
+            first, parts, cache = seen
+            result = replace(first, segment=seg, sources=list(first.sources))
         scores.update({(fi, ci, j): v for (ci, j), v in cache.items()})
         attributed.append(result)
         used.append(parts)
@@ -670,6 +687,7 @@ def _candidate_columns(
 ) -> list[list[CandidateSegment]]:
     """Each candidate's segments marked kept or dropped, with their best final counterpart."""
     final_index = _Index([final_features])
+    nearest: dict[frozenset[str], tuple[tuple[int, int], int] | None] = {}  # per word set
     columns: list[list[CandidateSegment]] = []
     for ci, segs in enumerate(candidate_segs):
         column = []
@@ -678,9 +696,12 @@ def _candidate_columns(
             # words with it, so a hover can show its nearest counterpart. Segments sharing
             # under a third of that final segment's words are left at 0: they cannot match,
             # and scoring them all costs too much on long answers.
-            hits = final_index.shared_words(cand_features[ci][j].content)
-            if hits:
-                (_, fi), n = max(hits.items(), key=itemgetter(1))
+            content = cand_features[ci][j].content
+            if content not in nearest:
+                hits = final_index.shared_words(content)
+                nearest[content] = max(hits.items(), key=itemgetter(1)) if hits else None
+            if nearest[content] is not None:
+                (_, fi), n = nearest[content]
                 if (fi, ci, j) not in scores and n >= len(final_features[fi].content) / 3:
                     scores[(fi, ci, j)] = _pair_score(final_features[fi], cand_features[ci][j])
             column.append(CandidateSegment(seg, kept=False, score=0.0, match=None))

@@ -112,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     cfg = resolve_config(args)
     store = Store(args.db)  # opened before any call: a bad database is bad input, not a failed run
+    store.check_writable()  # a read-only log refuses the run instead of half-saving it
     try:
         estimate = engine.check(cfg, prompt, args.system)
     except engine.InputError as e:
@@ -124,7 +125,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cancel = engine.Cancel()
     signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
     signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
-    printer = _ProgressPrinter(stream_final=not args.json)
+    # On a terminal the final answer streams as it is written; piped, stdout gets only the
+    # finished answer (a failed aggregator's partial text must not precede its fallback's).
+    live = not args.json and sys.stdout.isatty()
+    printer = _ProgressPrinter(stream_final=live)
     record = engine.run_sync(
         cfg,
         prompt,
@@ -142,6 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2))
+    elif not live and record.final_text:
+        print(record.final_text)
     return {"ok": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(record.status, EXIT_FAILED)
 
 
@@ -228,6 +234,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     except export.ImportError_ as e:
         raise BadInput(f"{args.file}: {e}") from None
     store = Store(args.db)
+    store.check_writable()
     if store.get_run(record.run_id) is not None:
         raise BadInput(f"run {record.run_id} is already in {store.path}; nothing imported")
     store.save_run(record)
@@ -285,6 +292,9 @@ class _ProgressPrinter:
                     f"{c.tokens_out} tokens, {cost}"
                 )
             case ev.CallFailed(call=c):
+                if self.stream_final and c.role == "aggregator" and c.text:
+                    sys.stdout.write("\n")
+                    _err("  (the text above is the failed aggregator's partial answer)")
                 _err(f"  ✗ {_name(c)} {c.status}: {c.error}")
 
 
@@ -359,6 +369,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             max_cost_usd=args.max_cost,
         )
         store = Store(args.db)
+        store.check_writable()
         prepared = ev.prepare(store, plan, resume=not args.new)
     except (QuestionFileError, ev.EvalInputError) as e:
         raise BadInput(str(e)) from None

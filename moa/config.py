@@ -6,7 +6,9 @@ import json
 import math
 import os
 import re
+import stat
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -62,12 +64,16 @@ class RunConfig:
     proposer_timeout_s: float = 120.0
     max_cost_usd: float | None = None
     aggregator_prompt: str | None = None
+    # Called only if the aggregator fails (after its retries): same prompt, same candidates.
+    fallback_aggregator: ModelSpec | None = None
 
     def timeout_for(self, spec: ModelSpec) -> float:
         return spec.timeout_s if spec.timeout_s is not None else self.proposer_timeout_s
 
     def models(self) -> list[ModelSpec]:
-        return [*self.proposers, self.aggregator]
+        """Every model the run may call (the fallback aggregator too, if there is one)."""
+        fallback = [self.fallback_aggregator] if self.fallback_aggregator is not None else []
+        return [*self.proposers, self.aggregator, *fallback]
 
     def with_overrides(
         self,
@@ -116,6 +122,7 @@ _RUN_KEYS: dict[str, tuple[type, ...]] = {
     "max_cost_usd": (int, float),
     "aggregator_prompt": (str,),
     "aggregator": (dict,),
+    "fallback_aggregator": (dict,),
     "proposers": (list,),
 }
 _TYPE_NAMES = {
@@ -166,11 +173,7 @@ def _model_from_dict(where: str, d: Any) -> ModelSpec:
         )
     if spec.api_base is not None:
         spec.api_base = spec.api_base.strip() or None
-        if spec.api_base and not re.match(r"^https?://[^\s/]+", spec.api_base):
-            raise ConfigError(
-                f"{where}.api_base = {spec.api_base!r:.80} is not an http(s) URL, "
-                "e.g. 'http://127.0.0.1:11434/v1'"
-            )
+        check_api_base(f"{where}.api_base", spec.api_base)
     if spec.api_key_env is not None and not re.match(
         r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", spec.api_key_env
     ):
@@ -183,6 +186,43 @@ def _model_from_dict(where: str, d: Any) -> ModelSpec:
     if spec.timeout_s is not None:
         spec.timeout_s = float(spec.timeout_s)
     return spec
+
+
+# A DNS name or IPv4 address (underscores too: Docker service names have them), or IPv6.
+_HOST = re.compile(
+    r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$|^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*$"
+)
+_API_BASE_FORM = "http(s)://host[:port][/path], e.g. 'http://127.0.0.1:11434/v1'"
+
+
+def check_api_base(where: str, url: str | None) -> None:
+    """An api_base must be http(s)://host[:port][/path]: no spaces, credentials or query."""
+    if url is None:
+        return
+    if re.search(r"\s", url):
+        raise ConfigError(f"{where} contains a space or line break: remove it ({_API_BASE_FORM})")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{where} = {url!r:.80} is not an http(s) URL: use {_API_BASE_FORM}")
+    if "@" in parts.netloc:
+        # The value itself is not repeated: it holds a password.
+        raise ConfigError(
+            f"{where} holds credentials (user:password@): remove them, put the key in an "
+            "environment variable and name that variable in api_key_env"
+        )
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if not port_ok or not _HOST.match(parts.hostname or ""):
+        raise ConfigError(
+            f"{where} = {url!r:.80} has no valid host[:port] (port 1..65535): use {_API_BASE_FORM}"
+        )
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ConfigError(
+            f"{where} = {url!r:.80} has a query or fragment ('?…', '#…'): remove it, "
+            f"use {_API_BASE_FORM}"
+        )
 
 
 def from_dict(d: Any) -> RunConfig:
@@ -203,6 +243,11 @@ def from_dict(d: Any) -> RunConfig:
     cfg = RunConfig(
         proposers=[_model_from_dict(f"proposers[{i}]", p) for i, p in enumerate(d["proposers"])],
         aggregator=_model_from_dict("aggregator", d["aggregator"]),
+        fallback_aggregator=(
+            _model_from_dict("fallback_aggregator", d["fallback_aggregator"])
+            if "fallback_aggregator" in d
+            else None
+        ),
         name=d.get("name", "Untitled"),
         layers=d.get("layers", 1),
         proposer_timeout_s=float(d.get("proposer_timeout_s", 120.0)),
@@ -227,6 +272,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("name is empty: give the config a name")
     if cfg.aggregator_prompt is not None and not cfg.aggregator_prompt.strip():
         cfg.aggregator_prompt = None
+    # Again here, not only when reading a table: CLI overrides (`model@URL`) arrive this way.
+    where = [(f"proposers[{i}]", p) for i, p in enumerate(cfg.proposers)]
+    where += [("aggregator", cfg.aggregator), ("fallback_aggregator", cfg.fallback_aggregator)]
+    for name, spec in where:
+        if spec is not None:
+            check_api_base(f"{name}.api_base", spec.api_base)
     return cfg
 
 
@@ -248,6 +299,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     if cfg.aggregator_prompt is not None:
         out["aggregator_prompt"] = cfg.aggregator_prompt
     out["aggregator"] = model(cfg.aggregator)
+    if cfg.fallback_aggregator is not None:
+        out["fallback_aggregator"] = model(cfg.fallback_aggregator)
     out["proposers"] = [model(p) for p in cfg.proposers]
     return out
 
@@ -269,7 +322,10 @@ def loads(text: str, source: str = "config") -> RunConfig:
 def load(path: str | os.PathLike[str]) -> RunConfig:
     p = Path(path)
     try:
-        size = p.stat().st_size
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):  # FIFO, /dev/zero…
+            raise ConfigError(f"config file {p} is not a regular file")
+        size = st.st_size
         if size > MAX_PRESET_BYTES:
             raise ConfigError(
                 f"{p} is {size:,} bytes; a config file may be at most {MAX_PRESET_BYTES:,} bytes"
@@ -300,10 +356,11 @@ def _toml_value(v: Any) -> str:
 
 def dumps(cfg: RunConfig) -> str:
     d = to_dict(cfg)
-    lines = [
-        f"{k} = {_toml_value(v)}" for k, v in d.items() if k not in ("aggregator", "proposers")
-    ]
-    lines += ["", "[aggregator]"] + [f"{k} = {_toml_value(v)}" for k, v in d["aggregator"].items()]
+    tables = ("aggregator", "fallback_aggregator", "proposers")
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if k not in tables]
+    for table in tables[:2]:
+        if table in d:
+            lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in d[table].items()]
     for p in d["proposers"]:
         lines += ["", "[[proposers]]"] + [f"{k} = {_toml_value(v)}" for k, v in p.items()]
     return "\n".join(lines) + "\n"

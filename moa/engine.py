@@ -9,6 +9,7 @@ what happens through the events of `moa.events`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -29,6 +30,12 @@ from moa.events import (
     TokenDelta,
 )
 from moa.records import CallRecord, RunRecord, new_run_id, utc_now
+
+# A call keeps at most this many characters of its answer: a runaway or hostile server streaming
+# megabytes would otherwise grow memory, the database row, every redraw and the attribution
+# without bound. Past it the stream is closed, CUT_NOTE marks the text, and the call ends ok.
+MAX_ANSWER_CHARS = 1_000_000
+CUT_NOTE = "\n\n[answer cut at {:,} characters]"
 
 
 class InputError(ValueError):
@@ -115,12 +122,13 @@ def estimate_cost(
             else:
                 usd += cost
         prev_out = sum(p.max_tokens for p in config.proposers)
-    agg = config.aggregator
-    cost = llm.cost_usd(agg.model, base_in + prev_out + 400, agg.max_tokens)
-    if cost is None:
-        unknown.append(agg.model)
-    else:
-        usd += cost
+    # The fallback aggregator runs only if the aggregator fails, but an upper bound counts it.
+    for agg in filter(None, (config.aggregator, config.fallback_aggregator)):
+        cost = llm.cost_usd(agg.model, base_in + prev_out + 400, agg.max_tokens)
+        if cost is None:
+            unknown.append(agg.model)
+        else:
+            usd += cost
     return Estimate(usd=usd, unknown_models=unknown)
 
 
@@ -139,9 +147,12 @@ def check(
             f"run {reuse.run_id} has no successful candidates to re-aggregate; re-run it instead"
         )
     specs = [(f"proposers[{i}]", p) for i, p in enumerate(config.proposers)]
-    checked = [*specs, ("aggregator", config.aggregator)]
+    aggregators = [("aggregator", config.aggregator)]
+    if config.fallback_aggregator is not None:
+        aggregators.append(("fallback_aggregator", config.fallback_aggregator))
+    checked = [*specs, *aggregators]
     if reuse is not None:
-        checked = checked[-1:]  # the stored candidates are reused: no proposer is called
+        checked = aggregators  # the stored candidates are reused: no proposer is called
     if single:
         if len(config.proposers) != 1:
             raise InputError(f"a single-model run takes 1 model, {len(config.proposers)} given")
@@ -336,19 +347,31 @@ class _Runner:
             previous = [c.text for c in ok]
 
         agg = record.aggregator_call
-        spec = self.specs[agg.key]
-        messages = prompts.aggregator_messages(
-            self.prompt,
-            previous,
-            self.config.aggregator_prompt,
-            _join(self.system_prompt, spec.system_prompt),
-        )
-        await self._call(agg, messages)
+        await self._call(agg, self._aggregator_messages(agg, previous))
+        fallback = self.config.fallback_aggregator
+        first = agg
+        if agg.status in ("failed", "timeout") and fallback is not None:
+            # The same synthesis by another model, recorded as a second aggregator call (index
+            # 1): the failed one stays on the page and in the store with its error.
+            agg = CallRecord(agg.layer, "aggregator", 1, fallback.model, fallback.display)
+            self._add_call(agg, fallback)
+            self.emit(CallQueued(record.run_id, agg))
+            await self._call(agg, self._aggregator_messages(agg, previous))
         if agg.status == "ok":
             record.status = "ok"
         else:
             record.status = "failed"
-            record.error = f"aggregator {agg.label} {agg.status}: {agg.error}"
+            record.error = f"aggregator {first.label} {first.status}: {first.error}"
+            if agg is not first:
+                record.error += f"; fallback aggregator {agg.label} {agg.status}: {agg.error}"
+
+    def _aggregator_messages(self, call: CallRecord, previous: list[str]) -> list[dict[str, str]]:
+        return prompts.aggregator_messages(
+            self.prompt,
+            previous,
+            self.config.aggregator_prompt,
+            _join(self.system_prompt, self.specs[call.key].system_prompt),
+        )
 
     async def _single_answer(self) -> None:
         call = self.record.calls[0]
@@ -418,14 +441,16 @@ class _Runner:
         while True:
             call.attempts += 1
             try:
-                async for chunk in llm.astream(spec, messages, timeout):
-                    if chunk.text:
-                        if call.ttft_s is None:
-                            call.ttft_s = round(time.monotonic() - start, 4)
-                        call.text += chunk.text
-                        self.emit(TokenDelta(self.record.run_id, call, chunk.text))
-                    if chunk.tokens_out is not None:
-                        call.tokens_in, call.tokens_out = chunk.tokens_in, chunk.tokens_out
+                # aclosing: leaving the loop early (the cap) closes the stream at once.
+                async with contextlib.aclosing(llm.astream(spec, messages, timeout)) as stream:
+                    async for chunk in stream:
+                        if chunk.text:
+                            if call.ttft_s is None:
+                                call.ttft_s = round(time.monotonic() - start, 4)
+                            if self._append(call, chunk.text):
+                                return  # cut at MAX_ANSWER_CHARS: read no further
+                        if chunk.tokens_out is not None:
+                            call.tokens_in, call.tokens_out = chunk.tokens_in, chunk.tokens_out
                 return
             except asyncio.CancelledError:
                 raise
@@ -441,6 +466,18 @@ class _Runner:
                 delay = min(delay, self.limits.backoff_max_s)
                 self.emit(CallRetrying(self.record.run_id, call, info.message, delay))
                 await asyncio.sleep(delay)
+
+    def _append(self, call: CallRecord, text: str) -> bool:
+        """Add a streamed delta to the call's text; True once the text reached the cap."""
+        room = MAX_ANSWER_CHARS - len(call.text)
+        cut = len(text) > room
+        if cut:
+            text = text[: max(room, 0)] + CUT_NOTE.format(MAX_ANSWER_CHARS)
+            # Usage the provider may report covers what it sent, not what was kept.
+            call.tokens_in = call.tokens_out = None
+        call.text += text
+        self.emit(TokenDelta(self.record.run_id, call, text))
+        return cut
 
     def _finish(self, call: CallRecord, start: float, messages: list | None = None) -> None:
         call.ended_at = utc_now()

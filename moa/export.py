@@ -62,6 +62,8 @@ def run_to_json(record: RunRecord) -> dict[str, Any]:
         "error": record.error,
         "final": final,
         "candidates": [_call_json(c) for c in record.proposer_calls],
+        # Aggregator calls other than `final`'s: the aggregator whose fallback answered.
+        "failed_aggregators": [_call_json(c) for c in record.aggregator_calls if c is not agg],
         "attribution": attr.to_json(ids) if attr is not None else [],
         "usage": record.usage(),
         "created_at": record.created_at,
@@ -119,11 +121,21 @@ def run_from_json(obj: Any) -> RunRecord:
         _call_from_json(c, "proposer", f"candidates[{i}]") for i, c in enumerate(obj["candidates"])
     ]
     final = obj.get("final") or {}
+    others = obj.get("failed_aggregators") or []
+    if not isinstance(others, list):
+        raise ImportError_("failed_aggregators must be a list")
+    aggs = [
+        _call_from_json(c, "aggregator", f"failed_aggregators[{i}]") for i, c in enumerate(others)
+    ]
     if final.get("model"):
         agg = _call_from_json(final, "aggregator", "final")
         if agg.text is None:
             agg.text = ""
-        calls.append(agg)
+        aggs.append(agg)
+    calls += sorted(aggs, key=lambda c: c.index)  # in call order, as the store gives them
+    keys = [c.key for c in calls]
+    if len(set(keys)) != len(keys):
+        raise ImportError_("two calls share the same layer, role and index")
     record = RunRecord(
         run_id=str(obj["run_id"]),
         config=cfg,
@@ -194,11 +206,19 @@ def run_to_markdown(record: RunRecord) -> str:
     lines += ["", "## Prompt", "", prompt_fence, record.prompt, prompt_fence, ""]
     final = record.final_text
     lines += ["## Final answer", ""]
+    agg = record.aggregator_call
+    for failed in record.aggregator_calls:
+        if failed is not agg:
+            lines += [
+                f"_The aggregator {_inline(failed.label)} ({_inline(failed.model)}) "
+                f"{failed.status}: {_inline(failed.error)}; the fallback aggregator "
+                f"{_inline(agg.label)} ({_inline(agg.model)}) took over._",
+                "",
+            ]
     if final:
         fence = _fence(final)
         lines += [fence, final, fence, ""]
     else:
-        agg = record.aggregator_call
         why = f"{agg.status}: {_inline(agg.error)}" if agg else "no aggregator call"
         lines += [f"_No final answer ({why})_", ""]
     if attr is not None:

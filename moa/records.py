@@ -46,7 +46,7 @@ class CallRecord:
 
     layer: int  # proposer layers are 1..N; the aggregator is layer N+1
     role: str  # "proposer" | "aggregator"
-    index: int  # position within its layer (0 for the aggregator)
+    index: int  # position within its layer (aggregator: 0, its fallback 1)
     model: str
     label: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -105,8 +105,15 @@ class RunRecord:
         return [c for c in self.calls if c.role == "proposer"]
 
     @property
+    def aggregator_calls(self) -> list[CallRecord]:
+        """The aggregator (index 0) and, if it failed and one is configured, its fallback (1)."""
+        return sorted((c for c in self.calls if c.role == "aggregator"), key=lambda c: c.index)
+
+    @property
     def aggregator_call(self) -> CallRecord | None:
-        return next((c for c in self.calls if c.role == "aggregator"), None)
+        """The call the final answer comes from: the first that succeeded, else the last tried."""
+        calls = self.aggregator_calls
+        return next((c for c in calls if c.status == "ok"), calls[-1] if calls else None)
 
     @property
     def final_text(self) -> str | None:

@@ -153,7 +153,9 @@ def _timeline_html(record: RunRecord) -> str:
     for c in timed:
         left, width = c.start_s / end * 100, c.latency_s / end * 100
         wait = (c.ttft_s or c.latency_s) / end * 100
-        name = "aggregator" if c.role == "aggregator" else f"L{c.layer} {c.label}"
+        name = f"L{c.layer} {c.label}"
+        if c.role == "aggregator":
+            name = f"fallback aggregator {c.label}" if c.index else "aggregator"
         col = NOVEL if c.role == "aggregator" else colour(c.index)
         rows.append(
             f'<div class="tl-row"><span class="bar-label">{esc(name)}</span><span class="tl-track">'
@@ -221,6 +223,13 @@ def run_to_html(record: RunRecord) -> str:
         final = f'<div class="box final">{final_answer_html(record, attr, ids)}</div>'
     else:
         final = f'<div class="box error">No final answer: {esc(agg.error if agg else record.error)}</div>'
+    for failed in record.aggregator_calls:
+        if failed is not agg:  # the fallback aggregator answered: say what happened first
+            final = (
+                f'<p class="muted">The aggregator {esc(failed.label)} ({esc(failed.model)}) '
+                f"{esc(failed.status)}: {esc(failed.error)}. The fallback aggregator "
+                f"{esc(agg.label)} ({esc(agg.model)}) wrote the final answer.</p>{final}"
+            )
     error = f'<div class="error">{esc(record.error)}</div>' if record.error else ""
     parent = (
         f"<div class='muted'>Re-aggregation of run {esc(record.parent_run_id)} (its candidates were reused)</div>"

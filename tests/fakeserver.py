@@ -1,5 +1,6 @@
 """A loopback OpenAI-compatible chat server for tests and benchmarks: SSE streaming with usage,
-per-model delays and faults (500, 429 + Retry-After, hang, reset, malformed SSE, empty answer).
+per-model delays and faults (500, 429 + Retry-After, hang, reset, malformed SSE, empty answer,
+a huge answer streamed fast).
 
 Behaviour is chosen per model name: `server.set("slow", delay_s=1.0)`; litellm model ids are
 `openai/<name>` with `api_base=server.base_url`.
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("500", "429", "hang", "reset", "malformed", "empty")
+FAULTS = ("500", "429", "hang", "reset", "malformed", "empty", "huge")
+HUGE_CHARS = 1_200_000  # the "huge" answer: more than any call should keep
+HUGE_CHUNK_CHARS = 8192  # sent in deltas this big, so 1 MB streams in well under a second
 
 
 @dataclass
@@ -31,6 +34,13 @@ class Behaviour:
     fault_after_words: int = 3  # hang/reset/malformed: words sent before the fault
     usage: bool = True  # send a usage chunk when asked (stream_options.include_usage)
     echo_auth: bool = False  # 500: echo the Authorization header, as careless providers do
+    huge_chars: int = HUGE_CHARS  # huge: the answer's length (`text`, or sentences, repeated)
+
+
+def huge_text(seed: str, n: int) -> str:
+    """`seed` repeated (space-separated) up to exactly `n` characters."""
+    seed = seed.strip() + " "
+    return (seed * (n // len(seed) + 1))[:n]
 
 
 def default_text(model: str, prompt: str) -> str:
@@ -47,6 +57,8 @@ class FakeServer:
         self.behaviours: dict[str, Behaviour] = {}
         self.requests: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
+        self.completed: Counter[str] = Counter()  # streams sent to the end ([DONE]), per model
+        self.aborted: Counter[str] = Counter()  # responses the client hung up on, per model
         self.active = 0
         self.max_active = 0
         self._lock = threading.Lock()
@@ -95,6 +107,8 @@ class FakeServer:
             self.behaviours.clear()
             self.requests.clear()
             self.counts.clear()
+            self.completed.clear()
+            self.aborted.clear()
             self.max_active = 0
 
     def requests_for(self, model: str) -> list[dict[str, Any]]:
@@ -121,7 +135,10 @@ class _QuietServer(ThreadingHTTPServer):
         # Clients that hang up (cancel, timeout, keep-alive close) are normal here.
         import sys
 
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        exc = sys.exc_info()[1]
+        # After a "reset" fault the handler's files are closed on purpose: its last flush fails.
+        closed = isinstance(exc, ValueError) and "closed file" in str(exc)
+        if not isinstance(exc, ConnectionError) and not closed:
             super().handle_error(request, client_address)
 
 
@@ -151,7 +168,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._answer(body, n)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away (cancel or timeout): fine
+            with self.fake._lock:  # the client went away (cancel, timeout, cap): fine
+                self.fake.aborted[body.get("model", "")] += 1
         finally:
             self.fake._done()
 
@@ -179,9 +197,14 @@ class _Handler(BaseHTTPRequestHandler):
         text = b.text if b.text is not None else default_text(model, prompt)
         if b.fault == "empty":
             text = ""
-        words = [w + " " for w in text.split(" ")] if text else []
-        if words:
-            words[-1] = words[-1][:-1]
+        if b.fault == "huge":
+            text = huge_text(text, b.huge_chars)
+            # Big deltas, not words: a million one-word chunks would time litellm, not us.
+            words = [text[i : i + HUGE_CHUNK_CHARS] for i in range(0, len(text), HUGE_CHUNK_CHARS)]
+        else:
+            words = [w + " " for w in text.split(" ")] if text else []
+            if words:
+                words[-1] = words[-1][:-1]
         prompt_tokens = sum(
             len(str(m.get("content", "")).split()) for m in body.get("messages", [])
         )
@@ -256,6 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._sse({**chunk({}), "choices": [], "usage": usage})
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")  # the empty chunk ends the body
+        with self.fake._lock:
+            self.fake.completed[model] += 1
 
     def _sse(self, obj: dict[str, Any]) -> None:
         self._chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")

@@ -216,3 +216,19 @@ def test_models_lists_local_models_and_key_names_never_values(monkeypatch, capsy
     assert cli.main(["models"]) == 0
     text = capsys.readouterr().out
     assert "OPENAI_API_KEY" in text and "sk-secret" not in text
+
+
+def test_piped_stdout_gets_only_the_fallbacks_answer(fake, tmp_path, db_path):
+    """The aggregator dies mid-answer; piped, stdout holds just the fallback's final answer."""
+    from moa.config import ModelSpec
+
+    cfg = make_config(fake, ["a"], name="fallback")
+    cfg.fallback_aggregator = ModelSpec(model="openai/backup", api_base=fake.base_url)
+    path = tmp_path / "fb.toml"
+    path.write_text(dumps(cfg))
+    fake.set("agg", fault="reset", fault_after_words=4, text="half of an answer that dies")
+    fake.set("backup", text="The backup answer.")
+    proc = moa("run", "hello", "--config", str(path), "--db", str(db_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "The backup answer.\n"
+    assert "Traceback" not in proc.stderr

@@ -48,7 +48,7 @@ def call_name(call: CallRecord, layers: int, *, full: bool = False) -> str:
     name = call.label or call.model
     name = esc(name if full else _short(name))
     if call.role == "aggregator":
-        return f"Aggregator · {name}"
+        return f"{'Fallback' if call.index else 'Aggregator'} · {name}"
     prefix = f"L{call.layer} · " if layers > 1 else ""
     return f"{prefix}#{call.index + 1} {name}"
 

@@ -21,6 +21,7 @@ from moa.ui.resources import presets_dir
 # exactly what a TOML file would, with the same messages.
 
 DEFAULT_PRESET = "local-quick"  # runs with no key at all, like the CLI's default
+FALLBACK_ON = K.field_key(K.FALLBACK_SLOT, "enabled")  # the "Use a fallback aggregator" box
 MAX_PROPOSERS = LIMITS["proposers"][1]
 # Used only when the presets folder is empty: the smallest model that runs everywhere.
 FALLBACK = RunConfig(
@@ -80,6 +81,9 @@ def load_into_state(cfg: RunConfig, preset: str | None = None) -> None:
     for slot_id, spec in zip(ss[K.PROPOSER_IDS], cfg.proposers, strict=True):
         _spec_into_state(K.proposer_slot(slot_id), spec)
     _spec_into_state(K.AGGREGATOR_SLOT, cfg.aggregator)
+    # Without a fallback in the preset, its picker starts as a copy of the aggregator (off).
+    _spec_into_state(K.FALLBACK_SLOT, cfg.fallback_aggregator or cfg.aggregator)
+    ss[FALLBACK_ON] = cfg.fallback_aggregator is not None
     ss[K.LAYERS] = cfg.layers
     ss[K.PROPOSER_TIMEOUT] = float(cfg.proposer_timeout_s)
     ss[K.BUDGET] = None if cfg.max_cost_usd is None else float(cfg.max_cost_usd)
@@ -170,6 +174,8 @@ def config_from_state() -> RunConfig:
         "aggregator": _spec_dict(K.AGGREGATOR_SLOT),
         "proposers": [_spec_dict(K.proposer_slot(i)) for i in ss.get(K.PROPOSER_IDS, [])],
     }
+    if ss.get(FALLBACK_ON):
+        d["fallback_aggregator"] = _spec_dict(K.FALLBACK_SLOT)
     if ss.get(K.BUDGET) is not None:
         d["max_cost_usd"] = float(ss[K.BUDGET])
     synthesis = ss.get(K.SYNTHESIS) or ""
@@ -198,6 +204,16 @@ def _on_remove(slot_id: int) -> None:
     ids = st.session_state[K.PROPOSER_IDS]
     if len(ids) > 1 and slot_id in ids:
         st.session_state[K.PROPOSER_IDS] = [i for i in ids if i != slot_id]
+
+
+def _on_fallback_toggle() -> None:
+    # Streamlit forgets the values of widgets that were not drawn: switched on again, the
+    # fallback starts as a copy of the aggregator (change the model and go).
+    ss = st.session_state
+    if ss.get(FALLBACK_ON) and not ss.get(K.field_key(K.FALLBACK_SLOT, "model")):
+        for field in K.MODEL_FIELDS:
+            ss[K.field_key(K.FALLBACK_SLOT, field)] = ss.get(K.field_key(K.AGGREGATOR_SLOT, field))
+        ss[K.field_key(K.FALLBACK_SLOT, "label")] = ""
 
 
 def _on_reset_synthesis() -> None:
@@ -235,8 +251,18 @@ def render_locked(cfg: RunConfig) -> None:
         f"{_heading('Aggregator', '')}"
         f'<div class="moa-lock-row"><span class="moa-dot" style="--moa-c:{AGGREGATOR_COLOUR}">'
         f"</span><b>{esc(agg.display)}</b><code>{esc(agg.model)}</code></div>"
+        f"{_fallback_row(cfg.fallback_aggregator)}"
         '<div class="moa-lock-note">The settings are locked while the run is live; they '
         "come back when it ends or you stop it.</div></div>"
+    )
+
+
+def _fallback_row(spec: ModelSpec | None) -> str:
+    if spec is None:
+        return ""
+    return (
+        f'<div class="moa-lock-row"><span class="moa-dot" style="--moa-c:{AGGREGATOR_COLOUR}">'
+        f"</span><b>fallback: {esc(spec.display)}</b><code>{esc(spec.model)}</code></div>"
     )
 
 
@@ -302,6 +328,17 @@ def render_sidebar() -> RunConfig | ConfigError:
     st.html(_heading("Aggregator", "writes the final answer"))
     with st.container(border=True):
         model_picker(K.AGGREGATOR_SLOT, role="aggregator")
+    with st.container(border=True):
+        # Not an expander: the picker's own "Settings" expander cannot nest in one.
+        st.checkbox(
+            "Fallback aggregator",
+            key=FALLBACK_ON,
+            on_change=_on_fallback_toggle,
+            help="Optional. Called only if the aggregator fails (after its retries), with the "
+            "same candidates and synthesis prompt; its answer becomes the final answer.",
+        )
+        if ss.get(FALLBACK_ON):
+            model_picker(K.FALLBACK_SLOT, role="aggregator")
 
     st.html(_heading("Run", ""))
     st.slider(

@@ -24,6 +24,9 @@ NOVEL_COLOUR = palette.NOVEL
 CARD_TEXT_LIMIT = 200  # characters of a matched counterpart shown in a hover
 CallKey = tuple[int, str, int]
 LIVE_TAIL_CHARS = 4000  # of a streaming answer, drawn while it streams (the card shows ~800)
+# Of a finished answer, at most this much is drawn (as much as is attributed): the engine keeps
+# up to 1,000,000 characters of an answer, and a megabyte card would freeze the browser.
+RENDER_MAX_CHARS = 50_000
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
 
@@ -216,14 +219,31 @@ def inject_css() -> None:
 # ---------------------------------------------------------------- HTML pieces
 
 
-def text_html(text: str) -> str:
-    return esc(text)
+def text_html(text: str, limit: int = RENDER_MAX_CHARS) -> str:
+    return esc(text[:limit])
 
 
-def highlighted(text: str, spans: Iterable[tuple[int, int, str, str, str]]) -> str:
-    """Escaped `text` with the (start, end, class, style, title) spans wrapped in <span>s."""
+def cut_note(total: int, limit: int = RENDER_MAX_CHARS) -> str:
+    """Why a long text stops early on the page (empty when it is drawn whole)."""
+    if total <= limit:
+        return ""
+    return (
+        f'<div class="moa-note moa-cut">showing the first {limit:,} of {total:,} characters; '
+        "the full text is in the JSON export</div>"
+    )
+
+
+def highlighted(
+    text: str,
+    spans: Iterable[tuple[int, int, str, str, str]],
+    limit: int = RENDER_MAX_CHARS,
+) -> str:
+    """Escaped `text` (its first `limit` characters) with the (start, end, class, style, title)
+    spans wrapped in <span>s."""
+    text = text[:limit]
     out, pos = [], 0
     for start, end, cls, style, title in sorted(spans):
+        end = min(end, limit)
         if start < pos or end <= start:  # overlapping or empty: keep the text, skip the markup
             continue
         out.append(esc(text[pos:start]))
@@ -277,6 +297,8 @@ def call_metrics(call: CallRecord) -> str:
 
 def _model_line(call: CallRecord) -> str:
     bits = [call.model]
+    if call.role == "aggregator" and call.index > 0:
+        bits.insert(0, "fallback aggregator")
     temp = call.params.get("temperature")
     if temp is not None:
         bits.append(f"T {temp:g}")
@@ -320,6 +342,8 @@ def call_card(
         quiet = " moa-quiet" if call.status == "cancelled" else ""
         error = f'<div class="moa-error{quiet}">{esc(call.error)}</div>'
     note_html = f'<div class="moa-note">{esc(note)}</div>' if note else ""
+    if call.status != "running":
+        note_html += cut_note(len(call.text))
     name = call.label or call.model
     return (
         f'<div class="moa-card{" moa-final" if final else ""}" '
@@ -536,6 +560,7 @@ class RunView:
             st.html(prompt_html(record))
         self._groups: list[_Group] = []
         self._group_of: dict[CallKey, _Group] = {}
+        self._aggregators: _Group | None = None
         layers = sorted({c.layer for c in record.proposer_calls})
         for layer in layers:
             calls = [c for c in record.proposer_calls if c.layer == layer]
@@ -545,10 +570,13 @@ class RunView:
                 sub = "answer in parallel" if layer == 1 else f"each reads layer {layer - 1}"
                 st.html(section(f"Layer {layer} of {len(layers)}", sub))
             self._add_group(calls, layout_rows(len(calls))[0])
-        agg = record.aggregator_call
-        if agg is not None:
-            st.html(section("Final answer", f"written by the aggregator, {agg.label}"))
-            self._add_group([agg], 1)
+        aggs = record.aggregator_calls
+        if aggs:
+            final = record.aggregator_call
+            who = "the fallback aggregator" if final.index > 0 else "the aggregator"
+            st.html(section("Final answer", f"written by {who}, {final.label}"))
+            self._add_group(aggs, 1)
+            self._aggregators = self._groups[-1]
 
     def _add_group(self, calls: list[CallRecord], per_row: int) -> None:
         group = _Group([c.key for c in calls], per_row)
@@ -562,6 +590,11 @@ class RunView:
     def draw_call(self, call: CallRecord, **card_kwargs) -> None:
         """Update one card; it reaches the page at the next flush()."""
         group = self._group_of.get(call.key)
+        if group is None and call.role == "aggregator" and self._aggregators is not None:
+            # The fallback aggregator exists only once the aggregator has failed: its card
+            # goes below the failed one.
+            group = self._group_of[call.key] = self._aggregators
+            group.keys.append(call.key)
         if group is not None:
             group.cards[call.key] = call_card(call, **card_kwargs)
             group.dirty = True
@@ -601,14 +634,20 @@ def render_run(
         if agg is not None and record.final_text:
             bodies[agg.key] = kept.final_html(record.final_text)
             legend = kept.legend_html()
+    final_call = record.aggregator_call
     for call in record.calls:
-        extra = legend if call.role == "aggregator" else ""
+        extra = legend if call is final_call else ""
         view.draw_call(call, body=bodies.get(call.key), extra=extra)
     view.flush()
     if record.final_text:
         with st.expander("Final answer as formatted Markdown"):
             # st.markdown without unsafe_allow_html: Streamlit itself drops raw HTML.
-            st.markdown(record.final_text)
+            st.markdown(record.final_text[:RENDER_MAX_CHARS])
+            if len(record.final_text) > RENDER_MAX_CHARS:
+                st.caption(
+                    f"showing the first {RENDER_MAX_CHARS:,} of {len(record.final_text):,} "
+                    "characters; the full text is in the JSON export"
+                )
     if show_charts:
         _charts(record, attribution, candidate_ids, key or record.run_id)
     return view

@@ -29,6 +29,7 @@ NEW_RUN_BUTTON = "new_run"
 RUN_FORM = "run_form"
 
 AGGREGATOR_SLOT = "agg"
+FALLBACK_SLOT = "fb"  # the optional fallback aggregator; `fb.enabled` turns it on
 MODEL_FIELDS = (
     "model",
     "api_base",
