@@ -291,7 +291,9 @@ def _question(where: str, row: dict[str, Any], default_id: str) -> Question:
     if prompt is None:
         raise QuestionFileError(f"{where}: `prompt` is missing: every question needs one")
     if not prompt.strip():
-        raise QuestionFileError(f"{where}: `prompt` is empty: write the question, or delete the row")
+        raise QuestionFileError(
+            f"{where}: `prompt` is empty: write the question, or delete the row"
+        )
     if len(prompt) > MAX_PROMPT_CHARS:
         raise QuestionFileError(
             f"{where}: the prompt is {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,}"
