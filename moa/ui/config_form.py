@@ -41,7 +41,8 @@ def _usable(cfg: RunConfig, keyed: set[str]) -> bool:
 
 def default_preset(names: list[str]) -> str | None:
     """$MOA_PRESET if it exists; with no key set, local-quick; with keys, the first preset that
-    uses a keyed provider and needs no other key; else local-quick, else the first preset."""
+    uses a keyed provider and needs no other key; else local-quick, else the first preset that
+    loads, else the first."""
     wanted = os.environ.get("MOA_PRESET")
     if wanted in names:
         return wanted
@@ -56,6 +57,12 @@ def default_preset(names: list[str]) -> str | None:
                 return name
     if DEFAULT_PRESET in names:
         return DEFAULT_PRESET
+    for name in names:  # the first one that loads: a broken file is not a good first view
+        try:
+            config_mod.load_preset(name, presets_dir())
+        except ConfigError:
+            continue
+        return name
     return names[0] if names else None
 
 
