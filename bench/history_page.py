@@ -23,8 +23,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from bench.results import write_section  # noqa: E402
-from bench.store import generate  # noqa: E402
-from moa.store import Store  # noqa: E402
+from bench.store import ensure_db  # noqa: E402
 from tests.appserver import AppServer, launch_chromium  # noqa: E402
 
 TARGET_S = 1.5
@@ -92,10 +91,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help=f"write bench/RESULTS.md § {TITLE}")
     args = ap.parse_args()
     path = Path(args.db)
-    if not path.exists() or Store(path).count_runs() != args.runs:
-        path.unlink(missing_ok=True)
-        generate(path, args.runs)
-    store = Store(path)
+    store = ensure_db(path, args.runs)
     run_id = store.search_runs(status="ok", limit=1, offset=5000)[0].id
     env = {"MOA_DB": str(path)}
     samples: dict[str, list[float]] = {}

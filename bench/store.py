@@ -214,6 +214,14 @@ def generate(path: Path, n_runs: int) -> None:
     print(f"generated {n_runs:,} runs in {time.monotonic() - t0:.1f} s", file=sys.stderr)
 
 
+def ensure_db(path: Path, n_runs: int) -> Store:
+    """The generated database at `path`, made (again) unless it already holds `n_runs` runs."""
+    if not path.exists() or Store(path).count_runs() != n_runs:
+        path.unlink(missing_ok=True)
+        generate(path, n_runs)
+    return Store(path)
+
+
 def timed(fn, repeats: int = 7) -> float:
     fn()  # warm the page cache
     samples = []
@@ -231,10 +239,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     path = Path(args.db)
-    if not path.exists() or Store(path).count_runs() != args.runs:
-        path.unlink(missing_ok=True)
-        generate(path, args.runs)
-    store = Store(path)
+    store = ensure_db(path, args.runs)
     cases = {
         "first page, no filter (50 rows)": lambda: store.search_runs(limit=50),
         "page 200 (offset 10,000)": lambda: store.search_runs(limit=50, offset=10_000),

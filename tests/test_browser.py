@@ -132,6 +132,9 @@ def _page_visible(page) -> bool:
     return styles == ["block", "visible"] and page.get_by_test_id("stApp").is_visible()
 
 
+NO_INJECTIONS = dict.fromkeys(("img_x", "onerror", "iframes", "js_links", "scripts", "styles"), 0)
+
+
 def _dom_injections(page) -> dict[str, int]:
     return page.evaluate(
         """() => ({
@@ -199,14 +202,7 @@ def test_run_page_streams_highlights_stops_and_is_not_injectable(app, netns):
         assert page.title() == title
         assert dialogs == []
         assert _page_visible(page)
-        assert _dom_injections(page) == {
-            "img_x": 0,
-            "onerror": 0,
-            "iframes": 0,
-            "js_links": 0,
-            "scripts": 0,
-            "styles": 0,
-        }
+        assert _dom_injections(page) == NO_INJECTIONS
         link = page.locator(".moa-runhead a").get_attribute("href")
         run_id = re.fullmatch(r"\?run=([0-9a-f]+)", link).group(1)
         n_segments = final.locator(".moa-seg").count()
@@ -292,14 +288,7 @@ def test_history_report_download_delete_and_import_in_a_real_browser(app, netns,
         assert PAYLOADS[0] in viewer.locator(".final").inner_text()
         assert HOSTILE_LABEL in viewer.locator("body").inner_text()
         assert viewer.locator(".final .seg").count() >= 3  # the highlights made it
-        assert _dom_injections(viewer) == {
-            "img_x": 0,
-            "onerror": 0,
-            "iframes": 0,
-            "js_links": 0,
-            "scripts": 0,
-            "styles": 0,
-        }
+        assert _dom_injections(viewer) == NO_INJECTIONS
         # The title is the prompt, payload included, as plain text: no script retitled it.
         assert viewer.title() == f"MoA run: How do plants grow? {PAYLOADS[1]}"
         assert viewer.locator("body").is_visible()
