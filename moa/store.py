@@ -275,7 +275,13 @@ class Store:
     def recover_interrupted(self) -> int:
         """Runs left `running` by a process that is gone become `interrupted`, keeping their calls."""
         rows = self.db.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
-        dead = [rid for rid, pid in rows if rid not in _ACTIVE_RUNS and not pid_alive(pid)]
+        # Our own pid on a run we are not writing is an earlier process that had the same pid
+        # (a container restarted: the app is pid 1 again), so it is dead too.
+        dead = [
+            rid
+            for rid, pid in rows
+            if rid not in _ACTIVE_RUNS and (pid == os.getpid() or not pid_alive(pid))
+        ]
         if not dead:
             return 0
         with self._write() as conn:
