@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import streamlit as st
 
@@ -28,11 +29,13 @@ from moa.ui.resources import (
     get_store,
     get_writable_store,
     litellm_ready,
+    page_icon,
     start_litellm_import,
     wait_for_litellm,
 )
 
 RUN_ID = re.compile(r"[0-9a-f]{12,40}")
+WARM_UP_DELAY_S = 0.8  # after the first script run, before the heavy imports
 
 
 def _on_run() -> None:
@@ -232,7 +235,7 @@ def run_form(running: bool) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="MoA Studio · Run", page_icon="🧩", layout="wide")
+    st.set_page_config(page_title="MoA Studio · Run", page_icon=page_icon(), layout="wide")
     copy_secrets_to_env()
     activate_session_keys()
     inject_css()
@@ -274,6 +277,13 @@ def warm_up() -> None:
     The page is already usable while this waits (any click interrupts it); the redraw brings
     the provider models into the picker and the cost estimate into the sidebar.
     """
+    # Let the browser draw the page first: importing the store (sqlite-utils, ~1 s of CPU) and
+    # litellm (~5 s) holds the GIL and one of the two cores, and drawing the first page while
+    # they run took ~0.3 s longer (bench/ui.py). A click still interrupts this pause.
+    deadline = time.monotonic() + WARM_UP_DELAY_S
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        _ = K.LIVE in st.session_state  # a rerun request interrupts here
     from moa.store import StoreError
 
     try:

@@ -25,7 +25,7 @@ from moa.ui.render import (
     markdown_escape,
     render_run,
 )
-from moa.ui.resources import copy_secrets_to_env, get_store
+from moa.ui.resources import PAGE_ICON, copy_secrets_to_env, get_store
 
 RUN_ID = re.compile(r"[0-9a-f]{12,40}")
 ALL = "All"
@@ -252,7 +252,7 @@ def importer(store: Store) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="MoA Studio · History", page_icon="🧩", layout="wide")
+    st.set_page_config(page_title="MoA Studio · History", page_icon=PAGE_ICON, layout="wide")
     copy_secrets_to_env()
     activate_session_keys()  # keys typed on the Run page serve re-aggregation here too
     inject_css()

@@ -13,7 +13,7 @@ from moa.store import StoreError
 from moa.ui import history as H
 from moa.ui.charts import _layout, esc
 from moa.ui.render import PALETTE, fmt_cost, inject_css, markdown_escape
-from moa.ui.resources import get_store
+from moa.ui.resources import PAGE_ICON, get_store
 
 ALL = "All"
 
@@ -110,7 +110,7 @@ def stats_rows(ins: insights.Insights) -> list[dict[str, object]]:
 
 
 def main() -> None:
-    st.set_page_config(page_title="MoA Studio · Insights", page_icon="🧩", layout="wide")
+    st.set_page_config(page_title="MoA Studio · Insights", page_icon=PAGE_ICON, layout="wide")
     inject_css()
     st.title("Insights")
     try:

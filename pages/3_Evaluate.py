@@ -20,7 +20,13 @@ from moa.ui import evaluation as E
 from moa.ui.config_form import default_preset
 from moa.ui.keys import activate as activate_session_keys
 from moa.ui.render import esc, fmt_cost, fmt_s, inject_css, markdown_escape, run_chip
-from moa.ui.resources import copy_secrets_to_env, get_store, presets_dir, wait_for_litellm
+from moa.ui.resources import (
+    PAGE_ICON,
+    copy_secrets_to_env,
+    get_store,
+    presets_dir,
+    wait_for_litellm,
+)
 
 LIVE = "eval_live"  # the session's LiveEval (running, or the last one)
 MESSAGE = "eval_message"  # why the last Start was refused, or how the last evaluation ended
@@ -378,7 +384,7 @@ def drill_down(store: Store, results: ev.EvalResults) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="MoA Studio · Evaluate", page_icon="🧩", layout="wide")
+    st.set_page_config(page_title="MoA Studio · Evaluate", page_icon=PAGE_ICON, layout="wide")
     inject_css()
     copy_secrets_to_env()
     activate_session_keys()  # keys typed on the Run page serve evaluations too

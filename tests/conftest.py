@@ -61,3 +61,15 @@ def make_config(
         name=kw.pop("name", "test"),
         **kw,
     )
+
+
+@pytest.fixture
+def netns():
+    """Run app servers, model servers and Chromium with only loopback, when possible (the
+    yielded reason why not, else None)."""
+    from tests.appserver import interfaces, loopback_netns
+
+    with loopback_netns() as why_not:
+        if why_not is None:
+            assert interfaces() == ["lo"]
+        yield why_not

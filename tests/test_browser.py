@@ -11,7 +11,7 @@ import pytest
 
 from moa import config as config_mod
 from moa.store import Store
-from tests.appserver import CHROMIUM, ROOT, AppServer, interfaces, launch_chromium, loopback_netns
+from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 
@@ -59,15 +59,6 @@ new MutationObserver(() => {
   }
 }).observe(document, {subtree: true, childList: true, characterData: true});
 """
-
-
-@pytest.fixture
-def netns():
-    """Run the app server, the model server and Chromium with only loopback, when possible."""
-    with loopback_netns() as why_not:
-        if why_not is None:
-            assert interfaces() == ["lo"]
-        yield why_not
 
 
 @pytest.fixture

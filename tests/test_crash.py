@@ -24,7 +24,7 @@ import pytest
 from moa import config as config_mod
 from moa.config import dumps
 from moa.store import Store
-from tests.appserver import CHROMIUM, ROOT, AppServer, interfaces, launch_chromium, loopback_netns
+from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 
@@ -180,14 +180,6 @@ def test_a_run_left_by_an_earlier_process_with_our_pid_is_recovered(tmp_path):
 
 
 # ---------------------------------------------------------------- the web app
-
-
-@pytest.fixture
-def netns():
-    with loopback_netns() as why_not:
-        if why_not is None:
-            assert interfaces() == ["lo"]
-        yield why_not
 
 
 @pytest.mark.browser

@@ -19,7 +19,7 @@ import pytest
 
 from moa import config as config_mod
 from moa.store import Store
-from tests.appserver import CHROMIUM, AppServer, interfaces, launch_chromium, loopback_netns
+from tests.appserver import CHROMIUM, AppServer, launch_chromium
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 
@@ -155,14 +155,6 @@ def summary(done: list[Session], wall_s: float) -> dict[str, float]:
         "ready_p95_s": round(p95(ready), 3),
         "ready_max_s": round(max(ready), 3),
     }
-
-
-@pytest.fixture
-def netns():
-    with loopback_netns() as why_not:
-        if why_not is None:
-            assert interfaces() == ["lo"]
-        yield why_not
 
 
 @pytest.mark.timeout(400)
