@@ -35,11 +35,20 @@ def caption(page) -> str:
     return page.locator("text=/runs match · page/").first.inner_text()
 
 
-def until_caption_changes(page, before: str, timeout_s: float = 30) -> None:
+def shown(page) -> str:
+    """What the table shows: its caption and its key (a hash of the run ids on screen, which
+    Streamlit puts in the container's class as st-key-…)."""
+    return caption(page) + page.evaluate(
+        "() => [...document.querySelectorAll('[class*=st-key-hist_table_]')]"
+        ".map(e => [...e.classList].find(c => c.startsWith('st-key-'))).join()"
+    )
+
+
+def until_changed(page, before: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if caption(page) != before:
+            if shown(page) != before:
                 return
         except Exception:  # mid-rerender: the element is being replaced
             pass
@@ -56,23 +65,23 @@ def open_page(page, url: str) -> float:
 
 
 def search(page, words: str) -> float:
-    box = page.get_by_label("Search")
+    box = page.get_by_role("textbox", name="Search")
     box.fill("")
-    before = caption(page)
+    before = shown(page)
     t = time.perf_counter()
     box.fill(words)
     box.press("Enter")
-    until_caption_changes(page, before)
+    until_changed(page, before)
     return time.perf_counter() - t
 
 
 def turn_to(page, number: int) -> float:
-    box = page.get_by_label("Page")
-    before = caption(page)
+    box = page.get_by_role("spinbutton", name="Page")
+    before = shown(page)
     t = time.perf_counter()
     box.fill(str(number))
     box.press("Enter")
-    until_caption_changes(page, before)
+    until_changed(page, before)
     return time.perf_counter() - t
 
 
@@ -106,12 +115,18 @@ def main() -> None:
             samples.setdefault("open the page (first 50 of 100,000 runs)", []).append(
                 open_page(page, history)
             )
-            words = ["orbit treaty", "water", '"solar wind" OR tide*', "galaxy -moon", "exam"][k]
+            words = [
+                "orbit treaty",
+                "water bread",
+                '"solar wind" OR tide*',
+                "galaxy -moon",
+                "exam",
+            ][k]
             samples.setdefault("full-text search, typed + Enter → table", []).append(
                 search(page, words)
             )
-            page.get_by_label("Search").fill("")
-            page.get_by_label("Search").press("Enter")
+            page.get_by_role("textbox", name="Search").fill("")
+            page.get_by_role("textbox", name="Search").press("Enter")
             page.wait_for_timeout(300)
             samples.setdefault("turn to page 200 (offset 10,000)", []).append(
                 turn_to(page, 200 - k)
@@ -124,13 +139,16 @@ def main() -> None:
     worst_ratio = 0.0
     for name, xs in samples.items():
         med = statistics.median(xs)
-        worst_ratio = max(worst_ratio, med / TARGET_S)
+        if not name.startswith("open one run"):  # the target is the table's; see the note
+            worst_ratio = max(worst_ratio, med / TARGET_S)
         rows.append(f"| {name} | {med:.2f} | {max(xs):.2f} | {med / TARGET_S:.2f} |")
     body = (
         f"{store.count_runs():,} runs in the database, the app on 127.0.0.1, Chromium; from the "
         f"request (navigation, or Enter in a field) until the result is on screen; median of "
-        f"{REPEATS} after a warm-up.\n\n" + "\n".join(rows) + f"\n\nWorst median ratio: "
-        f"**{worst_ratio:.2f}** (target < 1)."
+        f"{REPEATS} after a warm-up.\n\n" + "\n".join(rows) + "\n\nWorst median ratio of the "
+        f"History table (page, search, paging): **{worst_ratio:.2f}** (target < 1). Opening a "
+        "run is a new page load (Streamlit's ~1 s of JavaScript) plus the full renderer with its "
+        "four plotly charts; it is shown for reference, not part of the target."
     )
     print(body)
     if args.write:
