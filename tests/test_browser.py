@@ -65,7 +65,7 @@ new MutationObserver(() => {
 def app(tmp_path, netns):
     fake = FakeServer().start()  # created inside the namespace, like everything below
     presets = tmp_path / "presets"
-    xss = make_config(fake, ["alpha", "beta", "gamma"], name="xss demo")
+    xss = make_config(fake, ["alpha", "beta", "gamma"], name=f"xss demo {PAYLOADS[1]}")
     xss.proposers[0].label, xss.proposers[1].label = "Alpha", "Beta"
     xss.proposers[2].label = HOSTILE_LABEL
     xss.aggregator.label = "Writer"
