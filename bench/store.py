@@ -255,6 +255,9 @@ def main() -> None:
         ),
         "count for paging ('water', capped at 10,000)": lambda: store.count_matching("water"),
         "count all (exact)": lambda: store.count_matching(cap=None),
+        "count with a model filter (capped)": lambda: store.count_matching(
+            model="local/smollm2-135m"
+        ),
         "open one run": lambda: store.get_run(store.search_runs(limit=1, offset=5000)[0].id),
     }
     rows = ["| query | median (ms) | ratio to 100 ms |", "|---|---|---|"]

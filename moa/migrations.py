@@ -189,3 +189,11 @@ def m004_evaluations(db: sqlite_utils.Database) -> None:
     db["eval_items"].create_index(["eval_id", "question_id", "contender"], unique=True)
     db["eval_items"].create_index(["run_id"])
     db["judge_calls"].create_index(["eval_id", "question_id", "contender", "kind"], unique=True)
+
+
+@migration
+def m005_fallback_aggregator_index(db: sqlite_utils.Database) -> None:
+    # The History model filter also finds runs whose answer came from a fallback aggregator
+    # (aggregator calls with idx > 0), which the denormalised runs.aggregator column does not
+    # name: this index makes that lookup a range scan instead of a pass over every call.
+    db["calls"].create_index(["model", "role", "idx"])

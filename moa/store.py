@@ -345,9 +345,13 @@ class Store:
             where.append("runs_fts MATCH ?")
             params.append(fts)
         if model:
-            # The denormalised columns answer this without touching the calls table.
-            where.append("(runs.aggregator = ? OR instr(', ' || runs.proposers || ',', ?) > 0)")
-            params += [model, f", {model},"]
+            # The denormalised columns answer this without touching the calls table; a fallback
+            # aggregator (idx > 0) is found through the calls index of migration m005.
+            where.append(
+                "(runs.aggregator = ? OR instr(', ' || runs.proposers || ',', ?) > 0 OR runs.id IN "
+                "(SELECT run_id FROM calls WHERE model = ? AND role = 'aggregator' AND idx > 0))"
+            )
+            params += [model, f", {model},", model]
         for column, value in (("status", status), ("name", name)):
             if value:
                 where.append(f"runs.{column} = ?")

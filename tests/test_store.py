@@ -211,3 +211,19 @@ def test_model_filter_matches_whole_model_ids_and_counts_cap(fake, tmp_path):
     assert store.count_matching(model="openai/gpt-4o") == 1
     assert store.count_matching() == 2 and store.count_matching(cap=1) == 2  # "1+": cap + 1
     assert store.models() == ["openai/agg", "openai/gpt-4o", "openai/gpt-4o-mini"]
+
+
+def test_model_filter_finds_a_run_answered_by_the_fallback_aggregator(fake, tmp_path):
+    from moa.config import ModelSpec
+
+    store = Store(tmp_path / "moa.db")
+    fake.set("agg", fault="500")
+    fake.set("backup", text="The backup wrote this.")
+    cfg = make_config(fake, ["a"], name="fb")
+    cfg.fallback_aggregator = ModelSpec(model="openai/backup", api_base=fake.base_url)
+    saved = engine.run_sync(cfg, "hello", on_event=StoreWriter(store))
+    logged_run(fake, store)  # another run, no fallback
+    assert saved.status == "ok"
+    assert "openai/backup" in store.models()
+    assert [r.id for r in store.search_runs(model="openai/backup")] == [saved.run_id]
+    assert store.count_matching(model="openai/backup") == 1
