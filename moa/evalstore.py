@@ -57,6 +57,7 @@ class EvalSummary:
     error: str | None
     n_items: int  # stored items (answered or not)
     n_scored: int
+    n_contenders: int  # from the stored plan (names may hold commas: not from `contenders`)
 
 
 class EvalStore:
@@ -128,7 +129,8 @@ class EvalStore:
             "SELECT e.id, e.created_at, e.name, e.question_set, e.n_questions, e.contenders, "
             "e.scoring, e.judge_model, e.status, e.error, "
             "(SELECT count(*) FROM eval_items i WHERE i.eval_id = e.id), "
-            "(SELECT count(*) FROM eval_items i WHERE i.eval_id = e.id AND i.status = 'scored') "
+            "(SELECT count(*) FROM eval_items i WHERE i.eval_id = e.id AND i.status = 'scored'), "
+            "json_array_length(e.plan_json, '$.contenders') "
             "FROM evals e ORDER BY e.created_at DESC, e.id DESC LIMIT ?",
             [limit],
         ).fetchall()

@@ -230,8 +230,7 @@ def follow(store: Store, live: E.LiveEval) -> None:
 # ---------------------------------------------------------------- results
 
 
-def pick_evaluation(store: Store) -> str | None:
-    evals = ev.list_evaluations(store, limit=200)
+def pick_evaluation(evals: list) -> str | None:
     if not evals:
         st.info(
             "No evaluation yet. Pick a question set and contenders above and start one: the "
@@ -240,7 +239,7 @@ def pick_evaluation(store: Store) -> str | None:
         return None
     labels = {
         e.id: f"{e.created_at[:16].replace('T', ' ')} · {e.name} · {e.status} · "
-        f"{e.n_scored}/{e.n_questions * max(1, e.contenders.count(',') + 1)} scored"
+        f"{e.n_scored}/{e.n_questions * e.n_contenders} scored"
         for e in evals
     }
     wanted = st.query_params.get("eval")
@@ -403,14 +402,14 @@ def main() -> None:
         getattr(st, message[0])(markdown_escape(message[1]))
     live: E.LiveEval | None = st.session_state.get(LIVE)
     running = live is not None and live.running
-    has_any = bool(ev.list_evaluations(store, limit=1))
-    with st.expander("New evaluation", expanded=not has_any and not running):
+    evals = ev.list_evaluations(store, limit=200)
+    with st.expander("New evaluation", expanded=not evals and not running):
         new_evaluation(store, running)
     if running:
         follow(store, live)
         return
     st.subheader("Results")
-    eval_id = pick_evaluation(store)
+    eval_id = pick_evaluation(evals)
     if eval_id:
         show_results(store, eval_id, running)
 

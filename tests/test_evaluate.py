@@ -315,7 +315,8 @@ def test_an_evaluation_stores_linked_runs_and_scores_them(fake, capitals, db_pat
     assert head.moa.name == "Duo" and head.best_single.name == "openai/solo"
     assert head.delta == pytest.approx(0.25)
     assert "Duo vs best single contender openai/solo: +25.0 points accuracy" in head.describe()
-    assert [s.id for s in ev.list_evaluations(store)] == [results.eval_id]
+    (summary,) = ev.list_evaluations(store)
+    assert (summary.id, summary.n_contenders, summary.n_scored) == (results.eval_id, 2, 8)
     # Head to head: Duo wins fr and n, ties it (both wrong), loses jp.
     assert results.win_rates() == {"Duo": 0.625, "openai/solo": 0.375}
 
