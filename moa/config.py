@@ -172,8 +172,7 @@ def _model_from_dict(where: str, d: Any) -> ModelSpec:
             f"{where}.model is empty: name a litellm model id, e.g. 'local/smollm2-135m'"
         )
     if spec.api_base is not None:
-        spec.api_base = spec.api_base.strip() or None
-        check_api_base(f"{where}.api_base", spec.api_base)
+        spec.api_base = spec.api_base.strip() or None  # its form is checked in validate()
     if spec.api_key_env is not None and not re.match(
         r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", spec.api_key_env
     ):
@@ -272,7 +271,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("name is empty: give the config a name")
     if cfg.aggregator_prompt is not None and not cfg.aggregator_prompt.strip():
         cfg.aggregator_prompt = None
-    # Again here, not only when reading a table: CLI overrides (`model@URL`) arrive this way.
+    # Here, not when reading a table: configs from TOML, the form and CLI overrides
+    # (`model@URL`) all pass through validate().
     where = [(f"proposers[{i}]", p) for i, p in enumerate(cfg.proposers)]
     where += [("aggregator", cfg.aggregator), ("fallback_aggregator", cfg.fallback_aggregator)]
     for name, spec in where:
