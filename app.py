@@ -10,7 +10,13 @@ import streamlit as st
 from moa import engine
 from moa.config import ConfigError, RunConfig
 from moa.ui import state as K
-from moa.ui.config_form import config_from_state, init_state, render_locked, render_sidebar
+from moa.ui.config_form import (
+    config_from_state,
+    hold_form,
+    init_state,
+    render_locked,
+    render_sidebar,
+)
 from moa.ui.keys import activate as activate_session_keys
 from moa.ui.keys import render_keys, session_keys
 from moa.ui.live import LiveRun, follow
@@ -60,6 +66,7 @@ def _on_run() -> None:
     except Exception as e:  # a check that crashed must still read as a message, not a traceback
         ss[K.RUN_ERROR] = f"could not check the run: {type(e).__name__}: {e}"
         return
+    hold_form()
     ss[K.LIVE] = LiveRun(cfg, prompt, system, keys=session_keys()).start(store)
 
 

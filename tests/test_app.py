@@ -381,3 +381,24 @@ def test_hover_titles_are_escaped(fake):
         assert "&quot;hi&quot; &lt;b&gt;loud&lt;/b&gt;" in markup
         for title in re.findall(r'title="([^"]*)"', markup):
             assert "<" not in title
+
+
+def test_after_a_run_the_sidebar_sends_every_setting_back_to_the_browser(loopback, presets):
+    """While a run is live the sidebar's widgets leave the page. When they come back, a slow
+    browser that has dropped their state would draw them with their defaults (a number input's
+    minimum) and send those with the next Run; so the first redraw after a run carries every
+    setting's value explicitly (`set_value`), and the browser shows what the run used."""
+    at = run(app(), "How do plants grow?")
+    kinds = ("selectbox", "text_input", "number_input", "slider", "checkbox", "text_area")
+    settings = [w for kind in kinds for w in getattr(at.sidebar, kind) if w.key != K.SAVE_NAME]
+    assert len(settings) > 30
+    assert [w.key for w in settings if not w.proto.set_value] == []
+    assert at.number_input(key=K.PROPOSER_TIMEOUT).value == 120.0
+    assert at.number_input(key=K.field_key(K.AGGREGATOR_SLOT, "max_tokens")).value == 512
+    # Only that once: later redraws leave the browser's values (a user's edits) alone.
+    at.run()
+    assert at.number_input(key=K.PROPOSER_TIMEOUT).proto.set_value is False
+    # And the next run uses the preset as loaded.
+    run(at, "And what about light?")
+    preset = config_mod.to_dict(config_mod.load_preset("loop", presets))
+    assert config_mod.to_dict(at.session_state[K.LIVE].config) == preset

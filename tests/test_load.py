@@ -19,7 +19,7 @@ import pytest
 
 from moa import config as config_mod
 from moa.store import Store
-from tests.appserver import CHROMIUM, AppServer, launch_chromium
+from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.browser
 if not Path(CHROMIUM).exists():
     pytest.skip(f"Chromium is not installed at {CHROMIUM}", allow_module_level=True)
 async_api = pytest.importorskip("playwright.async_api")
+ARTIFACTS = ROOT / "test-artifacts"
 
 SESSIONS, RUNS = 4, 5
 PROPOSERS = ["p1", "p2", "p3"]
@@ -43,14 +44,16 @@ MAX_READY_S = 20.0  # the final answer shown -> the Run button enabled again, wo
 MEDIAN_ANSWER_S = 15.0  # ... the median of the runs after each session's first
 MEDIAN_READY_S = 8.0
 
-# Resolves to performance.now() once the page shows a run other than `prev` with its
-# aggregator call done (the answer is complete on screen), else null.
+# Resolves once the page shows a run other than `prev` that has ended: its aggregator call done
+# (the answer is complete on screen), or the run over without it (then the test fails at once,
+# saying so, instead of waiting out its timeout). Else null.
 ANSWER_SHOWN = """(prev) => {
   const head = document.querySelector('.moa-runhead');
   if (!head || head.dataset.run === prev) return null;
   const agg = document.querySelector(".moa-card[data-call$='-aggregator-0']");
-  return agg && agg.dataset.status === 'ok' ? {t: performance.now(), run: head.dataset.run}
-                                            : null;
+  const over = !['running', 'stopping'].includes(head.dataset.status);
+  return (agg && agg.dataset.status === 'ok') || over
+    ? {t: performance.now(), run: head.dataset.run, status: head.dataset.status} : null;
 }"""
 RUN_ENABLED = """() => {
   const b = document.querySelector('[data-testid=stFormSubmitButton] button');
@@ -92,28 +95,44 @@ async def _session(browser, url: str, n: int, runs: int) -> Session:
     out = Session(n)
     context = await browser.new_context(viewport={"width": 1300, "height": 900})
     page = await context.new_page()
-    await page.goto(url)
-    await page.get_by_text("Proposer 3").wait_for(timeout=90_000)
-    await page.wait_for_function(RUN_ENABLED, timeout=90_000, polling=100)
-    prev = ""
-    for i in range(runs):
-        box = page.get_by_label("Prompt", exact=True)
-        await box.fill(f"Session {n} run {i}: how do I bake bread?")
-        t0 = await page.evaluate("performance.now()")
-        await box.press("Control+Enter")
-        shown = await (
-            await page.wait_for_function(ANSWER_SHOWN, arg=prev, timeout=120_000, polling=50)
-        ).json_value()
-        ready = await (
-            await page.wait_for_function(RUN_ENABLED, timeout=60_000, polling=50)
-        ).json_value()
-        prev = shown["run"]
-        out.run_ids.append(prev)
-        out.answer_s.append((shown["t"] - t0) / 1000)
-        out.ready_s.append((ready - shown["t"]) / 1000)
-        out.page_texts.append(await page.locator("body").inner_text())
-    await context.close()
+    try:
+        await page.goto(url)
+        await page.get_by_text("Proposer 3").wait_for(timeout=90_000)
+        await page.wait_for_function(RUN_ENABLED, timeout=90_000, polling=100)
+        for i in range(runs):
+            await _one_run(page, f"Session {n} run {i}: how do I bake bread?", out)
+    except Exception:
+        # What the page showed when it stopped answering, for the failure report.
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=ARTIFACTS / f"load-session-{n}-failed.png", full_page=True)
+        text = await page.locator("body").inner_text()
+        print(
+            f"--- session {n} stopped answering after {len(out.run_ids)} runs; page text:\n{text}"
+        )
+        raise
+    finally:
+        await context.close()
     return out
+
+
+async def _one_run(page, prompt: str, out: Session) -> None:
+    """Type `prompt`, press Ctrl+Enter, wait for the answer and for Run to be enabled again."""
+    prev = out.run_ids[-1] if out.run_ids else ""
+    box = page.get_by_label("Prompt", exact=True)
+    await box.fill(prompt)
+    t0 = await page.evaluate("performance.now()")
+    await box.press("Control+Enter")
+    shown = await (
+        await page.wait_for_function(ANSWER_SHOWN, arg=prev, timeout=120_000, polling=50)
+    ).json_value()
+    assert shown["status"] in ("running", "ok"), f"{prompt!r}: the run ended {shown['status']}"
+    ready = await (
+        await page.wait_for_function(RUN_ENABLED, timeout=60_000, polling=50)
+    ).json_value()
+    out.run_ids.append(shown["run"])
+    out.answer_s.append((shown["t"] - t0) / 1000)
+    out.ready_s.append((ready - shown["t"]) / 1000)
+    out.page_texts.append(await page.locator("body").inner_text())
 
 
 async def _drive(url: str, sessions: int, runs: int) -> list[Session]:
@@ -172,6 +191,12 @@ def test_four_browser_sessions_five_runs_each_lose_nothing(tmp_path, netns):
         t0 = time.monotonic()
         done = drive_sessions(server.url)
         wall = time.monotonic() - t0
+    except Exception:
+        print("--- runs in the database:")
+        for r in Store(db).search_runs(limit=100):
+            print(r.id, r.status, repr(r.prompt), r.error)
+        print("--- app server log (tail):\n" + server.log.decode(errors="replace")[-5000:])
+        raise
     finally:
         server.stop()
         fake.stop()
@@ -189,8 +214,12 @@ def test_four_browser_sessions_five_runs_each_lose_nothing(tmp_path, netns):
     assert prompts == {
         f"Session {n} run {i}: how do I bake bread?" for n in range(SESSIONS) for i in range(RUNS)
     }
+    preset = config_mod.to_dict(config_mod.load_preset("load", presets))
     for r in runs:
         record = store.get_run(r.id)
+        # Every run used the preset as loaded: nobody touched the sidebar (a slow browser once
+        # sent the number inputs' minimums back with the next Run: max_tokens 1, timeout 1 s).
+        assert config_mod.to_dict(record.config) == preset, r.prompt
         assert record.final_text == FINAL
         assert [c.status for c in record.calls] == ["ok"] * 4
     assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -116,6 +116,36 @@ def init_state() -> None:
     load_into_state(cfg, name)
 
 
+def _form_keys() -> list[str]:
+    """The keys of every sidebar widget that holds a setting."""
+    slots = [K.proposer_slot(i) for i in st.session_state.get(K.PROPOSER_IDS, [])]
+    slots += [K.AGGREGATOR_SLOT, K.FALLBACK_SLOT]
+    fields = [K.field_key(slot, f) for slot in slots for f in K.MODEL_FIELDS]
+    return [K.PRESET, FALLBACK_ON, K.LAYERS, K.PROPOSER_TIMEOUT, K.BUDGET, K.SYNTHESIS, *fields]
+
+
+def hold_form() -> None:
+    """A run starts and the sidebar's widgets leave the page: keep what they say.
+
+    While a run is live the sidebar shows the locked summary instead (render_locked). The
+    browser may forget those widgets' state meanwhile (it drops the state of widgets missing
+    from the page when a script run ends), and a widget that comes back with no state is drawn
+    with its default and sends that with the next rerun: the 4-session load test caught a run
+    whose aggregator had max_tokens 1 and a 1 s timeout, the number inputs' minimums, which
+    nobody had touched. `restore_form` sets the held values again before the widgets are
+    drawn, which makes Streamlit send them to the browser explicitly.
+    """
+    ss = st.session_state
+    ss[K.HELD_FORM] = {k: ss[k] for k in _form_keys() if k in ss}
+
+
+def restore_form() -> None:
+    """Call before the sidebar's widgets are drawn: the values held when the run started."""
+    held = st.session_state.pop(K.HELD_FORM, None)
+    if held:
+        st.session_state.update(held)
+
+
 def _on_preset_change() -> None:
     name = st.session_state.get(K.PRESET)
     if not name:
@@ -242,8 +272,9 @@ def render_locked(cfg: RunConfig) -> None:
 
     Every widget on the page makes each streamed update costlier for the browser (Streamlit
     re-renders the whole element tree per message): a sidebar of ~50 widgets tripled the
-    token-to-screen latency with 8 streams. Widget values survive: a script run that is
-    interrupted by a rerun (as every live-run script run is) never drops widget state.
+    token-to-screen latency with 8 streams. The server keeps the widgets' values (a script run
+    interrupted by a rerun, as every live-run script run is, never drops widget state), and
+    hold_form/restore_form make sure the browser gets them back.
     """
     rows = "".join(
         f'<div class="moa-lock-row"><span class="moa-dot" style="--moa-c:{proposer_colour(i)}">'
@@ -277,6 +308,7 @@ def render_sidebar() -> RunConfig | ConfigError:
     """Draw the configuration (into the current container, the sidebar); returns the config it
     describes, or why it is not valid."""
     ss = st.session_state
+    restore_form()
     st.html(BRAND)
     names = config_mod.list_presets(presets_dir())
     current = ss.get(K.PRESET)

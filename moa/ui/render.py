@@ -405,7 +405,10 @@ def run_header(
     if record.error:
         quiet = " moa-quiet" if record.status == "cancelled" else ""
         alert = f'<div class="moa-alert{quiet}">{esc(record.error)}</div>'
-    return f'<div class="moa-runhead" data-run="{esc(record.run_id)}">{head}</div>{alert}'
+    return (
+        f'<div class="moa-runhead" data-run="{esc(record.run_id)}" data-status="{esc(status)}">'
+        f"{head}</div>{alert}"
+    )
 
 
 def prompt_html(record: RunRecord) -> str:
