@@ -20,6 +20,7 @@ from moa.ui.config_form import (
 from moa.ui.keys import activate as activate_session_keys
 from moa.ui.keys import render_keys, session_keys
 from moa.ui.live import LiveRun, follow
+from moa.ui.nav import page_nav
 from moa.ui.render import (
     RunView,
     attribution_for,
@@ -202,6 +203,7 @@ def one_of(count: int, active: int) -> st.delta_generator.DeltaGenerator:
 
 
 def sidebar(live: LiveRun | None, running: bool) -> None:
+    page_nav()
     with st.sidebar, one_of(2, active=1 if running else 0):
         if running:
             render_locked(live.config)

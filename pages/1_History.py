@@ -16,6 +16,7 @@ from moa.report import run_to_html
 from moa.store import Store, StoreError
 from moa.ui import history as H
 from moa.ui.keys import activate as activate_session_keys
+from moa.ui.nav import page_nav
 from moa.ui.render import (
     attribution_for,
     esc,
@@ -256,6 +257,7 @@ def main() -> None:
     copy_secrets_to_env()
     activate_session_keys()  # keys typed on the Run page serve re-aggregation here too
     inject_css()
+    page_nav()
     st.title("History")
     try:
         store = get_store()

@@ -12,6 +12,7 @@ from moa import insights
 from moa.store import StoreError
 from moa.ui import history as H
 from moa.ui.charts import _layout, esc
+from moa.ui.nav import page_nav
 from moa.ui.render import PALETTE, fmt_cost, inject_css, markdown_escape
 from moa.ui.resources import PAGE_ICON, get_store
 
@@ -112,6 +113,7 @@ def stats_rows(ins: insights.Insights) -> list[dict[str, object]]:
 def main() -> None:
     st.set_page_config(page_title="MoA Studio · Insights", page_icon=PAGE_ICON, layout="wide")
     inject_css()
+    page_nav()
     st.title("Insights")
     try:
         store = get_store()

@@ -19,6 +19,7 @@ from moa.store import Store, StoreError
 from moa.ui import evaluation as E
 from moa.ui.config_form import default_preset
 from moa.ui.keys import activate as activate_session_keys
+from moa.ui.nav import page_nav
 from moa.ui.render import esc, fmt_cost, fmt_s, inject_css, markdown_escape, run_chip
 from moa.ui.resources import (
     PAGE_ICON,
@@ -385,6 +386,7 @@ def drill_down(store: Store, results: ev.EvalResults) -> None:
 def main() -> None:
     st.set_page_config(page_title="MoA Studio · Evaluate", page_icon=PAGE_ICON, layout="wide")
     inject_css()
+    page_nav()
     copy_secrets_to_env()
     activate_session_keys()  # keys typed on the Run page serve evaluations too
     st.title("Evaluate")

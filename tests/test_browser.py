@@ -153,6 +153,11 @@ def test_run_page_streams_highlights_stops_and_is_not_injectable(app, netns):
         page.goto(server.url)
         page.get_by_role("button", name="Run").wait_for(timeout=20_000)
         title = page.title()
+        # The sidebar's page links name the Run page "Run" (Streamlit's own would say "app").
+        nav = page.locator("[data-testid=stSidebar] [data-testid=stPageLink-NavLink]")
+        nav.nth(3).wait_for(timeout=20_000)
+        labels = [t.split("\n")[-1] for t in nav.all_inner_texts()]  # after the icon
+        assert labels == ["Run", "History", "Insights", "Evaluate"]
 
         # Pick the hostile preset and run it with Ctrl+Enter.
         _pick_preset(page, "xss-demo")

@@ -51,9 +51,9 @@ ANSWER_SHOWN = """(prev) => {
   const head = document.querySelector('.moa-runhead');
   if (!head || head.dataset.run === prev) return null;
   const agg = document.querySelector(".moa-card[data-call$='-aggregator-0']");
-  const over = !['running', 'stopping'].includes(head.dataset.status);
+  const over = !['running', 'stopping'].includes(head.dataset.runStatus);
   return (agg && agg.dataset.status === 'ok') || over
-    ? {t: performance.now(), run: head.dataset.run, status: head.dataset.status} : null;
+    ? {t: performance.now(), run: head.dataset.run, status: head.dataset.runStatus} : null;
 }"""
 RUN_ENABLED = """() => {
   const b = document.querySelector('[data-testid=stFormSubmitButton] button');

@@ -197,6 +197,7 @@ CSS = """
 .moa-swatch{display:inline-block;width:1.6rem;height:.8rem;border-radius:3px}
 .moa-swatch.moa-new{background:rgba(100,116,139,.07);border:1px dashed #64748b;border-radius:3px}
 .moa-legend .moa-hint{color:#94a3b8;margin-left:auto}
+.moa-nav-sep{border:none;border-top:1px solid #e2e8f0;margin:.3rem 0 0}
 .moa-lock{font-size:.84rem;color:#334155}
 .moa-lock-title{font-weight:700;color:#1d4ed8;margin:.4rem 0 .2rem}
 .moa-lock-row{display:flex;align-items:center;gap:.45rem;padding:.28rem 0;min-width:0}
@@ -406,7 +407,7 @@ def run_header(
         quiet = " moa-quiet" if record.status == "cancelled" else ""
         alert = f'<div class="moa-alert{quiet}">{esc(record.error)}</div>'
     return (
-        f'<div class="moa-runhead" data-run="{esc(record.run_id)}" data-status="{esc(status)}">'
+        f'<div class="moa-runhead" data-run="{esc(record.run_id)}" data-run-status="{esc(status)}">'
         f"{head}</div>{alert}"
     )
 
