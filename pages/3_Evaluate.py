@@ -165,9 +165,10 @@ def new_evaluation(store: Store, running: bool) -> None:
         st.error(markdown_escape(str(e)))
         return
     plan, est = prepared.plan, prepared.estimate
+    n_q, n_c = len(plan.questions.questions), len(plan.contenders)
     text = (
-        f"{len(plan.questions.questions)} questions × {len(plan.contenders)} contenders = "
-        f"{prepared.total} answers · scoring **{plan.scoring}**"
+        f"{n_q} question{'s' if n_q != 1 else ''} × {n_c} contender{'s' if n_c != 1 else ''} = "
+        f"{prepared.total} answer{'s' if prepared.total != 1 else ''} · scoring **{plan.scoring}**"
         + (f" by {markdown_escape(plan.judge.model)}" if plan.judge else "")
         + f" · left to do: {est.n_runs} runs + {est.n_judge_calls} judge calls, estimated "
         f"≤ {markdown_escape(est.describe())}"
@@ -218,10 +219,15 @@ def follow(store: Store, live: E.LiveEval) -> None:
         st.session_state[MESSAGE] = ("error", f"The evaluation stopped: {live.error}")
     elif live.results is not None:
         r = live.results
-        st.session_state[MESSAGE] = (
-            "success" if r.status == "ok" else "warning",
-            f"Evaluation {r.eval_id}: {r.status}" + (f" — {r.error}" if r.error else ""),
-        )
+        finished = sum(i.status in ("scored", "failed", "unscored") for i in r.items)
+        total = len(r.questions) * len(r.contenders)
+        text = f"Evaluation {r.eval_id}: {r.status}" + (f" — {r.error}" if r.error else "")
+        if r.status in ("cancelled", "interrupted"):
+            text = (
+                f"Evaluation stopped with {finished} of {total} answers kept. "
+                "Resume it below: the kept answers are not asked again."
+            )
+        st.session_state[MESSAGE] = ("success" if r.status == "ok" else "warning", text)
     if live.eval_id:
         st.session_state[OPEN] = live.eval_id
         st.query_params["eval"] = live.eval_id
@@ -257,11 +263,13 @@ def pick_evaluation(evals: list) -> str | None:
 def show_results(store: Store, eval_id: str, running: bool) -> None:
     results = ev.load_results(store, eval_id)
     judge = f" · judge {results.judge_model}" if results.judge_model else ""
+    n_q = len(results.questions)
     st.html(
         f'<div class="moa-runhead">{run_chip(results.status)}'
         f'<span class="moa-runname">{esc(results.name)}</span>'
-        f'<span class="moa-sep">·</span>{esc(results.question_set)}, {len(results.questions)} '
-        f'questions<span class="moa-sep">·</span>scoring {esc(results.scoring)}{esc(judge)}'
+        f'<span class="moa-sep">·</span>{esc(results.question_set)}, {n_q} '
+        f'question{"s" if n_q != 1 else ""}<span class="moa-sep">·</span>'
+        f"scoring {esc(results.scoring)}{esc(judge)}"
         f'<span class="moa-sep">·</span>{esc(results.created_at[:19].replace("T", " "))}</div>'
     )
     if results.error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,65 @@ def test_history_report_download_delete_and_import_in_a_real_browser(app, netns,
         assert _dom_injections(page)["img_x"] == 0
         browser.close()
     assert run_to_json(store.get_run(record.run_id)) == original
+
+
+def test_evaluate_page_stop_keeps_finished_answers_and_resume_finishes(app, netns):
+    """Stop an evaluation from its page while the slow contenders are still answering: it ends
+    `cancelled` with the finished answers kept; Resume then answers only what is missing."""
+    from moa import evaluate as ev
+
+    server, db = app
+    store = Store(db)
+
+    def evaluation():
+        found = ev.list_evaluations(store)
+        return found[0] if found else None
+
+    def wait_until(check, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.1)
+
+    with playwright_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server.url + "Evaluate")
+        # The default preset (a-slow-loopback: two proposers taking ~20 s each), one question:
+        # the preset, each model alone and Self-MoA, 4 answers in flight.
+        limit = page.get_by_label("Questions (0 = all", exact=False)
+        limit.fill("1")
+        limit.press("Enter")
+        page.get_by_text("1 question × 5 contenders = 5 answers").wait_for(timeout=20_000)
+        page.get_by_role("button", name="Start evaluation").click()
+        page.get_by_role("button", name="Stop").wait_for(timeout=20_000)
+        # The fast contenders (the aggregator alone) finish first; then Stop.
+        wait_until(lambda: (e := evaluation()) is not None and e.n_scored >= 1, 30)
+        page.get_by_role("button", name="Stop").click()
+        wait_until(lambda: evaluation().status == "cancelled", 30)
+        page.get_by_role("button", name="Resume this evaluation").wait_for(timeout=20_000)
+        stopped = ev.load_results(store, evaluation().id)
+        finished = ("scored", "failed", "unscored")
+        kept = {
+            (i.question_id, i.contender): i.run_id for i in stopped.items if i.status in finished
+        }
+        assert 1 <= len(kept) < 5, kept
+        shown = page.locator("[data-testid=stMain]").inner_text()
+        assert f"Evaluation stopped with {len(kept)} of 5 answers kept" in shown
+        screenshot(page, "evaluate-stopped.png")
+
+        # The slow models answer at once now; Resume answers what is missing, nothing twice.
+        for name in ("slow1", "slow2"):
+            server.fake.set(name, text="It is 42.", token_delay_s=0)
+        page.get_by_role("button", name="Resume this evaluation").click()
+        wait_until(lambda: evaluation().status == "ok", 60)
+        page.get_by_role("button", name="Resume this evaluation").wait_for(
+            state="detached", timeout=20_000
+        )
+        browser.close()
+    done = ev.load_results(store, evaluation().id)
+    assert len(ev.list_evaluations(store)) == 1
+    assert [i.status for i in done.items] == ["scored"] * 5
+    for item in done.items:  # the answers kept at Stop were not asked again
+        if (item.question_id, item.contender) in kept:
+            assert item.run_id == kept[(item.question_id, item.contender)]

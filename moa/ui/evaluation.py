@@ -126,7 +126,7 @@ def results_rows(results: ev.EvalResults) -> list[dict[str, object]]:
                 SCORE_HEADINGS[c.score_kind]: fmt_score(c.score, c.score_kind),
                 "95% CI": ci,
                 "head-to-head win rate": fmt_score(wins.get(c.name), "accuracy"),
-                "cost": fmt_cost(c.cost_usd),
+                "cost": fmt_cost(c.cost_usd) if c.n_ok or c.n_failed else "—",
                 "cost / answer": fmt_cost(c.cost_per_answer),
                 "mean latency (s)": None if c.latency_s is None else round(c.latency_s, 2),
                 "tokens out": c.tokens_out,
