@@ -12,8 +12,10 @@ from moa.config import ConfigError, RunConfig
 from moa.ui import state as K
 from moa.ui.config_form import (
     config_from_state,
+    forget_form,
     hold_form,
     init_state,
+    load_into_state,
     render_locked,
     render_sidebar,
 )
@@ -69,6 +71,25 @@ def _on_run() -> None:
         return
     hold_form()
     ss[K.LIVE] = LiveRun(cfg, prompt, system, keys=session_keys()).start(store)
+
+
+def take_pending() -> None:
+    """A config (and prompt) sent from History: into the form, and run it if asked."""
+    ss = st.session_state
+    pending = ss.pop(K.PENDING, None)
+    if pending is None:
+        return
+    forget_form()  # the form's kept settings are the old ones
+    load_into_state(pending["config"])
+    ss[K.PROMPT] = pending["prompt"]
+    ss[K.SYSTEM] = pending["system"] or ""
+    live = ss.get(K.LIVE)
+    if not pending["run"]:
+        return
+    if live is not None and live.running:
+        ss[K.RUN_ERROR] = "A run is still going: its config is loaded; press Run when it ends."
+        return
+    _on_run()
 
 
 def _on_stop() -> None:
@@ -249,6 +270,7 @@ def main() -> None:
     activate_session_keys()
     inject_css()
     init_state()
+    take_pending()
     live: LiveRun | None = st.session_state.get(K.LIVE)
     running = live is not None and live.running
 

@@ -15,6 +15,7 @@ from moa.records import RUN_STATUSES, RunRecord
 from moa.report import run_to_html
 from moa.store import Store, StoreError
 from moa.ui import history as H
+from moa.ui import state as K
 from moa.ui.keys import activate as activate_session_keys
 from moa.ui.nav import page_nav
 from moa.ui.render import (
@@ -145,8 +146,34 @@ def compare(store: Store, runs: list) -> None:
     st.caption("Columns after the first show their differences from the first run's answer.")
 
 
+def to_run_page(record: RunRecord, *, run: bool) -> None:
+    """Open the Run page with this run's config and prompt in the form (and run it)."""
+    st.session_state[K.PENDING] = {
+        "config": record.config,
+        "prompt": record.prompt,
+        "system": record.system_prompt,
+        "run": run,
+    }
+    st.switch_page("app.py")
+
+
 def actions(store: Store, record: RunRecord) -> None:
     rid = record.run_id
+    r1, r2, _ = st.columns([1, 1, 2])
+    if r1.button(
+        "Re-run",
+        key="hist_rerun",
+        icon=":material/replay:",
+        help="Run the same prompt with the same config again, on the Run page (a new run).",
+    ):
+        to_run_page(record, run=True)
+    if r2.button(
+        "Open in the Run page",
+        key="hist_open_config",
+        icon=":material/tune:",
+        help="Put this run's config and prompt in the Run page's form, to change and run.",
+    ):
+        to_run_page(record, run=False)
     c1, c2, c3, c4 = st.columns(4)
     c1.download_button(
         "Markdown",

@@ -402,3 +402,63 @@ def test_after_a_run_the_sidebar_sends_every_setting_back_to_the_browser(loopbac
     run(at, "And what about light?")
     preset = config_mod.to_dict(config_mod.load_preset("loop", presets))
     assert config_mod.to_dict(at.session_state[K.LIVE].config) == preset
+
+
+def test_a_visit_to_another_page_keeps_the_forms_settings(loopback, db_path):
+    """Streamlit drops a page's widget state when the user goes to another page; coming back,
+    the number inputs would show their minimums (max_tokens 1, a 1 s timeout) and run so."""
+    at = app()
+    agg_tokens = K.field_key(K.AGGREGATOR_SLOT, "max_tokens")
+    at.number_input(key=K.PROPOSER_TIMEOUT).set_value(300.0).run()
+    at.number_input(key=agg_tokens).set_value(700).run()
+    at.switch_page("pages/1_History.py").run()
+    assert not at.exception, at.exception
+    at.switch_page("app.py").run()
+    assert at.number_input(key=K.PROPOSER_TIMEOUT).value == 300.0
+    assert at.number_input(key=agg_tokens).value == 700
+    assert at.selectbox(key=K.PRESET).value == "loop"
+    run(at, "How do plants grow?")
+    cfg = Store(db_path).get_run(Store(db_path).search_runs()[0].id).config
+    assert (cfg.proposer_timeout_s, cfg.aggregator.max_tokens) == (300.0, 700)
+    assert [p.model for p in cfg.proposers] == ["openai/alpha", "openai/beta", "openai/gamma"]
+
+
+def _history_of(at: AppTest, run_id: str) -> AppTest:
+    at.switch_page("pages/1_History.py")
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_history_reruns_a_run_and_opens_its_config_in_the_run_page(loopback, db_path):
+    at = app()
+    at.number_input(key=K.field_key(K.AGGREGATOR_SLOT, "max_tokens")).set_value(640).run()
+    at.text_area(key=K.SYSTEM).input("Answer briefly.")
+    run(at, "How do plants grow?")
+    store = Store(db_path)
+    (first,) = store.search_runs()
+    # Change the form, then open the first run's config from History: the form has it back.
+    at.number_input(key=K.PROPOSER_TIMEOUT).set_value(500.0).run()
+    at.button(key=f"{K.proposer_slot(at.session_state[K.PROPOSER_IDS][0])}.remove").click().run()
+    _history_of(at, first.id).button(key="hist_open_config").click().run()
+    assert not at.exception, at.exception
+    assert at.text_area(key=K.PROMPT).value == "How do plants grow?"
+    assert at.text_area(key=K.SYSTEM).value == "Answer briefly."
+    assert len(at.session_state[K.PROPOSER_IDS]) == 3
+    assert at.number_input(key=K.PROPOSER_TIMEOUT).value == 120.0
+    assert at.number_input(key=K.field_key(K.AGGREGATOR_SLOT, "max_tokens")).value == 640
+    assert len(store.search_runs()) == 1  # opened, not run
+    # Re-run: a new run with the same config and prompt, shown live on the Run page.
+    _history_of(at, first.id).button(key="hist_rerun").click().run()
+    assert not at.exception, at.exception
+    runs = store.search_runs()
+    assert len(runs) == 2 and runs[0].id != first.id
+    again = store.get_run(runs[0].id)
+    assert (again.prompt, again.system_prompt, again.status) == (
+        first.prompt,
+        "Answer briefly.",
+        "ok",
+    )
+    assert config_mod.to_dict(again.config) == config_mod.to_dict(store.get_run(first.id).config)
+    assert f'data-run="{again.run_id}"' in html(at)

@@ -124,26 +124,44 @@ def _form_keys() -> list[str]:
     return [K.PRESET, FALLBACK_ON, K.LAYERS, K.PROPOSER_TIMEOUT, K.BUDGET, K.SYNTHESIS, *fields]
 
 
-def hold_form() -> None:
-    """A run starts and the sidebar's widgets leave the page: keep what they say.
+def remember_form() -> None:
+    """Keep the sidebar's settings apart from widget state (after its widgets are drawn).
 
-    While a run is live the sidebar shows the locked summary instead (render_locked). The
-    browser may forget those widgets' state meanwhile (it drops the state of widgets missing
-    from the page when a script run ends), and a widget that comes back with no state is drawn
-    with its default and sends that with the next rerun: the 4-session load test caught a run
-    whose aggregator had max_tokens 1 and a 1 s timeout, the number inputs' minimums, which
-    nobody had touched. `restore_form` sets the held values again before the widgets are
-    drawn, which makes Streamlit send them to the browser explicitly.
+    Streamlit drops widget state on the server when the user goes to another page, and the
+    browser may drop it when widgets leave the page for a while; a widget drawn again without
+    its state takes its default (a number input's minimum: max_tokens 1, a 1 s timeout).
     """
     ss = st.session_state
-    ss[K.HELD_FORM] = {k: ss[k] for k in _form_keys() if k in ss}
+    ss[K.FORM_VALUES] = {k: ss[k] for k in _form_keys() if k in ss}
+
+
+def hold_form() -> None:
+    """A run starts and the sidebar's widgets leave the page (render_locked): keep what they
+    say, and send it back to the browser when they return.
+
+    The 4-session load test caught the browser sending the number inputs' minimums with the
+    next Run after a run (the browser drops the state of widgets missing from the page when a
+    script run ends), nobody having touched them.
+    """
+    remember_form()
+    st.session_state[K.RESTORE_FORM] = True
 
 
 def restore_form() -> None:
-    """Call before the sidebar's widgets are drawn: the values held when the run started."""
-    held = st.session_state.pop(K.HELD_FORM, None)
-    if held:
-        st.session_state.update(held)
+    """Before the sidebar's widgets are drawn: put the kept settings back if a run hid them or
+    another page dropped them. Setting them makes Streamlit send them to the browser."""
+    ss = st.session_state
+    values = ss.get(K.FORM_VALUES)
+    after_run = ss.pop(K.RESTORE_FORM, False)
+    dropped = K.field_key(K.AGGREGATOR_SLOT, "model") not in ss  # always drawn, so: another page
+    if values and (after_run or dropped):
+        ss.update(values)
+
+
+def forget_form() -> None:
+    """A new config was written into the form (History's "open in the Run page")."""
+    st.session_state.pop(K.FORM_VALUES, None)
+    st.session_state.pop(K.RESTORE_FORM, None)
 
 
 def _on_preset_change() -> None:
@@ -417,6 +435,7 @@ def render_sidebar() -> RunConfig | ConfigError:
         )
     keys = [name for name, is_set in llm.keys_set().items() if is_set]
     st.caption("Provider keys set: " + (", ".join(keys) if keys else "none (local models only)"))
+    remember_form()
     return cfg
 
 

@@ -10,7 +10,9 @@ NEXT_ID = "moa_next_proposer_id"  # next slot id: ids are never reused, so widge
 LOADED = "moa_loaded_config"  # dict of the preset as loaded, to show "modified"
 CONFIG_NAME = "moa_config_name"  # RunConfig.name of the loaded preset
 PRESET_MESSAGE = "moa_preset_message"  # ("success" | "error", text) after a save or a load
-HELD_FORM = "moa_held_form"  # the sidebar's widget values while a run hides them (config_form)
+FORM_VALUES = "moa_form_values"  # the sidebar's settings, kept apart from widget state
+RESTORE_FORM = "moa_restore_form"  # a run hid the sidebar: send FORM_VALUES back to the browser
+PENDING = "moa_pending"  # a config (and prompt) sent from History: load it, maybe run it
 
 # Widgets (keys double as handles for AppTest and Playwright)
 PRESET = "preset"
