@@ -19,6 +19,7 @@ from moa.ui import state as K
 from moa.ui.keys import activate as activate_session_keys
 from moa.ui.nav import page_nav
 from moa.ui.render import (
+    Kept,
     attribution_for,
     esc,
     fmt_cost,
@@ -134,16 +135,21 @@ def compare(store: Store, runs: list) -> None:
             if rec is records[0]
             else H.word_diff_html(base, rec.final_text or "")
         )
+        attr, ids = attribution_for(rec)
+        shares = Kept(rec, attr, ids).legend_html(hint=False) if attr is not None else ""
         col.html(
             '<div style="border:1px solid #e2e8f0;border-radius:10px;padding:.7rem .8rem">'
             f'<div style="font-weight:650">{esc(agg.label if agg else "—")}</div>'
             f'<div style="color:#64748b;font-size:.8rem">{esc(rec.run_id)} · '
             f"{esc((rec.created_at or '')[:19])}</div>"
             f'<div style="font-size:.85rem;margin:.3rem 0">cost {esc(fmt_cost(usage["cost_usd"]))} · '
-            f"latency {esc(fmt_s(rec.wall_s))} · tokens {tokens:,}</div>"
-            f'<div style="white-space:pre-wrap;font-size:.9rem">{body}</div></div>'
+            f"latency {esc(fmt_s(rec.wall_s))} · tokens {tokens:,}</div>{shares}"
+            f'<div style="white-space:pre-wrap;font-size:.9rem;margin-top:.4rem">{body}</div></div>'
         )
-    st.caption("Columns after the first show their differences from the first run's answer.")
+    st.caption(
+        "Under each run: each candidate's share of its final answer and the share of new text. "
+        "Columns after the first show their differences from the first run's answer."
+    )
 
 
 def to_run_page(record: RunRecord, *, run: bool) -> None:

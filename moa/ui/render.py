@@ -497,7 +497,8 @@ class Kept:
                 spans.append((seg.start, seg.end, "moa-dropped", "", title))
         return highlighted(call.text, spans)
 
-    def legend_html(self) -> str:
+    def legend_html(self, *, hint: bool = True) -> str:
+        """Each candidate's colour and share of the final answer, and the share of new text."""
         keys = []
         order = sorted(range(len(self.calls)), key=lambda i: self.calls[i].index)
         for local in order:
@@ -511,8 +512,9 @@ class Kept:
             '<span class="moa-key"><span class="moa-swatch moa-new"></span>'
             f"<b>new</b> {self.attr.novel_share:.0%}</span>"
         )
-        hint = '<span class="moa-hint">hover a sentence for its source and score</span>'
-        return f'<div class="moa-legend">{"".join(keys)}{hint}</div>'
+        if hint:
+            keys.append('<span class="moa-hint">hover a sentence for its source and score</span>')
+        return f'<div class="moa-legend">{"".join(keys)}</div>'
 
 
 def _fingerprint(record: RunRecord) -> tuple:
