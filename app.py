@@ -83,9 +83,9 @@ def take_pending() -> None:
     load_into_state(pending["config"])
     ss[K.PROMPT] = pending["prompt"]
     ss[K.SYSTEM] = pending["system"] or ""
-    live = ss.get(K.LIVE)
     if not pending["run"]:
         return
+    live = ss.get(K.LIVE)
     if live is not None and live.running:
         ss[K.RUN_ERROR] = "A run is still going: its config is loaded; press Run when it ends."
         return
