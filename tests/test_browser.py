@@ -308,8 +308,21 @@ def test_history_report_download_delete_and_import_in_a_real_browser(app, netns,
         screenshot(page, "history-imported.png")
         assert page.title() != "pwned" and dialogs == []
         assert _dom_injections(page)["img_x"] == 0
+        assert run_to_json(store.get_run(record.run_id)) == original
+
+        # Re-run it: the Run page opens with its prompt and config in the form and runs it.
+        page.get_by_role("button", name="Re-run").click()
+        again = page.locator(f".moa-runhead[data-run-status=ok]:not([data-run='{record.run_id}'])")
+        again.wait_for(timeout=30_000)
+        assert "History" not in page.url and "run=" not in page.url
+        prompt = f"How do plants grow? {PAYLOADS[1]}"
+        assert page.get_by_label("Prompt", exact=True).input_value() == prompt
+        assert page.title() != "pwned" and dialogs == []
         browser.close()
-    assert run_to_json(store.get_run(record.run_id)) == original
+    newest = store.search_runs()[0]
+    rerun = store.get_run(newest.id)
+    assert newest.id != record.run_id and (rerun.prompt, rerun.status) == (prompt, "ok")
+    assert rerun.config == store.get_run(record.run_id).config
 
 
 def test_evaluate_page_stop_keeps_finished_answers_and_resume_finishes(app, netns):
