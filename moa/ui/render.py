@@ -224,14 +224,19 @@ def text_html(text: str, limit: int = RENDER_MAX_CHARS) -> str:
     return esc(text[:limit])
 
 
-def cut_note(total: int, limit: int = RENDER_MAX_CHARS) -> str:
+def cut_text(total: int, limit: int = RENDER_MAX_CHARS) -> str:
     """Why a long text stops early on the page (empty when it is drawn whole)."""
     if total <= limit:
         return ""
     return (
-        f'<div class="moa-note moa-cut">showing the first {limit:,} of {total:,} characters; '
-        "the full text is in the JSON export</div>"
+        f"showing the first {limit:,} of {total:,} characters; the full text is in the JSON export"
     )
+
+
+def cut_note(total: int, limit: int = RENDER_MAX_CHARS) -> str:
+    """cut_text as a card note (empty when the text is drawn whole)."""
+    text = cut_text(total, limit)
+    return f'<div class="moa-note moa-cut">{text}</div>' if text else ""
 
 
 def highlighted(
@@ -649,11 +654,9 @@ def render_run(
         with st.expander("Final answer as formatted Markdown"):
             # st.markdown without unsafe_allow_html: Streamlit itself drops raw HTML.
             st.markdown(record.final_text[:RENDER_MAX_CHARS])
-            if len(record.final_text) > RENDER_MAX_CHARS:
-                st.caption(
-                    f"showing the first {RENDER_MAX_CHARS:,} of {len(record.final_text):,} "
-                    "characters; the full text is in the JSON export"
-                )
+            cut = cut_text(len(record.final_text))
+            if cut:
+                st.caption(cut)
     if show_charts:
         _charts(record, attribution, candidate_ids, key or record.run_id)
     return view
