@@ -12,7 +12,7 @@ import pytest
 
 from moa import config as config_mod
 from moa.store import Store
-from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium
+from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium, submit_prompt
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 
@@ -97,12 +97,6 @@ def _pick_preset(page, name: str) -> None:
     page.get_by_role("option", name=name, exact=True).click()
 
 
-def _run_prompt(page, prompt: str) -> None:
-    box = page.get_by_label("Prompt", exact=True)
-    box.fill(prompt)
-    box.press("Control+Enter")  # st.form: Ctrl/Cmd+Enter in a text area submits
-
-
 def screenshot(page, name: str) -> None:
     """The whole page: Streamlit scrolls inside its main block, so grow the viewport to fit."""
     size = page.viewport_size
@@ -163,7 +157,7 @@ def test_run_page_streams_highlights_stops_and_is_not_injectable(app, netns):
         # Pick the hostile preset and run it with Ctrl+Enter.
         _pick_preset(page, "xss-demo")
         page.get_by_text("Proposer 3").wait_for()
-        _run_prompt(page, "How do plants grow?")
+        submit_prompt(page, "How do plants grow?")
         page.locator(".moa-card[data-status=running] .moa-tail").first.wait_for(timeout=20_000)
         screenshot(page, "run-streaming.png")
         page.locator(".moa-final .moa-seg").first.wait_for(timeout=30_000)
@@ -207,7 +201,7 @@ def test_run_page_streams_highlights_stops_and_is_not_injectable(app, netns):
         # Stop: a long, slow run is cancelled mid-stream; what arrived is kept and saved.
         _pick_preset(page, "a-slow-loopback")
         page.get_by_text("Proposer 3").wait_for(state="detached")
-        _run_prompt(page, "Count slowly.")
+        submit_prompt(page, "Count slowly.")
         page.locator(".moa-card[data-status=running] .moa-text", has_text="word5 ").first.wait_for(
             timeout=20_000
         )

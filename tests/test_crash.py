@@ -24,7 +24,7 @@ import pytest
 from moa import config as config_mod
 from moa.config import dumps
 from moa.store import Store
-from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium
+from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium, submit_prompt
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 
@@ -206,9 +206,7 @@ def test_app_killed_mid_run_shows_the_run_interrupted_after_a_restart(tmp_path, 
             page.goto(first.url)
             page.get_by_role("button", name="Run").wait_for(timeout=60_000)
             page.get_by_text("Proposer 3").wait_for(timeout=30_000)  # the preset is loaded
-            box = page.get_by_label("Prompt", exact=True)
-            box.fill(PROMPT)
-            box.press("Control+Enter")
+            submit_prompt(page, PROMPT)
             # The page shows it too: the fast card done, the slow ones streaming.
             page.locator(".moa-card[data-call='1-proposer-0'][data-status=ok]").wait_for(
                 timeout=60_000

@@ -23,7 +23,14 @@ from moa.report import run_to_html
 from moa.store import Store
 from moa.ui import keys as KEYS
 from moa.ui import state as K
-from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium, loopback_netns
+from tests.appserver import (
+    CHROMIUM,
+    ROOT,
+    AppServer,
+    launch_chromium,
+    loopback_netns,
+    submit_prompt,
+)
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 from tests.test_app import APP, errors, html, presets, run  # noqa: F401  (presets: a fixture)
@@ -220,9 +227,7 @@ def test_canary_sweep_server_log_dom_url_screenshot_cli_and_exports(tmp_path):
 
                     def run_prompt(prompt: str) -> None:
                         before = page.evaluate(LINK)
-                        box = page.get_by_label("Prompt", exact=True)
-                        box.fill(prompt)
-                        box.press("Control+Enter")
+                        submit_prompt(page, prompt)
                         page.wait_for_function(
                             f"() => ({LINK})() && ({LINK})() !== {json.dumps(before)} && "
                             "document.querySelector('.moa-runhead .moa-ok, .moa-runhead .moa-failed')",
