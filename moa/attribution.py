@@ -462,6 +462,7 @@ class AttributedSegment:
     novel: bool  # no candidate explains it: the aggregator's own words
     score: float  # how well the sources explain it (for a merge: all of them together)
     merged: bool = False  # built from two candidate segments (possibly of different candidates)
+    closest: Source | None = None  # novel: the candidate segment that came closest, if any
 
 
 @dataclass
@@ -605,7 +606,8 @@ def _attribute_segment(
     merge = _find_merge(q, index, top_ci, top_j, top_score, threshold)
     if merge is None:
         if top_score < threshold:
-            return AttributedSegment(seg, [], novel=True, score=top_score), []
+            closest = Source(top_ci, top_score, top_j)
+            return AttributedSegment(seg, [], novel=True, score=top_score, closest=closest), []
         # Everyone who said (nearly) the same thing gets credit.
         chosen = {
             ci: (s, j)

@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
     cancel = engine.Cancel()
-    signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    signal.signal(signal.SIGINT, _interrupt_handler(cancel))
     signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
     # On a terminal the final answer streams as it is written; piped, stdout gets only the
     # finished answer (a failed aggregator's partial text must not precede its fallback's).
@@ -142,6 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _err(
         f"{record.status}: {record.wall_s:.2f} s, {usage['tokens_in']}+{usage['tokens_out']} "
         f"tokens, cost {cost}, run id {record.run_id}"
+        + (" (aggregated early)" if record.aggregated_early else "")
         + (f"\n{record.error}" if record.error else "")
     )
     if args.json:
@@ -149,6 +150,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif not live and record.final_text:
         print(record.final_text)
     return {"ok": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(record.status, EXIT_FAILED)
+
+
+class _Answered(Exception):
+    """A second Ctrl+C while the aggregate-now question waits for its answer."""
+
+
+def _interrupt_handler(cancel: Any, stdin: Any = None, stderr: Any = None):
+    """Ctrl+C during a run. The first one while proposers are still answering asks, on a
+    terminal, whether to aggregate what has arrived (Enter or y: yes; n: stop the run); any
+    other Ctrl+C (a second one, later stages, no terminal) stops the run."""
+    asked = {"done": False, "asking": False}
+
+    def handle(*_: Any) -> None:
+        tty_in = stdin or sys.stdin
+        tty_err = stderr or sys.stderr
+        if asked["asking"]:
+            cancel.cancel()
+            raise _Answered
+        interactive = tty_in.isatty() and tty_err.isatty()
+        if asked["done"] or cancel.stage != "proposers" or not interactive:
+            cancel.cancel()
+            return
+        asked["done"] = asked["asking"] = True
+        try:
+            tty_err.write("\naggregate what has arrived? [Y/n] ")
+            tty_err.flush()
+            answer = tty_in.readline()
+        except (_Answered, OSError):
+            return
+        finally:
+            asked["asking"] = False
+        if answer.strip().lower() in ("", "y", "yes"):
+            _err("aggregating the answers that have arrived (Ctrl+C again stops the run)")
+            cancel.aggregate_now()
+        else:
+            cancel.cancel()
+
+    return handle
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -290,6 +329,7 @@ class _ProgressPrinter:
                 _err(
                     f"  ✓ {_name(c)} {c.latency_s:.2f}s (first token {c.ttft_s or 0:.2f}s), "
                     f"{c.tokens_out} tokens, {cost}"
+                    + (" (stopped at max_tokens: probably cut off)" if c.cut_at_max_tokens else "")
                 )
             case ev.CallFailed(call=c):
                 if self.stream_final and c.role == "aggregator" and c.text:

@@ -36,6 +36,7 @@ from moa.records import CallRecord, RunRecord, new_run_id, utc_now
 # without bound. Past it the stream is closed, CUT_NOTE marks the text, and the call ends ok.
 MAX_ANSWER_CHARS = 1_000_000
 CUT_NOTE = "\n\n[answer cut at {:,} characters]"
+EARLY_NOTE = "cancelled by Aggregate now: the aggregator used the answers that had arrived"
 
 
 class InputError(ValueError):
@@ -54,16 +55,35 @@ class Limits:
 
 
 class Cancel:
-    """Thread-safe stop button: `cancel()` from any thread ends the run as `cancelled`."""
+    """Thread-safe stop button: `cancel()` from any thread ends the run as `cancelled`.
+
+    `aggregate_now()` is the gentler button: the proposers still running are cancelled and
+    the aggregator writes the final answer from the candidates that have finished (as soon as
+    one has, if none has yet). `stage` says where the run is: "proposers", "aggregator", or
+    None before it starts and after it ends.
+    """
 
     def __init__(self) -> None:
         self._flag = threading.Event()
+        self._early = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
+        self._on_early: list = []  # callbacks run in the engine's loop when aggregate_now()
+        self.stage: str | None = None
 
     @property
     def requested(self) -> bool:
         return self._flag.is_set()
+
+    @property
+    def early_requested(self) -> bool:
+        return self._early.is_set()
+
+    def aggregate_now(self) -> None:
+        self._early.set()
+        if self._loop is not None and not self._loop.is_closed():
+            for callback in list(self._on_early):
+                self._loop.call_soon_threadsafe(callback)
 
     def cancel(self) -> None:
         self._flag.set()
@@ -108,7 +128,7 @@ def estimate_cost(
     )
     if single:
         spec = config.proposers[0]
-        cost = llm.cost_usd(spec.model, base_in, spec.max_tokens)
+        cost = llm.cost_usd(spec, base_in, spec.max_tokens)
         return Estimate(usd=cost or 0.0, unknown_models=[] if cost is not None else [spec.model])
     prev_out = 0  # tokens of the previous layer's answers, which later calls read
     if reuse is not None:
@@ -116,7 +136,7 @@ def estimate_cost(
         prev_out = llm.count_tokens(config.aggregator.model, text="\n".join(texts))
     for _layer in range(0 if reuse is not None else config.layers):
         for spec in config.proposers:
-            cost = llm.cost_usd(spec.model, base_in + prev_out + 200, spec.max_tokens)
+            cost = llm.cost_usd(spec, base_in + prev_out + 200, spec.max_tokens)
             if cost is None:
                 unknown.append(spec.model)
             else:
@@ -124,7 +144,7 @@ def estimate_cost(
         prev_out = sum(p.max_tokens for p in config.proposers)
     # The fallback aggregator runs only if the aggregator fails, but an upper bound counts it.
     for agg in filter(None, (config.aggregator, config.fallback_aggregator)):
-        cost = llm.cost_usd(agg.model, base_in + prev_out + 400, agg.max_tokens)
+        cost = llm.cost_usd(agg, base_in + prev_out + 400, agg.max_tokens)
         if cost is None:
             unknown.append(agg.model)
         else:
@@ -260,6 +280,7 @@ class _Runner:
         self.cancel, self.limits = cancel, limits
         self.semaphores: dict[str, asyncio.Semaphore] = {}
         self.specs: dict[tuple[int, str, int], ModelSpec] = {}
+        self.last_errors: dict[tuple[int, str, int], str] = {}  # per call, while it retries
         self.t0 = 0.0
 
     async def run(self, run_id: str) -> RunRecord:
@@ -270,6 +291,9 @@ class _Runner:
         self._plan_calls()
         self.t0 = time.monotonic()
         self.cancel._bind(asyncio.current_task())
+        # Set before RunStarted, so a page drawing the run knows at once what can be cut.
+        proposers_run = not self.single and self.reuse is None
+        self.cancel.stage = "proposers" if proposers_run else "aggregator"
         self.emit(RunStarted(record))
         for call in record.calls:
             self.emit(CallQueued(run_id, call))
@@ -282,6 +306,7 @@ class _Runner:
             for call in record.calls:
                 if call.status in ("waiting", "running"):
                     call.status = "cancelled"
+        self.cancel.stage = None
         record.wall_s = round(time.monotonic() - self.t0, 4)
         record.ended_at = utc_now()
         self.emit(RunFinished(record))
@@ -329,13 +354,19 @@ class _Runner:
         record, previous = self.record, []
         if self.reuse is not None:
             previous = [c.text for _, c in record.aggregated_candidates()]
+        self.cancel.stage = "proposers"
         for layer in range(1, self.config.layers + 1 if self.reuse is None else 1):
             calls = [c for c in record.calls if c.layer == layer and c.role == "proposer"]
-            await asyncio.gather(
-                *(self._call(c, self._proposer_messages(c, previous)) for c in calls)
-            )
+            await self._proposer_layer(calls, previous)
             ok = [c for c in calls if c.status == "ok"]
             self.emit(LayerFinished(record.run_id, layer, len(ok), len(calls) - len(ok)))
+            if record.aggregated_early:
+                if ok:
+                    previous = [c.text for c in ok]
+                for c in record.calls:  # later layers never run
+                    if c.role == "proposer" and c.status == "waiting":
+                        c.status, c.error = "cancelled", EARLY_NOTE
+                break
             if not ok:
                 reasons = "; ".join(f"{c.label}: {c.error}" for c in calls)
                 record.status = "failed"
@@ -346,6 +377,7 @@ class _Runner:
                 return
             previous = [c.text for c in ok]
 
+        self.cancel.stage = "aggregator"
         agg = record.aggregator_call
         await self._call(agg, self._aggregator_messages(agg, previous))
         fallback = self.config.fallback_aggregator
@@ -364,6 +396,49 @@ class _Runner:
             record.error = f"aggregator {first.label} {first.status}: {first.error}"
             if agg is not first:
                 record.error += f"; fallback aggregator {agg.label} {agg.status}: {agg.error}"
+
+    async def _proposer_layer(self, calls: list[CallRecord], previous: list[str]) -> None:
+        """All of a layer's calls at once; "Aggregate now" cancels those still going."""
+        tasks = [
+            asyncio.ensure_future(self._call(c, self._proposer_messages(c, previous)))
+            for c in calls
+        ]
+        done = asyncio.Event()
+
+        def cut() -> None:
+            if done.is_set() or self.record.aggregated_early:
+                return
+            if not any(c.status == "ok" for c in calls):
+                return  # nothing to aggregate yet: cut as soon as the first answer is in
+            self.record.aggregated_early = True
+            for task in tasks:
+                task.cancel()
+
+        def on_finished(_task: asyncio.Future) -> None:
+            if self.cancel.early_requested:
+                cut()
+
+        for task in tasks:
+            task.add_done_callback(on_finished)
+        self.cancel._on_early.append(cut)
+        try:
+            if self.cancel.early_requested:
+                cut()
+            # return_exceptions: a call cancelled by "Aggregate now" must not end the run;
+            # Stop cancels this gather itself, which still raises here.
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            done.set()
+            self.cancel._on_early.remove(cut)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(
+                result, asyncio.CancelledError
+            ):
+                raise result
+        for c in calls:
+            if c.status in ("waiting", "running"):  # cut while waiting for its turn
+                c.status, c.error, c.ended_at = "cancelled", EARLY_NOTE, utc_now()
+                self.emit(CallFailed(self.record.run_id, c))
 
     def _aggregator_messages(self, call: CallRecord, previous: list[str]) -> list[dict[str, str]]:
         return prompts.aggregator_messages(
@@ -413,8 +488,15 @@ class _Runner:
             except TimeoutError:
                 call.status = "timeout"
                 call.error = f"no complete answer within {timeout:g} s (timeout_s)"
+                last = self.last_errors.pop(call.key, None)
+                if last is not None:  # the retries used up the time: say what kept failing
+                    n = call.attempts - 1
+                    retries = f"{n} retr{'y' if n == 1 else 'ies'}" if n else "waiting to retry"
+                    call.error += f": timed out after {retries}; last error: {last}"
             except asyncio.CancelledError:
-                call.status, call.error = "cancelled", "cancelled by the user"
+                early = self.record.aggregated_early and call.role == "proposer"
+                call.status = "cancelled"
+                call.error = EARLY_NOTE if early else "cancelled by the user"
                 self._finish(call, start)
                 self.emit(CallFailed(run_id, call))
                 raise
@@ -451,11 +533,15 @@ class _Runner:
                                 return  # cut at MAX_ANSWER_CHARS: read no further
                         if chunk.tokens_out is not None:
                             call.tokens_in, call.tokens_out = chunk.tokens_in, chunk.tokens_out
+                        if chunk.finish_reason:
+                            call.finish_reason = chunk.finish_reason
+                self.last_errors.pop(call.key, None)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 info = llm.classify(e)
+                self.last_errors[call.key] = info.message
                 # After the first token a retry would repeat text the user already saw.
                 if not info.retryable or call.text or call.attempts > self.limits.max_retries:
                     raise
@@ -487,7 +573,9 @@ class _Runner:
             call.tokens_in = llm.count_tokens(call.model, messages)
             call.tokens_out = llm.count_tokens(call.model, text=call.text)
         if call.tokens_out is not None:
-            call.cost_usd = llm.cost_usd(call.model, call.tokens_in or 0, call.tokens_out)
+            spec = self.specs.get(call.key)
+            priced = spec if spec is not None and spec.model == call.model else call.model
+            call.cost_usd = llm.cost_usd(priced, call.tokens_in or 0, call.tokens_out)
 
 
 class _ProcessSlot:

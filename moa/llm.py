@@ -218,8 +218,14 @@ def count_tokens(model: str, messages: list[dict[str, str]] | None = None, text:
 # ---------------------------------------------------------------- cost
 
 
-def cost_usd(model: str, tokens_in: int, tokens_out: int) -> float | None:
-    """Price from litellm's bundled map; None when the model's price is unknown (never 0)."""
+def cost_usd(model: str | ModelSpec, tokens_in: int, tokens_out: int) -> float | None:
+    """The spec's own prices (input/output_cost_per_mtok) if it has them, else litellm's
+    bundled map; None when the model's price is unknown (never a made-up 0)."""
+    if isinstance(model, ModelSpec):
+        spec, model = model, model.model
+        if spec.input_cost_per_mtok is not None and spec.output_cost_per_mtok is not None:
+            usd = (tokens_in * spec.input_cost_per_mtok + tokens_out * spec.output_cost_per_mtok)
+            return round(usd / 1_000_000, 10)
     if model.startswith("local/"):
         return 0.0
     try:
@@ -231,7 +237,7 @@ def cost_usd(model: str, tokens_in: int, tokens_out: int) -> float | None:
     return round(float(p) + float(c), 10)
 
 
-def has_price(model: str) -> bool:
+def has_price(model: str | ModelSpec) -> bool:
     return cost_usd(model, 1000, 1000) is not None
 
 
@@ -340,6 +346,7 @@ class Chunk:
     text: str = ""
     tokens_in: int | None = None
     tokens_out: int | None = None
+    finish_reason: str | None = None  # on the last chunk: "stop", "length", …
 
 
 def call_kwargs(spec: ModelSpec, messages: list[dict[str, str]], timeout_s: float) -> dict:
@@ -386,9 +393,11 @@ async def astream(
         if choices:
             delta = getattr(choices[0], "delta", None)
             out.text = (getattr(delta, "content", None) or "") if delta is not None else ""
+            reason = getattr(choices[0], "finish_reason", None)
+            out.finish_reason = str(reason) if reason else None
         usage = getattr(chunk, "usage", None)
         if usage:
             out.tokens_in = getattr(usage, "prompt_tokens", None)
             out.tokens_out = getattr(usage, "completion_tokens", None)
-        if out.text or out.tokens_out is not None:
+        if out.text or out.tokens_out is not None or out.finish_reason:
             yield out

@@ -197,3 +197,13 @@ def m005_fallback_aggregator_index(db: sqlite_utils.Database) -> None:
     # (aggregator calls with idx > 0), which the denormalised runs.aggregator column does not
     # name: this index makes that lookup a range scan instead of a pass over every call.
     db["calls"].create_index(["model", "role", "idx"])
+
+
+@migration
+def m008_finish_reason_and_flags(db: sqlite_utils.Database) -> None:
+    # Why each call stopped ("length" = it hit max_tokens mid-answer), and whether the run's
+    # aggregator was started early by "Aggregate now" (its slow proposers cancelled).
+    if "finish_reason" not in db["calls"].columns_dict:
+        db["calls"].add_column("finish_reason", str)
+    if "aggregated_early" not in db["runs"].columns_dict:
+        db["runs"].add_column("aggregated_early", int)

@@ -62,6 +62,12 @@ class CallRecord:
     tokens_out: int | None = None
     cost_usd: float | None = None
     attempts: int = 0
+    finish_reason: str | None = None  # as the provider said: "stop", "length", …; None unknown
+
+    @property
+    def cut_at_max_tokens(self) -> bool:
+        """The model stopped because it reached max_tokens, not because it was done."""
+        return self.finish_reason == "length"
 
     @property
     def key(self) -> tuple[int, str, int]:
@@ -99,6 +105,9 @@ class RunRecord:
     calls: list[CallRecord] = field(default_factory=list)
     pid: int = field(default_factory=os.getpid)
     parent_run_id: str | None = None  # set when candidates were reused from another run
+    # "Aggregate now": the proposers still running were cancelled and the aggregator read
+    # the candidates that had finished.
+    aggregated_early: bool = False
 
     @property
     def proposer_calls(self) -> list[CallRecord]:
@@ -127,6 +136,9 @@ class RunRecord:
     def aggregated_candidates(self) -> list[tuple[int, CallRecord]]:
         """The candidates the aggregator saw, as (position in proposer_calls, call)."""
         last = self.last_layer
+        if self.aggregated_early:
+            # Later layers never ran: the aggregator read the last layer that had answers.
+            last = max((c.layer for c in self.proposer_calls if c.status == "ok"), default=last)
         return [
             (i, c)
             for i, c in enumerate(self.proposer_calls)

@@ -61,6 +61,35 @@ class RunSummary:
     cost_usd: float | None
     final_text: str | None
     parent_run_id: str | None
+    n_proposer_calls: int = 0
+    n_failed: int = 0  # proposer calls that failed, timed out or were interrupted
+    n_cancelled: int = 0  # proposer calls cancelled (Stop, or cut by Aggregate now)
+    aggregated_early: bool = False
+    evaluation: bool = False  # an answer of an evaluation (eval_items links it)
+
+    @property
+    def kind(self) -> str:
+        """"evaluation", "re-aggregation" or "run"."""
+        if self.evaluation:
+            return "evaluation"
+        return "re-aggregation" if self.parent_run_id else "run"
+
+    def status_text(self) -> str:
+        """The status with what it hides: "ok · 1 of 3 failed", "ok · aggregated early"."""
+        bits = [self.status]
+        if self.aggregated_early:
+            bits.append("aggregated early")
+        n = self.n_proposer_calls
+        if self.n_failed:
+            bits.append(f"{self.n_failed} of {n} failed")
+        if self.n_cancelled and self.status != "cancelled":
+            bits.append(f"{self.n_cancelled} of {n} cancelled")
+        return " · ".join(bits)
+
+
+# Kinds of run the History filter tells apart (see RunSummary.kind).
+RUN_KINDS = ("run", "re-aggregation", "evaluation")
+_IN_EVAL = "runs.id IN (SELECT run_id FROM eval_items WHERE run_id IS NOT NULL)"
 
 
 class Store:
@@ -212,7 +241,8 @@ class Store:
                     (share, main, record.run_id, layer, index),
                 )
             conn.execute(
-                "UPDATE runs SET novel_share = ? WHERE id = ?", (novel_share, record.run_id)
+                "UPDATE runs SET novel_share = ?, aggregated_early = ? WHERE id = ?",
+                (novel_share, int(record.aggregated_early), record.run_id),
             )
             conn.execute(
                 "UPDATE runs SET status = ?, error = ?, ended_at = ?, final_text = ?, tokens_in = ?, "
@@ -241,14 +271,15 @@ class Store:
         conn.execute(
             "INSERT INTO calls (run_id, layer, role, idx, model, label, params_json, text, status, "
             "error, started_at, ended_at, start_s, latency_s, ttft_s, tokens_in, tokens_out, "
-            "cost_usd, attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "cost_usd, attempts, finish_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT (run_id, layer, role, idx) DO UPDATE SET model = excluded.model, "
             "label = excluded.label, params_json = excluded.params_json, text = excluded.text, "
             "status = excluded.status, error = excluded.error, started_at = excluded.started_at, "
             "ended_at = excluded.ended_at, start_s = excluded.start_s, "
             "latency_s = excluded.latency_s, ttft_s = excluded.ttft_s, "
             "tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out, "
-            "cost_usd = excluded.cost_usd, attempts = excluded.attempts",
+            "cost_usd = excluded.cost_usd, attempts = excluded.attempts, "
+            "finish_reason = excluded.finish_reason",
             (
                 run_id,
                 call.layer,
@@ -269,6 +300,7 @@ class Store:
                 call.tokens_out,
                 call.cost_usd,
                 call.attempts,
+                call.finish_reason,
             ),
         )
 
@@ -321,6 +353,7 @@ class Store:
             wall_s=r["wall_s"],
             pid=r["pid"],
             parent_run_id=r["parent_run_id"],
+            aggregated_early=bool(r.get("aggregated_early")),
         )
         for c in self.db.query(
             "SELECT * FROM calls WHERE run_id = ? ORDER BY layer, role DESC, idx", [run_id]
@@ -337,9 +370,18 @@ class Store:
         since: str | None,
         until: str | None,
         name: str | None = None,
+        kind: str | None = None,
     ) -> tuple[str, list[Any]]:
         """` WHERE …` over `runs` (and `runs_fts` when there are words) with its parameters."""
         where, params = [], []
+        if kind == "evaluation":
+            where.append(_IN_EVAL)
+        elif kind == "re-aggregation":
+            where.append(f"runs.parent_run_id IS NOT NULL AND NOT {_IN_EVAL}")
+        elif kind == "run":
+            where.append(f"runs.parent_run_id IS NULL AND NOT {_IN_EVAL}")
+        elif kind:
+            raise ValueError(f"kind must be one of {', '.join(RUN_KINDS)}")
         fts = fts_query(query)
         if fts:
             where.append("runs_fts MATCH ?")
@@ -374,9 +416,10 @@ class Store:
         until: str | None = None,
         name: str | None = None,
         cap: int | None = 10_000,
+        kind: str | None = None,
     ) -> int:
         """How many runs match, counting at most `cap` (a pager shows "10,000+")."""
-        where, params = self.where_clause(query, model, status, since, until, name)
+        where, params = self.where_clause(query, model, status, since, until, name, kind)
         inner = f"SELECT 1 FROM {_source(query)}{where}"
         if cap is not None:
             inner += f" LIMIT {int(cap) + 1}"
@@ -399,6 +442,7 @@ class Store:
         since: str | None = None,
         until: str | None = None,
         name: str | None = None,
+        kind: str | None = None,
     ) -> list[RunSummary]:
         """Newest first; `query` is plain words (quotes and FTS operators are taken literally).
 
@@ -406,7 +450,7 @@ class Store:
         that an imported run sorts by when it was imported. Ordering by rowid lets SQLite (and
         FTS5) stop after one page instead of sorting every match: < 100 ms at 100,000 runs.
         """
-        where, params = self.where_clause(query, model, status, since, until, name)
+        where, params = self.where_clause(query, model, status, since, until, name, kind)
         sql = (
             "SELECT runs.id, runs.created_at, runs.name, runs.prompt, runs.proposers, "
             "runs.aggregator, runs.status, runs.error, runs.wall_s, runs.tokens_in, "
@@ -414,7 +458,36 @@ class Store:
             f"FROM {_source(query)}{where} ORDER BY {_order(query)} DESC LIMIT ? OFFSET ?"
         )
         rows = self.db.execute(sql, [*params, limit, offset]).fetchall()
-        return [RunSummary(*row) for row in rows]
+        summaries = [RunSummary(*row) for row in rows]
+        self._add_counts(summaries)
+        return summaries
+
+    def _add_counts(self, summaries: list[RunSummary]) -> None:
+        """Failed/cancelled proposer counts, the early flag and evaluation membership of one
+        page of runs (one indexed query each, not one per run)."""
+        if not summaries:
+            return
+        by_id = {r.id: r for r in summaries}
+        marks = ",".join("?" * len(by_id))
+        ids = list(by_id)
+        for run_id, n, failed, cancelled in self.db.execute(
+            "SELECT run_id, count(*), sum(status IN ('failed', 'timeout', 'interrupted')), "
+            f"sum(status = 'cancelled') FROM calls WHERE run_id IN ({marks}) "
+            "AND role = 'proposer' GROUP BY run_id",
+            ids,
+        ):
+            r = by_id[run_id]
+            r.n_proposer_calls, r.n_failed, r.n_cancelled = n, failed or 0, cancelled or 0
+        if "aggregated_early" in self.db["runs"].columns_dict:
+            for run_id, early in self.db.execute(
+                f"SELECT id, aggregated_early FROM runs WHERE id IN ({marks})", ids
+            ):
+                by_id[run_id].aggregated_early = bool(early)
+        if self.db["eval_items"].exists():
+            for (run_id,) in self.db.execute(
+                f"SELECT DISTINCT run_id FROM eval_items WHERE run_id IN ({marks})", ids
+            ):
+                by_id[run_id].evaluation = True
 
     def count_runs(self) -> int:
         return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
@@ -463,9 +536,17 @@ def _order(query: str) -> str:
 
 
 def fts_query(text: str) -> str:
-    """User text → an FTS5 query of quoted words (AND), so operators and quotes can't error."""
+    """User text → an FTS5 query of quoted words (AND), so operators and quotes can't error.
+
+    The last word also matches as a prefix ("revie" finds "review"), so results follow the
+    user's typing; a word the user has finished (text ending in a space) is matched whole.
+    """
     words = [w for w in "".join(ch if ch.isalnum() else " " for ch in text).split() if w]
-    return " ".join('"' + w.replace('"', '""') + '"' for w in words[:32])
+    quoted = ['"' + w.replace('"', '""') + '"' for w in words[:32]]
+    if quoted and not text[-1:].isspace() and len(words) <= 32:
+        last = quoted[-1]
+        quoted[-1] = f"({last} OR {last}*)"
+    return " ".join(quoted)
 
 
 class StoreWriter:

@@ -13,7 +13,7 @@ from moa import engine
 from moa.export import ImportError_, run_to_json, run_to_markdown
 from moa.records import RUN_STATUSES, RunRecord
 from moa.report import run_to_html
-from moa.store import Store, StoreError
+from moa.store import RUN_KINDS, Store, StoreError
 from moa.ui import history as H
 from moa.ui import state as K
 from moa.ui.keys import activate as activate_session_keys
@@ -47,16 +47,25 @@ def open_run(run_id: str | None) -> None:
 
 
 def filters(store: Store) -> dict:
-    c1, c2, c3, c4 = st.columns([3, 2, 1.3, 2])
+    c1, c2, c3, c5, c4 = st.columns([3, 2, 1.3, 1.5, 2])
     query = c1.text_input("Search", key="hist_search", placeholder="words of a prompt or answer")
     model = c2.selectbox("Model", [ALL, *store.models()], key="hist_model")
     status = c3.selectbox("Status", [ALL, *RUN_STATUSES], key="hist_status")
+    kind = c5.selectbox(
+        "Kind",
+        [ALL, *RUN_KINDS],
+        key="hist_kind",
+        format_func=lambda k: {"run": "runs", "re-aggregation": "re-aggregations"}.get(
+            k, "evaluation runs" if k == "evaluation" else k
+        ),
+    )
     days = c4.date_input("Date range", value=[], key="hist_dates")
     since, until = H.date_bounds(days)
     return {
         "query": query or "",
         "model": None if model == ALL else model,
         "status": None if status == ALL else status,
+        "kind": None if kind == ALL else kind,
         "since": since,
         "until": until,
     }
@@ -70,7 +79,7 @@ def table(store: Store, f: dict) -> list:
     if st.session_state.get("hist_page", 1) > pages:  # the filters shrank the result
         st.session_state["hist_page"] = pages
     page = left.number_input("Page", min_value=1, max_value=pages, key="hist_page")
-    right.caption(f"{H.fmt_count(total)} runs match · page {page} of {pages}")
+    right.caption(H.matches_text(total, page, pages))
     runs = store.search_runs(query, limit=H.PAGE_SIZE, offset=(page - 1) * H.PAGE_SIZE, **f)
     if not runs:
         st.info("No runs match. Run a mixture on the Run page, or loosen the filters.")
@@ -129,7 +138,6 @@ def compare(store: Store, runs: list) -> None:
     for col, rec in zip(st.columns(len(records)), records, strict=True):
         usage = rec.usage()
         tokens = usage["tokens_in"] + usage["tokens_out"]
-        agg = rec.aggregator_call
         body = (
             esc(rec.final_text or "(no final answer)")
             if rec is records[0]
@@ -137,11 +145,13 @@ def compare(store: Store, runs: list) -> None:
         )
         attr, ids = attribution_for(rec)
         shares = Kept(rec, attr, ids).legend_html(hint=False) if attr is not None else ""
+        title, sub = H.compare_title(rec)
         col.html(
-            '<div style="border:1px solid #e2e8f0;border-radius:10px;padding:.7rem .8rem">'
-            f'<div style="font-weight:650">{esc(agg.label if agg else "—")}</div>'
-            f'<div style="color:#64748b;font-size:.8rem">{esc(rec.run_id)} · '
-            f"{esc((rec.created_at or '')[:19])}</div>"
+            '<div class="moa-compare" style="border:1px solid #e2e8f0;border-radius:10px;'
+            'padding:.7rem .8rem">'
+            f'<div style="font-weight:650" title="{esc(rec.prompt[:500])}">{esc(title)}</div>'
+            f'<div style="color:#64748b;font-size:.8rem">{esc(sub)}</div>'
+            f'<div style="color:#94a3b8;font-size:.72rem">run {esc(rec.run_id)}</div>'
             f'<div style="font-size:.85rem;margin:.3rem 0">cost {esc(fmt_cost(usage["cost_usd"]))} · '
             f"latency {esc(fmt_s(rec.wall_s))} · tokens {tokens:,}</div>{shares}"
             f'<div style="white-space:pre-wrap;font-size:.9rem;margin-top:.4rem">{body}</div></div>'

@@ -35,6 +35,7 @@ class Behaviour:
     usage: bool = True  # send a usage chunk when asked (stream_options.include_usage)
     echo_auth: bool = False  # 500: echo the Authorization header, as careless providers do
     huge_chars: int = HUGE_CHARS  # huge: the answer's length (`text`, or sentences, repeated)
+    honour_max_tokens: bool = False  # stop after max_tokens words, finish_reason "length"
 
 
 def huge_text(seed: str, n: int) -> str:
@@ -205,6 +206,10 @@ class _Handler(BaseHTTPRequestHandler):
             words = [w + " " for w in text.split(" ")] if text else []
             if words:
                 words[-1] = words[-1][:-1]
+        finish_reason = "stop"
+        cap = body.get("max_tokens") or body.get("max_completion_tokens")
+        if b.honour_max_tokens and isinstance(cap, int) and len(words) > cap:
+            words, finish_reason = words[:cap], "length"  # as real servers cut an answer
         prompt_tokens = sum(
             len(str(m.get("content", "")).split()) for m in body.get("messages", [])
         )
@@ -274,7 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
             if b.token_delay_s and self.fake._stop.wait(b.token_delay_s):
                 return
             self._sse(chunk({"content": word}))
-        self._sse(chunk({}, "stop"))
+        self._sse(chunk({}, finish_reason))
         if b.usage and (body.get("stream_options") or {}).get("include_usage"):
             self._sse({**chunk({}), "choices": [], "usage": usage})
         self._chunk(b"data: [DONE]\n\n")

@@ -160,9 +160,9 @@ def test_empty_prompt_is_refused_with_a_message_and_nothing_saved(loopback, db_p
 def test_a_bad_field_is_named_in_the_sidebar_and_refused_on_run(loopback):
     at = app()
     at.text_input(key="p0.api_base").input("ftp://example").run()
-    assert any("proposers[0].api_base" in e and "http(s) URL" in e for e in errors(at))
+    assert any("Proposer 1 › API base" in e and "http(s) URL" in e for e in errors(at))
     run(at, "Hello?")
-    assert any("proposers[0].api_base" in e for e in errors(at))
+    assert any("Proposer 1 › API base" in e for e in errors(at))
     assert loopback.requests == []
 
 

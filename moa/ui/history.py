@@ -46,20 +46,33 @@ def table_rows(runs: list[RunSummary]) -> list[dict[str, object]]:
             if r.tokens_in is None and r.tokens_out is None
             else ((r.tokens_in or 0) + (r.tokens_out or 0))
         )
+        # The short columns first: at any width, status, time, tokens and cost are in view,
+        # and the long texts take the rest.
         rows.append(
             {
                 "time": (r.created_at or "")[:19].replace("T", " "),
-                "prompt": _short(r.prompt),
-                "proposers": r.proposers,
-                "aggregator": r.aggregator,
-                "status": r.status,
+                "status": r.status_text(),
                 "wall s": "unknown" if r.wall_s is None else f"{r.wall_s:.2f}",
                 "tokens": "unknown" if tokens is None else f"{tokens:,}",
                 "cost": fmt_cost(r.cost_usd),
+                "kind": KIND_MARKS[r.kind],
+                "prompt": _short(r.prompt),
+                "proposers": r.proposers,
+                "aggregator": r.aggregator,
                 "id": r.id,
             }
         )
     return rows
+
+
+# How the table marks each kind of run (RunSummary.kind); a plain run is left blank.
+KIND_MARKS = {"run": "", "re-aggregation": "↻ re-aggregation", "evaluation": "⚖ evaluation"}
+
+
+def matches_text(total: int, page: int, pages: int) -> str:
+    """ "1 run matches · page 1 of 1" / "12 runs match · …"."""
+    runs = "1 run matches" if total == 1 else f"{fmt_count(total)} runs match"
+    return f"{runs} · page {page} of {pages}"
 
 
 def word_diff_html(base: str, other: str) -> str:
@@ -131,3 +144,15 @@ def reaggregate(
         checked=True,
         on_event=StoreWriter(store),
     )
+
+
+def compare_title(record: RunRecord) -> tuple[str, str]:
+    """(title, subtitle) of a compare card: the prompt's start; the mixture and the time."""
+    cfg = record.config
+    n = len(record.config.proposers)
+    agg = record.aggregator_call
+    mixture = f"{cfg.name} · {n} proposer{'s' if n != 1 else ''} → {agg.label if agg else '—'}"
+    if record.parent_run_id:
+        mixture += " · re-aggregation"
+    when = (record.created_at or "")[:19].replace("T", " ")
+    return _short(record.prompt, 60), f"{mixture} · {when}"

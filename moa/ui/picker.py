@@ -59,6 +59,12 @@ def suggestions(current: str | None) -> list[str]:
     return options
 
 
+def _on_model_change(slot: str) -> None:
+    from moa.ui.config_form import on_model_change  # config_form imports this module
+
+    on_model_change(slot)
+
+
 def model_picker(slot: str, *, role: str) -> None:
     """Model id, api_base, and the per-model settings (label, temperature, …) in an expander."""
     key = lambda field: K.field_key(slot, field)  # noqa: E731
@@ -68,6 +74,8 @@ def model_picker(slot: str, *, role: str) -> None:
         suggestions(current),
         key=key("model"),
         accept_new_options=True,
+        on_change=_on_model_change,
+        args=(slot,),
         help=PICKER_HELP,
         placeholder="type a litellm model id",
     )
@@ -105,6 +113,25 @@ def model_picker(slot: str, *, role: str) -> None:
             if role == "proposer"
             else "Time limit of the synthesis call (default: the proposer timeout).",
         )
+        lo_p, hi_p = LIMITS["input_cost_per_mtok"]
+        in_col, out_col = st.columns(2)
+        for col, price, label in (
+            (in_col, "input_cost_per_mtok", "Input $ / M tokens"),
+            (out_col, "output_cost_per_mtok", "Output $ / M tokens"),
+        ):
+            col.number_input(
+                label,
+                min_value=lo_p,
+                max_value=hi_p,
+                step=0.1,
+                format="%.4f",
+                key=key(price),
+                value=None,
+                placeholder="litellm's price",
+                help="Optional price in USD per million tokens (set both; 0 for a self-hosted "
+                "model). Overrides litellm's price list in the estimate, cards, History and "
+                "Insights.",
+            )
         st.text_input(
             "API key env var (optional)",
             key=key("api_key_env"),
