@@ -38,7 +38,11 @@ VERIFIED_FILE = "verified.json"  # sha256 results by path+size+mtime, so restart
 LLAMA_CPP_REQUIREMENT = "llama-cpp-python==0.3.36"
 DEFAULT_TEMPERATURE = 0.7
 # llama-cpp-python's own defaults for chat completions; kept so our output matches theirs.
-TOP_K, TOP_P, MIN_P, REPEAT_PENALTY = 40, 0.95, 0.05, 1.0
+TOP_K, TOP_P, MIN_P = 40, 0.95, 0.05
+# Except the repetition penalty (llama.cpp repeat_penalty, over the last 64 tokens): at 1.0
+# the 135M model repeated one sentence three times in a final answer. bench/stop_reasons.py
+# measures what repeating is left.
+REPEAT_PENALTY = 1.1
 _READ_CHUNK = 8 * 1024 * 1024
 
 
