@@ -13,8 +13,8 @@ from moa.ui import state as K
 from moa.ui.config_form import (
     config_from_state,
     current_run_error,
-    form_error_elsewhere,
     forget_form,
+    form_error_elsewhere,
     hold_form,
     init_state,
     load_into_state,

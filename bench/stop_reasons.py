@@ -117,7 +117,7 @@ def main() -> None:
     settings = args.settings.split(",")
     body = [
         f"Prompts: {args.prompts} (bench/stop_reasons.py `PROMPTS`); repetition penalty "
-        f"`moa.local.REPEAT_PENALTY` = {penalty} (llama.cpp repeat_penalty, \"no-pen\" and "
+        f'`moa.local.REPEAT_PENALTY` = {penalty} (llama.cpp repeat_penalty, "no-pen" and '
         '"before" run with 1.0). Settings alternate prompt by prompt in one run.',
         "",
     ]

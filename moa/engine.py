@@ -431,9 +431,7 @@ class _Runner:
             done.set()
             self.cancel._on_early.remove(cut)
         for result in results:
-            if isinstance(result, BaseException) and not isinstance(
-                result, asyncio.CancelledError
-            ):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
         for c in calls:
             if c.status in ("waiting", "running"):  # cut while waiting for its turn

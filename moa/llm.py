@@ -224,7 +224,7 @@ def cost_usd(model: str | ModelSpec, tokens_in: int, tokens_out: int) -> float |
     if isinstance(model, ModelSpec):
         spec, model = model, model.model
         if spec.input_cost_per_mtok is not None and spec.output_cost_per_mtok is not None:
-            usd = (tokens_in * spec.input_cost_per_mtok + tokens_out * spec.output_cost_per_mtok)
+            usd = tokens_in * spec.input_cost_per_mtok + tokens_out * spec.output_cost_per_mtok
             return round(usd / 1_000_000, 10)
     if model.startswith("local/"):
         return 0.0

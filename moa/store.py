@@ -69,7 +69,7 @@ class RunSummary:
 
     @property
     def kind(self) -> str:
-        """"evaluation", "re-aggregation" or "run"."""
+        """ "evaluation", "re-aggregation" or "run"."""
         if self.evaluation:
             return "evaluation"
         return "re-aggregation" if self.parent_run_id else "run"

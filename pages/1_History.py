@@ -89,13 +89,14 @@ def table(store: Store, f: dict) -> list:
         # Keyed by the rows shown: a selection never carries over to other rows.
         key="hist_table_" + hashlib.sha1("".join(r.id for r in runs).encode()).hexdigest()[:12],
         on_select="rerun",
-        selection_mode="single-row",
+        # A click on any cell opens its run, as the checkbox does (H.picked_row).
+        selection_mode=["single-row", "single-cell"],
         hide_index=True,
         width="stretch",
         column_config={"id": None},
     )
-    rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
-    picked = runs[rows[0]].id if rows and rows[0] < len(runs) else None
+    row = H.picked_row(getattr(event, "selection", None))
+    picked = runs[row].id if row is not None and row < len(runs) else None
     if picked and picked != st.session_state.get(LAST_TABLE_PICK):
         st.session_state[LAST_TABLE_PICK] = picked
         open_run(picked)

@@ -19,8 +19,11 @@ def _run_in_thread(cfg, cancel, **kw):
 
     def target() -> None:
         out["record"] = engine.run_sync(
-            cfg, "How do plants grow?", on_event=events.fan_out(seen.append, kw.pop("on", None)),
-            cancel=cancel, **kw
+            cfg,
+            "How do plants grow?",
+            on_event=events.fan_out(seen.append, kw.pop("on", None)),
+            cancel=cancel,
+            **kw,
         )
 
     t = threading.Thread(target=target, daemon=True)
@@ -190,9 +193,23 @@ def _cli_with_terminal(fake, tmp_path, db_path, answer: bytes):
     path.write_text(dumps(make_config(fake, ["a", "hung"], timeout_s=60, name="Loop")))
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moa", "run", "Why water?", "--config", str(path), "--json",
-         "--db", str(db_path)],
-        cwd=ROOT, stdin=slave, stderr=slave, stdout=subprocess.PIPE, env=dict(os.environ),
+        [
+            sys.executable,
+            "-m",
+            "moa",
+            "run",
+            "Why water?",
+            "--config",
+            str(path),
+            "--json",
+            "--db",
+            str(db_path),
+        ],
+        cwd=ROOT,
+        stdin=slave,
+        stderr=slave,
+        stdout=subprocess.PIPE,
+        env=dict(os.environ),
     )
     os.close(slave)
     seen = b""
@@ -233,8 +250,9 @@ def test_cli_first_ctrl_c_asks_and_yes_aggregates_what_has_arrived(fake, tmp_pat
     data = json.loads(out)
     assert data["status"] == "ok" and data["aggregated_early"] is True
     assert [c["status"] for c in data["candidates"]] == ["ok", "cancelled"]
-    assert "Alpha says water matters." in (
-        fake.requests_for("agg")[0]["body"]["messages"][-1]["content"]
+    assert (
+        "Alpha says water matters."
+        in (fake.requests_for("agg")[0]["body"]["messages"][-1]["content"])
     )
     assert b"aggregated early" in seen
 

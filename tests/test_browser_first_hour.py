@@ -74,9 +74,7 @@ def test_aggregate_now_with_a_hung_proposer_then_layout_and_history_row_click(ap
         page.get_by_role("button", name="Run").wait_for(timeout=30_000)
         submit_prompt(page, "What do plants need?")
         # Two proposers answer; the third hangs. Aggregate now is offered next to Stop.
-        page.locator(".moa-card[data-call='1-proposer-1'][data-status=ok]").wait_for(
-            timeout=20_000
-        )
+        page.locator(".moa-card[data-call='1-proposer-1'][data-status=ok]").wait_for(timeout=20_000)
         button = page.get_by_role("button", name="Aggregate now")
         playwright_api.expect(button).to_be_enabled()
         button.click()

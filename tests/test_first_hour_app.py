@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures imported from tests.test_app are used as parameters)
 """Issue 14 "a new user's first hour", through AppTest: labels, personas, "(modified)", stop
 reasons, prices, validation at its field, presets rename/delete, the History table, compare,
 Insights' cost panel, and how local proposers are described."""
@@ -81,7 +82,12 @@ def test_a_new_model_takes_its_own_name_unless_the_user_typed_one(loopback, pres
     (summary,) = Store(db_path).search_runs()
     assert summary.name == "loop (modified)"
     record = Store(db_path).get_run(summary.id)
-    assert [c.label for c in record.calls] == ["openai/gamma", "Beta teacher", "My pick", "openai/beta"]
+    assert [c.label for c in record.calls] == [
+        "openai/gamma",
+        "Beta teacher",
+        "My pick",
+        "openai/beta",
+    ]
 
 
 def test_save_as_preset_saves_what_the_form_shows_and_is_not_modified_after(loopback, presets):
@@ -157,9 +163,7 @@ def test_local_proposers_are_described_as_taking_turns(loopback, db_path):
 # ---------------------------------------------------------------- item 6: prices
 
 
-def test_per_model_prices_reach_the_estimate_cards_history_and_insights(
-    loopback, presets, db_path
-):
+def test_per_model_prices_reach_the_estimate_cards_history_and_insights(loopback, presets, db_path):
     cfg = make_config(loopback, ["alpha", "beta"], name="priced")
     for spec in (*cfg.proposers, cfg.aggregator):
         spec.input_cost_per_mtok, spec.output_cost_per_mtok = 1.0, 2.0
@@ -203,7 +207,7 @@ def test_a_bad_field_is_named_as_the_sidebar_names_it_next_to_the_field(loopback
     assert texts[where][1].startswith("Proposer 1 › API base = 'ftp://example' is not an http(s)")
     assert "proposers[0]" not in " ".join(t for _, t in texts)
     # Right under Proposer 1's box: after its title, before Proposer 2's.
-    titles = [i for i, (k, t) in enumerate(texts) if t.startswith("Proposer ")and k == "markdown"]
+    titles = [i for i, (k, t) in enumerate(texts) if t.startswith("Proposer ") and k == "markdown"]
     assert titles[0] < where < titles[1]
     # The cost line at the bottom points up instead of repeating it.
     assert any("fix the setting marked in red above" in t for k, t in texts)
@@ -232,7 +236,9 @@ def test_the_cli_keeps_its_key_names():
     from moa.config import ConfigError
 
     try:
-        config_mod.loads('[aggregator]\nmodel="a/b"\n[[proposers]]\nmodel="a/b"\ninput_cost_per_mtok=1\n')
+        config_mod.loads(
+            '[aggregator]\nmodel="a/b"\n[[proposers]]\nmodel="a/b"\ninput_cost_per_mtok=1\n'
+        )
     except ConfigError as e:
         assert "proposers[0].input_cost_per_mtok" in str(e)
     else:

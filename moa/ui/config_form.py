@@ -98,7 +98,9 @@ def load_into_state(cfg: RunConfig, preset: str | None = None) -> None:
     _spec_into_state(K.AGGREGATOR_SLOT, cfg.aggregator)
     # Without a fallback in the preset, its picker starts as a copy of the aggregator (off),
     # without the aggregator's name: the fallback is another call.
-    _spec_into_state(K.FALLBACK_SLOT, cfg.fallback_aggregator or replace(cfg.aggregator, label=None))
+    _spec_into_state(
+        K.FALLBACK_SLOT, cfg.fallback_aggregator or replace(cfg.aggregator, label=None)
+    )
     ss[FALLBACK_ON] = cfg.fallback_aggregator is not None
     ss[K.LAYERS] = cfg.layers
     ss[K.PROPOSER_TIMEOUT] = float(cfg.proposer_timeout_s)
@@ -248,7 +250,10 @@ def _on_delete() -> None:
         ss[K.PRESET_MESSAGE] = ("error", str(e))
         return
     except OSError as e:
-        ss[K.PRESET_MESSAGE] = ("error", f"could not delete from {presets_dir()}: {e.strerror or e}")
+        ss[K.PRESET_MESSAGE] = (
+            "error",
+            f"could not delete from {presets_dir()}: {e.strerror or e}",
+        )
         return
     # The form keeps the deleted preset's settings, now an unsaved setup under its name.
     ss[K.PRESET] = None

@@ -65,6 +65,17 @@ def table_rows(runs: list[RunSummary]) -> list[dict[str, object]]:
     return rows
 
 
+def picked_row(selection: object) -> int | None:
+    """The table row a click chose: a ticked row, else the row of a clicked cell."""
+    rows = list(getattr(selection, "rows", None) or [])
+    if rows:
+        return int(rows[0])
+    cells = list(getattr(selection, "cells", None) or [])
+    if cells:
+        return int(cells[0][0])
+    return None
+
+
 # How the table marks each kind of run (RunSummary.kind); a plain run is left blank.
 KIND_MARKS = {"run": "", "re-aggregation": "↻ re-aggregation", "evaluation": "⚖ evaluation"}
 
