@@ -161,7 +161,8 @@ def cost_state(daily: list[DailyUsage]) -> tuple[str, str]:
 
     An empty chart (plotly draws a −1..1 axis) says nothing; these say what is true instead.
     """
-    priced = [d for d in daily if d.cost_usd is not None]
+    # A model whose calls all failed before any token has nothing to price (not "$0").
+    priced = [d for d in daily if d.cost_usd is not None and (d.tokens_in or d.tokens_out)]
     if not priced:
         return (
             "unknown",

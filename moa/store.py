@@ -544,8 +544,7 @@ def fts_query(text: str) -> str:
     words = [w for w in "".join(ch if ch.isalnum() else " " for ch in text).split() if w]
     quoted = ['"' + w.replace('"', '""') + '"' for w in words[:32]]
     if quoted and not text[-1:].isspace() and len(words) <= 32:
-        last = quoted[-1]
-        quoted[-1] = f"({last} OR {last}*)"
+        quoted[-1] += "*"  # a prefix query matches the whole word too
     return " ".join(quoted)
 
 

@@ -40,7 +40,7 @@ def _sidebar_texts(at: AppTest) -> list[tuple[str, str]]:
     def walk(node) -> None:
         kind = getattr(node, "type", "")
         if kind in ("markdown", "error", "caption"):
-            out.append((kind, plain(node.value)))
+            out.append((kind, plain(node.value).strip("*")))
         for child in getattr(node, "children", {}).values():
             walk(child)
 
@@ -64,7 +64,7 @@ def test_a_new_model_takes_its_own_name_unless_the_user_typed_one(loopback, pres
     assert at.text_input(key=f"{p0}.label").value == ""
     # Proposer 3: the user typed a label first; it stays with the new model.
     at.text_input(key=f"{p2}.label").input("My pick").run()
-    at.selectbox(key=f"{p2}.model").set_value("openai/alpha").run()
+    at.selectbox(key=f"{p2}.model").set_value("openai/beta").run()
     assert at.text_input(key=f"{p2}.label").value == "My pick"
     # The aggregator too.
     at.selectbox(key="agg.model").set_value("openai/beta").run()
@@ -138,11 +138,16 @@ def test_a_card_whose_call_stopped_at_max_tokens_says_so(loopback, presets, db_p
 def _stored_local_run(db_path) -> str:
     spec = ModelSpec(model="local/smollm2-135m", label="Small")
     cfg = RunConfig(proposers=[spec, spec, spec], aggregator=spec, name="local")
+    usage = {"tokens_in": 20, "tokens_out": 5, "cost_usd": 0.0}  # local models cost $0
     calls = [
-        CallRecord(1, "proposer", i, spec.model, f"Small {i}", status="ok", text="Plants grow.")
+        CallRecord(
+            1, "proposer", i, spec.model, f"Small {i}", status="ok", text="Plants grow.", **usage
+        )
         for i in range(3)
     ]
-    calls.append(CallRecord(2, "aggregator", 0, spec.model, "Small", status="ok", text="Grow."))
+    calls.append(
+        CallRecord(2, "aggregator", 0, spec.model, "Small", status="ok", text="Grow.", **usage)
+    )
     record = RunRecord(new_run_id(), cfg, "Why?", status="ok", calls=calls, wall_s=1.0)
     Store(db_path).save_run(record)
     return record.run_id
@@ -173,7 +178,8 @@ def test_per_model_prices_reach_the_estimate_cards_history_and_insights(loopback
     at.selectbox(key=K.PRESET).set_value("priced").run()
     assert any("Estimated cost: at most $" in plain(c.value) for c in at.sidebar.caption)
     # The sidebar has the two prices, loaded from the preset.
-    assert at.number_input(key="p0.input_cost_per_mtok").value == 1.0
+    first = f"p{at.session_state[K.PROPOSER_IDS][0]}"
+    assert at.number_input(key=f"{first}.input_cost_per_mtok").value == 1.0
     page = html(run(at, "How do plants grow?"))
     (summary,) = Store(db_path).search_runs()
     record = Store(db_path).get_run(summary.id)
@@ -182,7 +188,9 @@ def test_per_model_prices_reach_the_estimate_cards_history_and_insights(loopback
     assert "cost <b>unknown</b>" not in page and "cost <b>$0.0000" in page
     assert summary.cost_usd == record.usage()["cost_usd"] > 0
     hist = _page(HISTORY)
-    assert hist.dataframe[0].value["cost"][0].startswith("$0.0000")
+    from moa.ui.render import fmt_cost
+
+    assert hist.dataframe[0].value["cost"][0] == fmt_cost(summary.cost_usd) != "unknown"
     ins = _page(INSIGHTS)
     assert ins.get("plotly_chart") and not any("Cost per day" in i.value for i in ins.info)
 
@@ -216,9 +224,13 @@ def test_a_bad_field_is_named_as_the_sidebar_names_it_next_to_the_field(loopback
     assert not any("API base" in e for e in errors(at))
 
 
-def test_a_refused_run_names_the_field_and_the_message_clears_when_it_is_fixed(loopback):
+def test_a_refused_run_names_the_field_and_the_message_clears_when_it_is_fixed(loopback, presets):
+    cfg = make_config(loopback, ["alpha", "beta", "gamma"], name="bad")
+    cfg.proposers[1].model = "local/no-such-model"
+    config_mod.save_preset(cfg, "bad", presets)
     at = app()
-    at.selectbox(key="p1.model").set_value("local/no-such-model").run()
+    at.selectbox(key=K.PRESET).set_value("bad").run()
+    ids = at.session_state[K.PROPOSER_IDS]
     run(at, "Hello?")
     shown = errors(at)
     assert any(e.startswith("Proposer 2: unknown local model 'local/no-such-model'") for e in shown)
@@ -228,7 +240,7 @@ def test_a_refused_run_names_the_field_and_the_message_clears_when_it_is_fixed(l
     where = next(i for i, (k, t) in enumerate(texts) if k == "error" and "no-such-model" in t)
     assert titles[1] < where < titles[2]  # at Proposer 2's box
     assert loopback.requests == []
-    at.selectbox(key="p1.model").set_value("openai/beta").run()
+    at.selectbox(key=f"p{ids[1]}.model").set_value("openai/alpha").run()
     assert not any("no-such-model" in e for e in errors(at))
 
 
@@ -318,7 +330,10 @@ def _filled(fake, db_path):
     fake.set("beta", text="Plants need light to grow.")
     fake.set("gamma", text="Salt your pasta water generously.")
     fake.set("delta", fault="500")
-    fake.set("agg", text="Plants need water and light; sunflowers love both. Moons are odd.")
+    fake.set(
+        "agg",
+        text="Plants need water and light; sunflowers love both. Plants grow purple hats at night.",
+    )
     store = Store(db_path)
     writer = StoreWriter(store)
     plants = engine.run_sync(
@@ -355,6 +370,7 @@ def test_history_marks_and_filters_reaggregations_and_evaluation_runs(fake, db_p
         on_event=StoreWriter(store),
     )
     # An evaluation's answer: a normal run linked from eval_items (as moa.evaluate stores it).
+    store.db["evals"].insert({"id": "e1", "name": "eval", "status": "ok"})
     store.db["eval_items"].insert(
         {"eval_id": "e1", "question_id": "q1", "contender": "c", "run_id": cooking.run_id}
     )
@@ -378,12 +394,13 @@ def test_history_marks_and_filters_reaggregations_and_evaluation_runs(fake, db_p
 def test_history_search_finds_a_word_prefix_as_the_user_types(fake, db_path):
     store, plants, cooking = _filled(fake, db_path)
     at = _page(HISTORY)
-    at.text_input(key="hist_search").input("sunflow").run()
+    at.text_input(key="hist_search").input("sunfl").run()
     assert list(at.dataframe[0].value["id"]) == [plants.run_id]
     at.text_input(key="hist_search").input('plenty "salt').run()
     assert list(at.dataframe[0].value["id"]) == [cooking.run_id]
-    # A finished word (a space after it) is matched whole: "sunflow " finds nothing.
-    assert store.search_runs("sunflow ") == []
+    # A finished word (a space after it) is matched whole: "sunfl " finds nothing.
+    assert [r.id for r in store.search_runs("sunfl")] == [plants.run_id]
+    assert store.search_runs("sunfl ") == []
     assert store.search_runs('NEAR( "x" OR') == []  # operators are still plain text
 
 
@@ -397,7 +414,9 @@ def test_compare_cards_are_titled_by_run_and_new_sentences_name_the_closest(fake
     at = _page(HISTORY, plants.run_id)
     page = "\n".join(h.value for h in at.html)
     novel = re.findall(r'class="moa-seg moa-new" style="" title="([^"]*)"', page)
-    assert novel and any("Closest: " in t for t in novel), novel
+    assert novel and any(
+        "Closest: beta (score 0.37):\n“Plants need light to grow.”" in t for t in novel
+    ), novel
 
 
 def test_insights_cost_per_day_says_unknown_or_zero_instead_of_an_empty_chart(fake, db_path):

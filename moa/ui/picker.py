@@ -48,8 +48,18 @@ def local_problems() -> dict[str, str]:
     return problems
 
 
+def form_models() -> list[str]:
+    """Models already in the form (other proposers, the aggregator): offered in every picker."""
+    ss = st.session_state
+    slots = [K.proposer_slot(i) for i in ss.get(K.PROPOSER_IDS, [])]
+    slots += [K.AGGREGATOR_SLOT, K.FALLBACK_SLOT]
+    models = [ss.get(K.field_key(slot, "model")) for slot in slots]
+    return list(dict.fromkeys(m for m in models if isinstance(m, str) and m.strip()))
+
+
 def suggestions(current: str | None) -> list[str]:
     options = list(local.MODELS)
+    options += [m for m in form_models() if m not in options]
     if litellm_ready():
         providers = keyed_providers()
         if providers:
