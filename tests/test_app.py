@@ -69,6 +69,9 @@ def html(at: AppTest) -> str:
 
 
 def run(at: AppTest, prompt: str) -> AppTest:
+    """A new conversation's first turn, through the form (New conversation first if one is open)."""
+    if any(b.key == K.NEW_CONVERSATION for b in at.button):
+        at.button(key=K.NEW_CONVERSATION).click().run()
     at.text_area(key=K.PROMPT).input(prompt)
     at.button(key=K.RUN_BUTTON).click().run()
     assert not at.exception, at.exception
@@ -271,7 +274,9 @@ def test_a_run_streams_to_the_end_shows_what_was_kept_and_is_saved(loopback, db_
     # The form kept its values while the sidebar was locked during the run.
     assert at.selectbox(key=K.PRESET).value == "loop"
     assert len(at.session_state[K.PROPOSER_IDS]) == 3
-    assert at.button(key=K.RUN_BUTTON).disabled is False
+    # The page is now a conversation: a follow-up box, and New conversation brings back the form.
+    assert at.chat_input(key=K.FOLLOW_UP).disabled is False
+    assert at.query_params["conversation"] in ([runs[0].conversation_id], runs[0].conversation_id)
     assert at.session_state[K.LIVE].running is False
 
 
@@ -306,8 +311,8 @@ def test_the_stored_run_view_draws_the_same_run(loopback, db_path):
     assert not at.exception
     stored_final = next(h.value for h in at.html if "moa-final" in h.value)
     assert stored_final == live_final  # the same renderer, the same markup
-    assert "How do plants grow?" in html(at)  # the prompt is shown in the read-only view
-    assert at.button(key=K.NEW_RUN_BUTTON)
+    assert "How do plants grow?" in html(at)  # the prompt is shown in the stored view
+    assert at.button(key=K.NEW_CONVERSATION)  # and it can be continued, or a new one started
 
 
 def test_an_unknown_run_id_is_an_error(loopback):

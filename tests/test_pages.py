@@ -50,7 +50,12 @@ def page(path: str, run_id: str | None = None) -> AppTest:
 
 
 def table_ids(at: AppTest) -> list[str]:
+    """The conversations listed (a run logged alone is the one-turn conversation c<run id>)."""
     return list(at.dataframe[0].value["id"])
+
+
+def cid(record) -> str:
+    return record.conversation_id
 
 
 def shown_html(at: AppTest) -> str:
@@ -60,23 +65,23 @@ def shown_html(at: AppTest) -> str:
 def test_search_and_filters_narrow_the_table(filled):
     _, plants, cooking = filled
     at = page(HISTORY)
-    assert set(table_ids(at)) == {plants.run_id, cooking.run_id}
+    assert set(table_ids(at)) == {cid(plants), cid(cooking)}
     at.text_input(key="hist_search").input("sunflowers").run()
-    assert table_ids(at) == [plants.run_id]
+    assert table_ids(at) == [cid(plants)]
     at.text_input(key="hist_search").input("").run()
     at.selectbox(key="hist_model").select("openai/gamma").run()
-    assert table_ids(at) == [cooking.run_id]
+    assert table_ids(at) == [cid(cooking)]
     at.selectbox(key="hist_model").select("All").run()
     at.selectbox(key="hist_status").select("failed").run()
-    assert not at.dataframe and "No runs match" in at.info[0].value
+    assert not at.dataframe and "No conversations match" in at.info[0].value
 
 
 def test_opening_a_run_shows_its_final_answer(filled):
     _, plants, _ = filled
     at = page(HISTORY)
-    at.selectbox(key="hist_open").select(plants.run_id).run()
+    at.selectbox(key="hist_open").select(cid(plants)).run()
     assert not at.exception
-    assert at.query_params["run"] == [plants.run_id] or at.query_params["run"] == plants.run_id
+    assert at.query_params["conversation"] in ([cid(plants)], cid(plants))
     assert "sunflowers love both" in shown_html(at)
     # The link form opens it too.
     assert "sunflowers love both" in shown_html(page(HISTORY, plants.run_id))
@@ -99,6 +104,13 @@ def test_reaggregate_calls_only_the_new_aggregator(filled, fake):
         new.parent_run_id == plants.run_id and new.final_text == "Light and water, said the judge."
     )
     assert "said the judge" in shown_html(at)
+    # The re-aggregation is a branch of the run's conversation that ends at the new turn.
+    branch = store.get_conversation(new.conversation_id)
+    assert (branch.parent_id, branch.branch_turn, [r.run_id for r in branch.turns]) == (
+        cid(plants),
+        1,
+        [new_id],
+    )
 
 
 def test_reaggregate_with_a_bad_model_is_an_error_not_a_call(filled, fake):
@@ -117,7 +129,7 @@ def test_delete_asks_then_removes_the_run(filled):
     at.button(key="hist_delete_yes").click().run()
     assert not at.exception
     assert store.get_run(plants.run_id) is None
-    assert table_ids(at) == [cooking.run_id]
+    assert table_ids(at) == [cid(cooking)]
 
 
 def test_export_import_round_trip(filled, tmp_path):
@@ -135,7 +147,7 @@ def test_export_import_round_trip(filled, tmp_path):
 def test_compare_shows_a_word_diff(filled):
     _, plants, cooking = filled
     at = page(HISTORY)
-    at.multiselect(key="hist_compare").select(plants.run_id).select(cooking.run_id).run()
+    at.multiselect(key="hist_compare").select(cid(plants)).select(cid(cooking)).run()
     assert not at.exception
     shown = shown_html(at)
     assert "<ins" in shown and "<del" in shown and "sunflowers" in shown
@@ -166,12 +178,13 @@ def test_insights_charts_and_empty_database(filled, tmp_path, monkeypatch):
 def test_paging_fifty_a_page(filled):
     store, plants, _ = filled
     for i in range(51):
-        store.save_run(replace(plants, run_id=f"{i:020x}"))
+        store.save_run(replace(plants, run_id=f"{i:020x}", conversation_id=None))
     at = page(HISTORY)
     assert len(table_ids(at)) == 50
-    assert any("53 runs match" in c.value and "page 1 of 2" in c.value for c in at.caption)
+    assert any("53 conversations match" in c.value and "page 1 of 2" in c.value for c in at.caption)
     at.number_input(key="hist_page").set_value(2).run()
     assert not at.exception and len(table_ids(at)) == 3
     at.text_input(key="hist_search").input("pasta").run()  # one page now: back to page 1
     assert not at.exception and len(table_ids(at)) == 1
+    assert any("1 conversation matches" in c.value for c in at.caption)
     assert H.fmt_count(10_001) == "10,000+" and H.fmt_count(9_999) == "9,999"
