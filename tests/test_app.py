@@ -276,7 +276,8 @@ def test_a_run_streams_to_the_end_shows_what_was_kept_and_is_saved(loopback, db_
     assert len(at.session_state[K.PROPOSER_IDS]) == 3
     # The page is now a conversation: a follow-up box, and New conversation brings back the form.
     assert at.chat_input(key=K.FOLLOW_UP).disabled is False
-    assert at.query_params["conversation"] in ([runs[0].conversation_id], runs[0].conversation_id)
+    conv_id = Store(db_path).get_run(runs[0].id).conversation_id
+    assert at.query_params["conversation"] in ([conv_id], conv_id)
     assert at.session_state[K.LIVE].running is False
 
 
