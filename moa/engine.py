@@ -535,8 +535,8 @@ class _Runner:
                 last = self.last_errors.pop(call.key, None)
                 if last is not None:  # the retries used up the time: say what kept failing
                     n = call.attempts - 1
-                    retries = f"{n} retr{'y' if n == 1 else 'ies'}" if n else "waiting to retry"
-                    call.error += f": timed out after {retries}; last error: {last}"
+                    when = f"after {n} retr{'y' if n == 1 else 'ies'}" if n else "before a retry"
+                    call.error += f": timed out {when}; last error: {last}"
             except asyncio.CancelledError:
                 early = self.record.aggregated_early and call.role == "proposer"
                 call.status = "cancelled"

@@ -159,7 +159,10 @@ def test_retries_that_run_into_the_timeout_keep_the_providers_message(fake):
     broken = record.proposer_calls[0]
     assert broken.status == "timeout"
     assert "no complete answer within 2 s" in broken.error
-    assert re.search(r"timed out after \d retr(y|ies); last error: HTTP 500: ", broken.error)
+    # How many retries fit in 2 s depends on the machine's load; the last error must be there.
+    assert re.search(
+        r"timed out (after \d+ retr(y|ies)|before a retry); last error: HTTP 500: ", broken.error
+    ), broken.error
     assert "upstream broken exploded" in broken.error
 
 
@@ -214,7 +217,7 @@ def _cli_with_terminal(fake, tmp_path, db_path, answer: bytes):
     os.close(slave)
     seen = b""
 
-    def read_until(marker: bytes, timeout: float = 60) -> bytes:
+    def read_until(marker: bytes, timeout: float = 180) -> bytes:
         nonlocal seen
         deadline = time.monotonic() + timeout
         while marker not in seen and time.monotonic() < deadline:
@@ -233,7 +236,7 @@ def _cli_with_terminal(fake, tmp_path, db_path, answer: bytes):
         proc.send_signal(signal.SIGINT)
         assert b"aggregate what has arrived? [Y/n]" in read_until(b"[Y/n]"), seen
         os.write(master, answer)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=180)
         read_until(b"run id", 2)
     finally:
         if proc.poll() is None:
