@@ -353,22 +353,19 @@ def test_history_status_shows_failed_proposers_and_short_columns_come_first(fake
     store, plants, cooking = _filled(fake, db_path)
     at = _page(HISTORY)
     df = at.dataframe[0].value
-    assert list(df.columns)[:5] == ["time", "status", "wall s", "tokens", "cost"]
-    assert list(df.columns).index("prompt") > list(df.columns).index("cost")
+    columns = list(df.columns)
+    assert columns.index("title") > max(columns.index(c) for c in ("status", "cost", "tokens"))
     status = dict(zip(df["id"], df["status"], strict=True))
-    assert status[cooking.run_id] == "ok · 1 of 3 failed"
-    assert status[plants.run_id] == "ok"
+    assert status[cooking.conversation_id] == "ok · 1 of 3 failed"
+    assert status[plants.conversation_id] == "ok"
 
 
 def test_history_marks_and_filters_reaggregations_and_evaluation_runs(fake, db_path):
+    from moa.ui import history as H
+
     store, plants, cooking = _filled(fake, db_path)
     fake.set("judge", text="Light and water.")
-    again = engine.run_sync(
-        engine.reaggregate_config(plants, ModelSpec("openai/judge", api_base=fake.base_url)),
-        plants.prompt,
-        reuse=plants,
-        on_event=StoreWriter(store),
-    )
+    again = H.reaggregate(store, plants, "openai/judge", fake.base_url, None)
     # An evaluation's answer: a normal run linked from eval_items (as moa.evaluate stores it).
     store.db["evals"].insert({"id": "e1", "name": "eval", "status": "ok"})
     store.db["eval_items"].insert(
@@ -378,26 +375,27 @@ def test_history_marks_and_filters_reaggregations_and_evaluation_runs(fake, db_p
     df = at.dataframe[0].value
     kinds = dict(zip(df["id"], df["kind"], strict=True))
     assert kinds == {
-        again.run_id: "↻ re-aggregation",
-        cooking.run_id: "⚖ evaluation",
-        plants.run_id: "",
+        again.conversation_id: "↻ re-aggregation",
+        cooking.conversation_id: "⚖ evaluation",
+        plants.conversation_id: "",
     }
     at.selectbox(key="hist_kind").select("re-aggregation").run()
-    assert list(at.dataframe[0].value["id"]) == [again.run_id]
-    assert any(c.value.startswith("1 run matches ·") for c in at.caption)
+    assert list(at.dataframe[0].value["id"]) == [again.conversation_id]
+    assert any(c.value.startswith("1 conversation matches ·") for c in at.caption)
     at.selectbox(key="hist_kind").select("evaluation").run()
-    assert list(at.dataframe[0].value["id"]) == [cooking.run_id]
+    assert list(at.dataframe[0].value["id"]) == [cooking.conversation_id]
     at.selectbox(key="hist_kind").select("run").run()
-    assert list(at.dataframe[0].value["id"]) == [plants.run_id]
+    assert list(at.dataframe[0].value["id"]) == [plants.conversation_id]
+    assert [r.id for r in store.search_runs(kind="run")] == [plants.run_id]
 
 
 def test_history_search_finds_a_word_prefix_as_the_user_types(fake, db_path):
     store, plants, cooking = _filled(fake, db_path)
     at = _page(HISTORY)
     at.text_input(key="hist_search").input("sunfl").run()
-    assert list(at.dataframe[0].value["id"]) == [plants.run_id]
+    assert list(at.dataframe[0].value["id"]) == [plants.conversation_id]
     at.text_input(key="hist_search").input('plenty "salt').run()
-    assert list(at.dataframe[0].value["id"]) == [cooking.run_id]
+    assert list(at.dataframe[0].value["id"]) == [cooking.conversation_id]
     # A finished word (a space after it) is matched whole: "sunfl " finds nothing.
     assert [r.id for r in store.search_runs("sunfl")] == [plants.run_id]
     assert store.search_runs("sunfl ") == []
@@ -407,7 +405,9 @@ def test_history_search_finds_a_word_prefix_as_the_user_types(fake, db_path):
 def test_compare_cards_are_titled_by_run_and_new_sentences_name_the_closest(fake, db_path):
     store, plants, cooking = _filled(fake, db_path)
     at = _page(HISTORY)
-    at.multiselect(key="hist_compare").select(plants.run_id).select(cooking.run_id).run()
+    at.multiselect(key="hist_compare").select(plants.conversation_id).select(
+        cooking.conversation_id
+    ).run()
     shown = "\n".join(h.value for h in at.html)
     assert "What do plants need?" in shown and "How to cook pasta?" in shown
     assert "garden · 2 proposers → agg" in shown and "kitchen · 3 proposers → agg" in shown
