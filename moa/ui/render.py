@@ -535,11 +535,8 @@ class Kept:
                 )
                 near = s.closest
                 if near is not None and near.candidate < len(self.calls):
-                    cand = self.attr.candidate_segments[near.candidate][near.segment_index]
-                    title += (
-                        f"\n\nClosest: {self.label(near.candidate)} (score {near.score:.2f}):\n"
-                        f"{_quote(cand.segment.text)}"
-                    )
+                    # The name and score only: a long answer has hundreds of these titles.
+                    title += f"\nClosest: {self.label(near.candidate)} ({near.score:.2f})"
                 spans.append((seg.start, seg.end, "moa-seg moa-new", "", title))
                 continue
             lines = []
