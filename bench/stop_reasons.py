@@ -129,11 +129,17 @@ def main() -> None:
                 local.REPEAT_PENALTY = penalty if setting == "after" else 1.0
                 record = engine.run_sync(configured(name, setting), prompt)
                 tallies[setting].add(record)
+                reps = [repetition(c.text) for c in record.calls if c.status == "ok"]
                 print(
                     f"{name} {setting:7} {record.status} {record.wall_s:5.1f}s "
-                    + " ".join(c.finish_reason or "-" for c in record.calls),
+                    + " ".join(c.finish_reason or "-" for c in record.calls)
+                    + " | repeated 4-grams "
+                    + " ".join(f"{share:.0%}{'*' if sentence else ''}" for share, sentence in reps),
                     flush=True,
                 )
+            # So far (a run cut short by the deadline still reports what it measured):
+            for setting, tally in tallies.items():
+                print(f"  so far {setting}: {tally.row()}", flush=True)
         local.REPEAT_PENALTY = penalty
         cfg = config_mod.load_preset(name)
         limits = f"proposers {', '.join(str(p.max_tokens) for p in cfg.proposers)}; aggregator {cfg.aggregator.max_tokens}"
