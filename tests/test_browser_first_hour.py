@@ -74,7 +74,13 @@ def test_aggregate_now_with_a_hung_proposer_then_layout_and_history_row_click(ap
         page.get_by_role("button", name="Run").wait_for(timeout=30_000)
         submit_prompt(page, "What do plants need?")
         # Two proposers answer; the third hangs. Aggregate now is offered next to Stop.
-        page.locator(".moa-card[data-call='1-proposer-1'][data-status=ok]").wait_for(timeout=20_000)
+        try:
+            page.locator(".moa-card[data-call='1-proposer-1'][data-status=ok]").wait_for(
+                timeout=60_000
+            )
+        except Exception:
+            page.screenshot(path=ARTIFACTS / "first-hour-failed.png", full_page=True)
+            raise
         button = page.get_by_role("button", name="Aggregate now")
         playwright_api.expect(button).to_be_enabled()
         button.click()
@@ -95,6 +101,10 @@ def test_aggregate_now_with_a_hung_proposer_then_layout_and_history_row_click(ap
         toolbar.wait_for(state="visible")
         title = chart.locator(".gtitle").first
         assert not _boxes_overlap(toolbar.bounding_box(), title.bounding_box())
+        # Nor does a chart's legend run into its title.
+        timeline = page.locator(".stPlotlyChart", has_text="Where the time went").first
+        legend = timeline.locator(".legend").first.bounding_box()
+        assert not _boxes_overlap(legend, timeline.locator(".gtitle").first.bounding_box())
         page.screenshot(path=ARTIFACTS / "aggregate-now.png", full_page=True)
 
         # Eight proposers: every heatmap label fits inside its cell.

@@ -23,23 +23,23 @@ def esc(text: object) -> str:
 _FONT = {"family": "Inter, system-ui, sans-serif", "size": 12, "color": "#334155"}
 
 
-TITLE_TOP_PX = 64  # room above the plot for the title, below plotly's toolbar (≈30 px)
+TITLE_TOP_PX = 78  # room above the plot: plotly's toolbar (≈30 px), the title, a legend row
 
 
 def _layout(fig: go.Figure, height: int, **kwargs) -> go.Figure:
     top = 36
     title = kwargs.get("title")
     if isinstance(title, dict):
-        # The title sits just above the plot area, under the toolbar that plotly shows at the
-        # top right on hover: at the top of the figure the toolbar covered it in half-width
-        # columns.
+        # The title sits below the toolbar that plotly shows at the top right on hover (at
+        # the top of the figure the toolbar covered it in half-width columns), and above the
+        # row where a legend goes.
         kwargs["title"] = {
             "x": 0,
             "xref": "paper",
             "y": 1,
-            "yref": "paper",
-            "yanchor": "bottom",
-            "pad": {"b": 10},
+            "yref": "container",
+            "yanchor": "top",
+            "pad": {"t": 32},
             **title,
         }
         top = TITLE_TOP_PX
