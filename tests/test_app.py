@@ -611,7 +611,7 @@ def test_run_history_run_keeps_the_prompt_the_modified_hint_and_the_conversation
     at.text_input(key="p0.api_base").input("not a url").run()
     at.text_area(key=K.PROMPT).input("A prompt typed, not yet run")
     at.button(key=K.RUN_BUTTON).click().run()
-    assert any("api_base" in e for e in errors(at))
+    assert any("API base" in e for e in errors(at))  # in the sidebar's words
     at.switch_page("pages/1_History.py").run()
     assert not at.exception
     at.switch_page("app.py").run()
