@@ -46,7 +46,8 @@ class InputError(ValueError):
 class Limits:
     """How many calls may run at once per provider, and how failed calls are retried."""
 
-    per_provider: dict[str, int] = field(default_factory=lambda: {"local": 1})
+    # Local calls go to one decoder that batches them (moa.local.SEQUENCES per model).
+    per_provider: dict[str, int] = field(default_factory=lambda: {"local": 4})
     default: int = 16
     max_retries: int = 3
     backoff_base_s: float = 0.5

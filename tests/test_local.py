@@ -19,6 +19,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from moa import local  # noqa: E402
+from moa import local_weights as lw  # noqa: E402
 
 pytestmark = pytest.mark.local
 
@@ -46,11 +47,9 @@ def _text(response) -> str:
     return response.choices[0].message.content
 
 
-def _lock_free_within(seconds: float) -> bool:
-    if local._gen_lock.acquire(timeout=seconds):
-        local._gen_lock.release()
-        return True
-    return False
+def _idle_within(seconds: float) -> bool:
+    """No local call is queued or running (the decoder let go of every sequence)."""
+    return local._decoder.wait_idle(timeout=seconds)
 
 
 def test_register_keeps_other_custom_providers(lt, monkeypatch):
@@ -174,7 +173,16 @@ def test_async_completion_and_stream(lt):
     assert usage is not None and usage.completion_tokens == r.usage.completion_tokens
 
 
-def test_concurrent_calls_run_one_at_a_time_without_blocking_the_loop(lt):
+def _overlapping(runs: list) -> bool:
+    """Every generation started before any of the others ended: they shared the batch."""
+    return max(r.started_at for r in runs) < min(r.ended_at for r in runs)
+
+
+async def _gather(lt, calls: list[dict]) -> list:
+    return await asyncio.gather(*(lt.acompletion(**c) for c in calls))
+
+
+def test_concurrent_calls_share_one_batch_without_blocking_the_loop(lt):
     gaps: list[float] = []
 
     async def ticker(stop: asyncio.Event) -> None:
@@ -188,11 +196,8 @@ def test_concurrent_calls_run_one_at_a_time_without_blocking_the_loop(lt):
     async def main():
         stop = asyncio.Event()
         tick = asyncio.create_task(ticker(stop))
-        calls = [
-            lt.acompletion(model=SMOL, messages=QUESTION, temperature=0.7, max_tokens=40)
-            for _ in range(2)
-        ]
-        results = await asyncio.gather(*calls)
+        call = {"model": SMOL, "messages": EXPLAIN, "temperature": 0.7, "max_tokens": 40}
+        results = await _gather(lt, [call, call])
         stop.set()
         await tick
         return results
@@ -202,10 +207,86 @@ def test_concurrent_calls_run_one_at_a_time_without_blocking_the_loop(lt):
     assert all(r.usage.completion_tokens > 0 for r in results)
     runs = list(local.recent_stats)[before:]
     assert len(runs) == 2
-    a, b = sorted(runs, key=lambda s: s.started_at)
-    assert a.ended_at <= b.started_at  # the second generation began after the first ended
-    assert b.started_at - b.queued_at > 0.05  # ...because it waited for the lock
+    assert _overlapping(runs)  # decoded side by side, not one after the other
+    assert all(r.started_at - r.queued_at < 0.5 for r in runs)  # neither waited for the other
     assert max(gaps) < 0.5, f"event loop stalled for {max(gaps):.2f} s"
+
+
+# Three different personas, as in the local-quick preset: different prompts and lengths.
+PERSONAS = ["Answer precisely and briefly.", "Explain simply.", "Answer with an example."]
+
+
+def _persona_calls(temperature: float, max_tokens: int = 40, **extra) -> list[dict]:
+    return [
+        {
+            "model": SMOL,
+            "messages": [{"role": "system", "content": p}, *EXPLAIN],
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            **extra,
+        }
+        for p in PERSONAS
+    ]
+
+
+def test_batched_and_sequential_greedy_give_the_same_tokens(lt):
+    calls = _persona_calls(temperature=0)
+    alone = [lt.completion(**c) for c in calls]
+    before = len(local.recent_stats)
+    together = asyncio.run(_gather(lt, calls))
+    runs = list(local.recent_stats)[before:]
+    assert len(runs) == 3 and _overlapping(runs)
+    for a, b in zip(alone, together, strict=True):
+        assert _text(b) == _text(a)
+        assert b.usage.completion_tokens == a.usage.completion_tokens
+        assert b.usage.prompt_tokens == a.usage.prompt_tokens
+    assert len({_text(a) for a in alone}) == 3  # three different answers were compared
+
+
+def test_each_sequence_keeps_its_own_settings_in_the_batch(lt):
+    """A seeded sample, a greedy one and a short one decode together; each acts as if alone."""
+    seeded = {"model": SMOL, "messages": EXPLAIN, "temperature": 1.0, "seed": 7, "max_tokens": 30}
+    greedy = {"model": SMOL, "messages": EXPLAIN, "temperature": 0, "max_tokens": 30}
+    short = {"model": SMOL, "messages": QUESTION, "temperature": 0.7, "max_tokens": 3}
+    alone = [lt.completion(**seeded), lt.completion(**greedy)]
+    before = len(local.recent_stats)
+    together = asyncio.run(_gather(lt, [seeded, greedy, short]))
+    runs = sorted(list(local.recent_stats)[before:], key=lambda r: r.ended_at)
+    assert len(runs) == 3 and _overlapping(runs)
+    assert _text(together[0]) == _text(alone[0])  # same seed, same sample, batch or not
+    assert _text(together[1]) == _text(alone[1])
+    assert together[2].usage.completion_tokens == 3
+    assert together[2].choices[0].finish_reason == "length"
+    # The short one left the batch when it was done, before the long ones.
+    assert runs[0].completion_tokens == 3 and runs[0].finish_reason == "length"
+    assert together[0].usage.completion_tokens == alone[0].usage.completion_tokens > 3
+
+
+def test_closing_one_stream_leaves_the_others_in_the_batch(lt):
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]
+    greedy = {"model": SMOL, "messages": EXPLAIN, "temperature": 0, "max_tokens": 40}
+    alone = _text(lt.completion(**greedy))
+
+    async def main():
+        other = asyncio.create_task(lt.acompletion(**greedy))
+        stream = await lt.acompletion(
+            model=SMOL, messages=story, temperature=0.8, max_tokens=1000, stream=True
+        )
+        seen = 0
+        async for c in stream:
+            seen += bool(c.choices and c.choices[0].delta.content)
+            if seen == 3:
+                break
+        await stream.aclose()
+        return await other
+
+    before = len(local.recent_stats)
+    survivor = asyncio.run(main())
+    assert _text(survivor) == alone
+    runs = list(local.recent_stats)[before:]
+    cancelled = [r for r in runs if r.finish_reason == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0].completion_tokens < 50
+    assert _idle_within(2.0)
 
 
 def test_closing_an_async_stream_stops_generation_and_frees_the_lock(lt):
@@ -226,7 +307,7 @@ def test_closing_an_async_stream_stops_generation_and_frees_the_lock(lt):
         return time.perf_counter()
 
     closed_at = asyncio.run(main())
-    assert _lock_free_within(2.0)
+    assert _idle_within(2.0)
     last = local.recent_stats[-1]
     assert last.finish_reason == "cancelled"
     assert last.completion_tokens < 50
@@ -254,7 +335,7 @@ def test_cancelling_the_consumer_task_stops_generation(lt):
         return time.perf_counter()
 
     cancelled_at = asyncio.run(main())
-    assert _lock_free_within(2.0)
+    assert _idle_within(2.0)
     last = local.recent_stats[-1]
     assert last.finish_reason == "cancelled" and last.completion_tokens < 100
     assert last.ended_at - cancelled_at < 1.0
@@ -269,7 +350,7 @@ def test_abandoned_sync_stream_does_not_hold_the_lock(lt):
     )
     next(iter(stream))
     del stream  # never closed: the worker finishes its bounded run and lets go
-    assert _lock_free_within(15.0)
+    assert _idle_within(15.0)
 
 
 def test_timeout_fails_the_call_and_frees_the_lock(lt):
@@ -280,7 +361,7 @@ def test_timeout_fails_the_call_and_frees_the_lock(lt):
             max_tokens=1000,
             timeout=0.3,
         )
-    assert _lock_free_within(1.0)
+    assert _idle_within(1.0)
 
 
 def test_import_is_light_and_status_needs_no_litellm():
@@ -330,7 +411,7 @@ def fake_pkgs(tmp_path, monkeypatch):
     root.mkdir()
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("MOA_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setattr(local, "_known_sha", {})  # a fresh "process" for verification
+    monkeypatch.setattr(lw, "_known_sha", {})  # a fresh "process" for verification
     tag = uuid.uuid4().hex[:8]
 
     def make(name: str, parts: list[bytes], sha: str | None = None, install: bool = True):
@@ -383,9 +464,9 @@ def test_join_writes_verified_file_and_caches_the_hash(fake_pkgs, monkeypatch):
     def no_hashing(_):
         raise AssertionError("re-hashed a file whose verification is cached")
 
-    monkeypatch.setattr(local, "_sha256_file", no_hashing)
+    monkeypatch.setattr(lw, "_sha256_file", no_hashing)
     assert local.weights_path(model.id) == path  # same process: no re-hash
-    local._known_sha.clear()
+    lw._known_sha.clear()
     assert local.weights_path(model.id) == path  # "next process": the JSON cache answers
 
 
@@ -415,7 +496,7 @@ def test_changed_file_is_re_verified_on_first_use(fake_pkgs, monkeypatch):
 def test_size_mismatch_is_refused_without_hashing(fake_pkgs, monkeypatch):
     model = fake_pkgs("short", [b"abc"])
     monkeypatch.setitem(local.MODELS, model.id, dataclasses.replace(model, size_bytes=4))
-    monkeypatch.setattr(local, "_sha256_file", lambda _: pytest.fail("hashed a wrong-size file"))
+    monkeypatch.setattr(lw, "_sha256_file", lambda _: pytest.fail("hashed a wrong-size file"))
     with pytest.raises(
         local.LocalModelError, match="size mismatch .*expected 4 bytes, got 3 bytes"
     ):
@@ -451,13 +532,13 @@ def test_join_is_atomic_when_writing_fails(fake_pkgs, monkeypatch):
     def disk_full(_fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(local.os, "fsync", disk_full)
+    monkeypatch.setattr(lw.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         local.weights_path(model.id)
     assert not (folder / model.gguf_name).exists()
     assert _leftovers(folder) == []  # our temp file and the dead process's are both gone
 
-    monkeypatch.setattr(local.os, "fsync", real_fsync)
+    monkeypatch.setattr(lw.os, "fsync", real_fsync)
     assert local.weights_path(model.id).stat().st_size == model.size_bytes
 
 
@@ -465,7 +546,7 @@ _CRASHING_JOIN = """
 import json, sys, time
 spec = json.loads(sys.argv[1])
 sys.path[:0] = spec["paths"]
-from moa import local
+from moa import local_weights as local
 
 class SlowSha:  # hashing is slowed so the parent can kill us half-way through the copy
     def __init__(self):
@@ -539,7 +620,7 @@ def test_missing_package_names_the_pip_packages(fake_pkgs, lt):
 
 def test_status_of_an_unjoined_model_does_not_hash(fake_pkgs, monkeypatch):
     model = fake_pkgs("fresh", [b"1" * 10, b"2" * 10])
-    monkeypatch.setattr(local, "_sha256_file", lambda _: pytest.fail("model_status hashed"))
+    monkeypatch.setattr(lw, "_sha256_file", lambda _: pytest.fail("model_status hashed"))
     status = {s.id: s for s in local.model_status()}[model.id]
     assert status.installed is True and status.verified is None and status.path is None
 
@@ -551,7 +632,7 @@ def test_status_of_an_unjoined_model_does_not_hash(fake_pkgs, monkeypatch):
 def test_qwen_models_generate(lt, model_id):
     model = local.MODELS[model_id]
     try:
-        local._find_pieces(model)
+        lw._find_pieces(model)
     except local.LocalModelError as e:
         pytest.skip(f"{model_id} not installed: {e.message.split(': ', 1)[-1]}")
     try:
