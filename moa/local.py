@@ -166,6 +166,9 @@ def _batch_context(llama: llama_cpp.Llama, model: LocalModel) -> Any:
     params.n_threads = params.n_threads_batch = _threads(model)
     params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama's default
     params.no_perf = True
+    # Sliding-window layers (Gemma 3) keep only the window, not the whole context: we never
+    # roll a sequence back, which is what a full-size window cache would be for.
+    params.swa_full = False
     return _internals.LlamaContext(model=llama._model, params=params, verbose=False)
 
 
@@ -189,6 +192,7 @@ def _load(model: LocalModel) -> _Loaded:
             n_ctx=REFERENCE_CTX,
             n_threads=_threads(model),
             n_threads_batch=_threads(model),
+            swa_full=False,  # as in _batch_context (and llama.cpp stays quiet about it)
             verbose=False,
         )
         template = llama.metadata.get("tokenizer.chat_template") or model.chat_template
@@ -355,7 +359,7 @@ def prepare(
         )
     stop = params.get("stop") or []
     stop = [stop] if isinstance(stop, str) else [s for s in stop if s]
-    stop += [s for s in formatted.stop or [] if s and s not in stop]
+    stop += [s for s in [*(formatted.stop or []), *model.stop] if s and s not in stop]
     temperature = _number(model, params, "temperature", float)
     top_p = _number(model, params, "top_p", float)
     seed = _number(model, params, "seed", int)

