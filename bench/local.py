@@ -335,7 +335,7 @@ def main() -> None:
         "busied the 2 cores (SmolLM2 at 2-5 instead of 25-30 tok/s at load average 5).",
     ]
 
-    runs = [r for r in (whole_run("local-quick"), whole_run("local-demo")) if r]
+    runs = [r for r in map(whole_run, ("local-quick", "local-demo", "local-families")) if r]
     if runs:
         lines += [
             "",
