@@ -35,7 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 # llama.cpp's CPU backend runs on OpenMP. By default idle OpenMP threads spin, and when other
@@ -124,7 +124,6 @@ class _Loaded:
     token_text: _TokenText
     ctx: Any  # llama_cpp._internals.LlamaContext with SEQUENCES KV streams (the decoder's)
     batch: Any  # llama_cpp.llama_batch of N_BATCH tokens, refilled every step
-    free_ids: list[int] = field(default_factory=lambda: list(range(SEQUENCES)))
 
     def close(self) -> None:
         import llama_cpp
@@ -551,10 +550,11 @@ class _Decoder:
                     seq,
                     LocalModelError(f"{req.model.id} was unloaded before it ran; call it again"),
                 )
-            elif not loaded.free_ids:
+            elif len(self.running.get(req.model.id, ())) >= SEQUENCES:
                 still.append(seq)
             else:
-                seq.seq_id = loaded.free_ids.pop(0)
+                # Running sequences hold the ids 0..k-1 (see _end): the next one is k.
+                seq.seq_id = len(self.running.get(req.model.id, ()))
                 llama_cpp.llama_memory_seq_rm(loaded.ctx.memory, seq.seq_id, -1, -1)
                 seq.sampler = _sampler(req, loaded)
                 seq.started_at = time.perf_counter()
@@ -589,9 +589,18 @@ class _Decoder:
         import llama_cpp
 
         with self.cond:
-            self.running[seq.req.model.id].remove(seq)
-            llama_cpp.llama_memory_seq_rm(loaded.ctx.memory, seq.seq_id, -1, -1)
-            loaded.free_ids.append(seq.seq_id)
+            running = self.running[seq.req.model.id]
+            running.remove(seq)
+            memory = loaded.ctx.memory
+            llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+            last = max(running, key=lambda s: s.seq_id, default=None)
+            if last is not None and last.seq_id > seq.seq_id:
+                # Keep the ids 0..k-1 without a gap: llama.cpp decodes sequences of consecutive
+                # ids in one pass, and splits the batch where they jump. So the last sequence
+                # moves into the freed stream (its KV copied whole at the next decode).
+                llama_cpp.llama_memory_seq_cp(memory, last.seq_id, seq.seq_id, -1, -1)
+                llama_cpp.llama_memory_seq_rm(memory, last.seq_id, -1, -1)
+                last.seq_id = seq.seq_id
             seq.sampler.close()
             self._report(seq, error)
 

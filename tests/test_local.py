@@ -8,6 +8,7 @@ import hashlib
 import importlib
 import json
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -242,23 +243,49 @@ def test_batched_and_sequential_greedy_give_the_same_tokens(lt):
     assert len({_text(a) for a in alone}) == 3  # three different answers were compared
 
 
+def _together(requests: list[tuple[list, dict]]) -> list[tuple[str, local.GenStats]]:
+    """Start the calls in this order (so they get KV streams 0, 1, 2...), then wait for all."""
+    inboxes = []
+    for messages, params in requests:
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        local._start(local.prepare(SMOL, messages, params), inbox.put)
+        inboxes.append(inbox)
+    results = []
+    for inbox in inboxes:
+        parts, stats = [], None
+        while stats is None:
+            kind, value = inbox.get(timeout=120)
+            assert kind != "error", value
+            if kind == "text":
+                parts.append(value)
+            else:
+                stats = value
+        results.append(("".join(parts), stats))
+    return results
+
+
 def test_each_sequence_keeps_its_own_settings_in_the_batch(lt):
-    """A seeded sample, a greedy one and a short one decode together; each acts as if alone."""
-    seeded = {"model": SMOL, "messages": EXPLAIN, "temperature": 1.0, "seed": 7, "max_tokens": 30}
-    greedy = {"model": SMOL, "messages": EXPLAIN, "temperature": 0, "max_tokens": 30}
-    short = {"model": SMOL, "messages": QUESTION, "temperature": 0.7, "max_tokens": 3}
-    alone = [lt.completion(**seeded), lt.completion(**greedy)]
-    before = len(local.recent_stats)
-    together = asyncio.run(_gather(lt, [seeded, greedy, short]))
-    runs = sorted(list(local.recent_stats)[before:], key=lambda r: r.ended_at)
-    assert len(runs) == 3 and _overlapping(runs)
-    assert _text(together[0]) == _text(alone[0])  # same seed, same sample, batch or not
-    assert _text(together[1]) == _text(alone[1])
-    assert together[2].usage.completion_tokens == 3
-    assert together[2].choices[0].finish_reason == "length"
-    # The short one left the batch when it was done, before the long ones.
-    assert runs[0].completion_tokens == 3 and runs[0].finish_reason == "length"
-    assert together[0].usage.completion_tokens == alone[0].usage.completion_tokens > 3
+    """A short, a seeded and a greedy call decode together; each acts as if it were alone.
+
+    The short one holds KV stream 0 and ends first, so the greedy one (stream 2) moves into
+    stream 0 mid-answer: its tokens must not change.
+    """
+    short = (QUESTION, {"temperature": 0.7, "max_tokens": 3})
+    seeded = (EXPLAIN, {"temperature": 1.0, "seed": 7, "max_tokens": 30})
+    greedy = (
+        [{"role": "system", "content": PERSONAS[1]}, *EXPLAIN],
+        {"temperature": 0, "max_tokens": 30},
+    )
+    alone = [_together([call])[0] for call in (seeded, greedy)]
+    together = _together([short, seeded, greedy])
+    assert _overlapping([stats for _, stats in together])
+    (_, short_stats), (seeded_text, seeded_stats), (greedy_text, greedy_stats) = together
+    assert short_stats.completion_tokens == 3 and short_stats.finish_reason == "length"
+    assert short_stats.ended_at < min(seeded_stats.ended_at, greedy_stats.ended_at)
+    assert seeded_text == alone[0][0]  # same seed, same sample, batch or not
+    assert seeded_stats.completion_tokens == alone[0][1].completion_tokens > 3
+    assert greedy_text == alone[1][0]
+    assert greedy_stats.completion_tokens == alone[1][1].completion_tokens > 3
 
 
 def test_closing_one_stream_leaves_the_others_in_the_batch(lt):
