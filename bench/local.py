@@ -8,7 +8,7 @@
 3. Whole `local-quick` and `local-demo` runs through `moa.engine`, with the moment each card's
    first token arrived.
 
-    .venv/bin/python bench/local.py [--write] [--rounds N] [--ab-rounds N]
+    .venv/bin/python bench/local.py [--write] [--rounds N] [--ab-rounds N] [--ab-only]
 """
 
 from __future__ import annotations
@@ -190,6 +190,7 @@ def _stage(record) -> tuple[float, int]:
 def batched_vs_sequential(rounds: int) -> list[str]:
     """The local-quick proposer stage, batched (default limits) vs one call at a time."""
     from moa import config, engine
+    from moa import events as ev
 
     cfg = config.load_preset("local-quick")
     for spec in cfg.models():
@@ -200,6 +201,7 @@ def batched_vs_sequential(rounds: int) -> list[str]:
     }
     engine.run_sync(cfg, RUN_PROMPT, limits=modes["batched"])  # warm-up
     stage: dict[str, list[float]] = {m: [] for m in modes}
+    cpu_per_token: dict[str, list[float]] = {m: [] for m in modes}
     per_token: dict[str, list[float]] = {m: [] for m in modes}
     last_first: dict[str, list[float]] = {m: [] for m in modes}
     tokens: dict[str, list[int]] = {m: [] for m in modes}
@@ -208,7 +210,13 @@ def batched_vs_sequential(rounds: int) -> list[str]:
         order = list(modes) if i % 2 == 0 else list(reversed(modes))
         seconds = {}
         for mode in order:
-            record = engine.run_sync(cfg, RUN_PROMPT, limits=modes[mode])
+            cpu: list[float] = []  # process CPU time at the run's start and at layer 1's end
+
+            def clock(event, cpu=cpu) -> None:
+                if isinstance(event, ev.RunStarted | ev.LayerFinished):
+                    cpu.append(time.process_time())
+
+            record = engine.run_sync(cfg, RUN_PROMPT, limits=modes[mode], on_event=clock)
             if record.status != "ok":
                 print(f"warning: {mode} run {record.status}: {record.error}", file=sys.stderr)
             wall, n = _stage(record)
@@ -216,6 +224,7 @@ def batched_vs_sequential(rounds: int) -> list[str]:
             stage[mode].append(wall)
             tokens[mode].append(n)
             per_token[mode].append(wall / max(n, 1))
+            cpu_per_token[mode].append((cpu[1] - cpu[0]) / max(n, 1))
             last_first[mode].append(max(_first_tokens(record), default=float("nan")))
         ratios.append(seconds["batched"] / seconds["sequential"])
         print(
@@ -225,11 +234,12 @@ def batched_vs_sequential(rounds: int) -> list[str]:
     med = statistics.median
     ratio = med(stage["batched"]) / med(stage["sequential"])
     token_ratio = med(per_token["batched"]) / med(per_token["sequential"])
+    cpu_ratio = med(cpu_per_token["batched"]) / med(cpu_per_token["sequential"])
     print(f"local-quick proposer stage: batched/sequential = {ratio:.3f} (target <= 0.5)")
     rows = [
         f"| {mode} | {med(stage[mode]):.2f} ({min(stage[mode]):.2f}-{max(stage[mode]):.2f}) "
         f"| {med(tokens[mode]):.0f} | {1000 * med(per_token[mode]):.1f} "
-        f"| {med(last_first[mode]):.2f} |"
+        f"| {1000 * med(cpu_per_token[mode]):.1f} | {med(last_first[mode]):.2f} |"
         for mode in modes
     ]
     return [
@@ -239,14 +249,21 @@ def batched_vs_sequential(rounds: int) -> list[str]:
         f"limit 1, as before); {rounds} rounds in alternating order, one process, models "
         "loaded first. Stage = first proposer call's start to the last one's end.",
         "",
-        "| mode | proposer stage (s) | tokens out | ms per token | last card's first token (s) |",
-        "|---|---|---|---|---|",
+        "| mode | proposer stage (s) | tokens out | ms per token | CPU ms per token "
+        "| last card's first token (s) |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
         f"Batched / sequential, median stage time: **{ratio:.3f}** (per round: "
         f"{', '.join(f'{r:.2f}' for r in ratios)}; target <= 0.5); per output token: "
-        f"**{token_ratio:.3f}** (the samples are random, so their lengths vary a little).",
+        f"**{token_ratio:.3f}** (the samples are random, so their lengths vary a little); "
+        f"process CPU time per output token: **{cpu_ratio:.3f}** (what other processes on the "
+        f"machine disturb least). Load average during the A/B: {_load()}.",
     ]
+
+
+def _load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1/5/15 min, 2 cores)"
 
 
 def whole_run(preset: str) -> str | None:
@@ -293,8 +310,13 @@ def main() -> None:
     except local.LocalModelError as e:
         print(f"skipping Qwen 0.5B: {e.message}", file=sys.stderr)
 
-    lines = [*batched_vs_sequential(ab_rounds), ""]
-    lines += [
+    ab = batched_vs_sequential(ab_rounds)
+    print("\n".join(ab))
+    if "--write" in sys.argv:
+        write_section("Local batching (bench/local.py)", "\n".join(ab))
+    if "--ab-only" in sys.argv:
+        return
+    lines = [
         f"Streaming through litellm (`local/...` provider) vs `Llama.create_chat_completion` on "
         f"the same loaded model: temperature 0, seed {SEED}, max_tokens {MAX_TOKENS}, KV cache "
         f"reset before each call, both generating on a worker thread; {rounds} rounds of one "

@@ -226,8 +226,8 @@ def unload(model_id: str | None = None) -> None:
     with _load_lock:
         ids = [resolve(model_id).id] if model_id else list(_loaded)
         for mid in ids:
-            _decoder.wait_idle(mid)
-            with _decoder.cond:  # a call admitted after this sees the model gone
+            with _decoder.cond:  # idle, and gone before the decoder can admit another call
+                _decoder.cond.wait_for(lambda mid=mid: not _decoder.busy(mid))
                 loaded = _loaded.pop(mid, None)
             if loaded is not None:
                 with _gen_lock:
@@ -502,7 +502,7 @@ class _Decoder:
                 self.thread.start()
             self.cond.notify_all()
 
-    def _busy(self, model_id: str | None) -> bool:
+    def busy(self, model_id: str | None) -> bool:
         if model_id is None:
             return bool(self.waiting) or any(self.running.values())
         return bool(self.running.get(model_id)) or any(
@@ -512,7 +512,7 @@ class _Decoder:
     def wait_idle(self, model_id: str | None = None, timeout: float | None = None) -> bool:
         """Wait until no call (of `model_id`, or at all) is queued or running."""
         with self.cond:
-            return self.cond.wait_for(lambda: not self._busy(model_id), timeout)
+            return self.cond.wait_for(lambda: not self.busy(model_id), timeout)
 
     def cancel_all(self) -> None:
         with self.cond:
@@ -555,8 +555,12 @@ class _Decoder:
             else:
                 # Running sequences hold the ids 0..k-1 (see _end): the next one is k.
                 seq.seq_id = len(self.running.get(req.model.id, ()))
-                llama_cpp.llama_memory_seq_rm(loaded.ctx.memory, seq.seq_id, -1, -1)
-                seq.sampler = _sampler(req, loaded)
+                try:
+                    llama_cpp.llama_memory_seq_rm(loaded.ctx.memory, seq.seq_id, -1, -1)
+                    seq.sampler = _sampler(req, loaded)
+                except Exception as e:  # the call fails, the decoder goes on
+                    self._report(seq, LocalModelError(f"{req.model.id}: {e}"))
+                    continue
                 seq.started_at = time.perf_counter()
                 self.running.setdefault(req.model.id, []).append(seq)
         self.waiting = still
