@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from moa import llm, prompts
-from moa.config import ConfigError, ModelSpec, RunConfig
+from moa.config import ConfigError, ModelSpec, RunConfig, concurrency_for, endpoint_key
 from moa.events import (
     CallFailed,
     CallFinished,
@@ -388,6 +388,9 @@ class _Runner:
         return prompts.layer_messages(self.prompt, previous, system)
 
     def _semaphore(self, spec: ModelSpec) -> asyncio.Semaphore | _ProcessSlot:
+        limit = concurrency_for(self.config, spec)  # the config's [concurrency] table first
+        if limit is not None:
+            return _ProcessSlot.for_provider(*limit)
         provider = spec.provider or spec.model
         if provider in self.limits.per_provider:
             # Shared by every run in this process (other threads, other event loops): two
@@ -407,9 +410,10 @@ class _Runner:
             start = time.monotonic()
             call.start_s = round(start - self.t0, 4)
             self.emit(CallStarted(run_id, call))
+            flight = _Flight.enter(spec)
             try:
                 async with asyncio.timeout(timeout):
-                    await self._stream_with_retries(call, spec, messages, timeout, start)
+                    ended = await self._stream_with_retries(call, spec, messages, timeout, start)
             except TimeoutError:
                 call.status = "timeout"
                 call.error = f"no complete answer within {timeout:g} s (timeout_s)"
@@ -421,10 +425,14 @@ class _Runner:
             except Exception as e:  # the provider's own message, keys redacted
                 call.status, call.error = "failed", llm.classify(e).message
             else:
-                if call.text.strip():
+                if ended is not None and ended.finish_reason is None and flight.overlapped:
+                    call.status, call.error = "failed", _cut_off_message(spec, call)
+                elif call.text.strip():
                     call.status = "ok"
                 else:
                     call.status, call.error = "failed", "the model returned an empty answer"
+            finally:
+                flight.leave()
             self._finish(call, start, messages)
             self.emit(
                 CallFinished(run_id, call) if call.status == "ok" else CallFailed(run_id, call)
@@ -437,21 +445,24 @@ class _Runner:
         messages: list[dict[str, str]],
         timeout: float,
         start: float,
-    ) -> None:
+    ) -> llm.Chunk | None:
+        """The stream's closing chunk (its finish_reason), or None if the cap cut it short."""
         while True:
             call.attempts += 1
             try:
                 # aclosing: leaving the loop early (the cap) closes the stream at once.
                 async with contextlib.aclosing(llm.astream(spec, messages, timeout)) as stream:
                     async for chunk in stream:
+                        if chunk.end:
+                            return chunk
                         if chunk.text:
                             if call.ttft_s is None:
                                 call.ttft_s = round(time.monotonic() - start, 4)
                             if self._append(call, chunk.text):
-                                return  # cut at MAX_ANSWER_CHARS: read no further
+                                return None  # cut at MAX_ANSWER_CHARS: read no further
                         if chunk.tokens_out is not None:
                             call.tokens_in, call.tokens_out = chunk.tokens_in, chunk.tokens_out
-                return
+                return None
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -513,6 +524,50 @@ class _ProcessSlot:
 
     async def __aexit__(self, *exc: object) -> None:
         self._sem.release()
+
+
+class _Flight:
+    """A call in flight to an api_base, process-wide: did another call to it overlap this one?
+
+    A server that serves one request at a time (llama-cpp-python's) ends the stream in progress
+    when a second request arrives, without a finish_reason; the overlap is how we can tell.
+    """
+
+    _open: dict[str, set[_Flight]] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key
+        self.overlapped = False
+
+    @classmethod
+    def enter(cls, spec: ModelSpec) -> _Flight:
+        flight = cls(endpoint_key(spec.api_base) if spec.api_base else None)
+        if flight.key is not None:
+            with cls._guard:
+                others = cls._open.setdefault(flight.key, set())
+                for other in others:
+                    other.overlapped = True
+                flight.overlapped = bool(others)
+                others.add(flight)
+        return flight
+
+    def leave(self) -> None:
+        if self.key is not None:
+            with self._guard:
+                self._open.get(self.key, set()).discard(self)
+
+
+def _cut_off_message(spec: ModelSpec, call: CallRecord) -> str:
+    base = endpoint_key(spec.api_base or "")
+    got = f"after {len(call.text):,} characters" if call.text else "before any text"
+    return (
+        f"the stream from {base} ended {got} without a finish_reason, while another call to the "
+        "same server was in flight: the server probably serves one request at a time and cut "
+        "this one off (llama-cpp-python's server does). Let its calls take turns: add "
+        f'`[concurrency]` with `"{base}" = 1` to the config, or set "Calls at once" for this '
+        "server in the sidebar"
+    )
 
 
 def _join(*parts: str | None) -> str | None:

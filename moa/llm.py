@@ -340,6 +340,10 @@ class Chunk:
     text: str = ""
     tokens_in: int | None = None
     tokens_out: int | None = None
+    # The last chunk of a stream that ended normally: `end` is True and `finish_reason` is what
+    # the server sent (None if it sent none; litellm would report a made-up "stop").
+    end: bool = False
+    finish_reason: str | None = None
 
 
 def call_kwargs(spec: ModelSpec, messages: list[dict[str, str]], timeout_s: float) -> dict:
@@ -392,3 +396,9 @@ async def astream(
             out.tokens_out = getattr(usage, "completion_tokens", None)
         if out.text or out.tokens_out is not None:
             yield out
+    # litellm fills in "stop" when a server ended its stream without a finish_reason; what the
+    # server really sent is kept on the stream wrapper.
+    sent = getattr(response, "received_finish_reason", None) or getattr(
+        response, "intermittent_finish_reason", None
+    )
+    yield Chunk(end=True, finish_reason=sent if isinstance(sent, str) else None)

@@ -197,3 +197,12 @@ def m005_fallback_aggregator_index(db: sqlite_utils.Database) -> None:
     # (aggregator calls with idx > 0), which the denormalised runs.aggregator column does not
     # name: this index makes that lookup a range scan instead of a pass over every call.
     db["calls"].create_index(["model", "role", "idx"])
+
+
+@migration
+def m007_run_process_start(db: sqlite_utils.Database) -> None:
+    # When the process that owns a `running` run or evaluation started (clock ticks since boot,
+    # from /proc/<pid>/stat): a live process holding the same pid later is told apart by it.
+    for table in ("runs", "evals"):
+        if db[table].exists() and "pid_start" not in db[table].columns_dict:
+            db[table].add_column("pid_start", int)

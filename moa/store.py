@@ -167,8 +167,8 @@ class Store:
         with self._write() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO runs (id, created_at, name, prompt, system_prompt, status, "
-                "layers, n_proposers, proposers, aggregator, config_json, pid, parent_run_id) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "layers, n_proposers, proposers, aggregator, config_json, pid, parent_run_id, "
+                "pid_start) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.run_id,
                     record.created_at,
@@ -183,6 +183,7 @@ class Store:
                     json.dumps(config_mod.to_dict(record.config)),
                     record.pid,
                     record.parent_run_id,
+                    record.pid_start,
                 ),
             )
             for call in record.calls:
@@ -274,13 +275,16 @@ class Store:
 
     def recover_interrupted(self) -> int:
         """Runs left `running` by a process that is gone become `interrupted`, keeping their calls."""
-        rows = self.db.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
+        rows = self.db.execute(
+            "SELECT id, pid, pid_start FROM runs WHERE status = 'running'"
+        ).fetchall()
         # Our own pid on a run we are not writing is an earlier process that had the same pid
-        # (a container restarted: the app is pid 1 again), so it is dead too.
+        # (a container restarted: the app is pid 1 again), so it is dead too. Another live
+        # process on the run's pid is someone else if it started at another time.
         dead = [
             rid
-            for rid, pid in rows
-            if rid not in _ACTIVE_RUNS and (pid == os.getpid() or not pid_alive(pid))
+            for rid, pid, started in rows
+            if rid not in _ACTIVE_RUNS and (pid == os.getpid() or not pid_alive(pid, started))
         ]
         if not dead:
             return 0
@@ -320,6 +324,7 @@ class Store:
             ended_at=r["ended_at"],
             wall_s=r["wall_s"],
             pid=r["pid"],
+            pid_start=r.get("pid_start"),
             parent_run_id=r["parent_run_id"],
         )
         for c in self.db.query(
