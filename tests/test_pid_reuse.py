@@ -9,11 +9,11 @@ import sys
 import pytest
 import sqlite_utils
 
+from moa import store as store_mod
 from moa.config import ModelSpec, RunConfig
 from moa.evalstore import EvalStore
 from moa.migrations import migrate
 from moa.records import RunRecord, pid_alive, process_start
-from moa import store as store_mod
 from moa.store import Store
 
 pytestmark = pytest.mark.skipif(
