@@ -103,12 +103,12 @@ def estimate_cost(
     With `reuse` (re-aggregation) only the aggregator is called, on the stored candidates.
     """
     usd, unknown = 0.0, []
-    base_in = llm.count_tokens(
+    base_in = _LazyTokens(
         config.aggregator.model, prompts.proposer_messages(prompt, system_prompt)
     )
     if single:
         spec = config.proposers[0]
-        cost = llm.cost_usd(spec.model, base_in, spec.max_tokens)
+        cost = _cost(spec.model, base_in, spec.max_tokens)
         return Estimate(usd=cost or 0.0, unknown_models=[] if cost is not None else [spec.model])
     prev_out = 0  # tokens of the previous layer's answers, which later calls read
     if reuse is not None:
@@ -116,7 +116,7 @@ def estimate_cost(
         prev_out = llm.count_tokens(config.aggregator.model, text="\n".join(texts))
     for _layer in range(0 if reuse is not None else config.layers):
         for spec in config.proposers:
-            cost = llm.cost_usd(spec.model, base_in + prev_out + 200, spec.max_tokens)
+            cost = _cost(spec.model, base_in, spec.max_tokens, prev_out + 200)
             if cost is None:
                 unknown.append(spec.model)
             else:
@@ -124,12 +124,34 @@ def estimate_cost(
         prev_out = sum(p.max_tokens for p in config.proposers)
     # The fallback aggregator runs only if the aggregator fails, but an upper bound counts it.
     for agg in filter(None, (config.aggregator, config.fallback_aggregator)):
-        cost = llm.cost_usd(agg.model, base_in + prev_out + 400, agg.max_tokens)
+        cost = _cost(agg.model, base_in, agg.max_tokens, prev_out + 400)
         if cost is None:
             unknown.append(agg.model)
         else:
             usd += cost
     return Estimate(usd=usd, unknown_models=unknown)
+
+
+class _LazyTokens:
+    """The prompt's token count, counted only if a priced model needs it: loading a tokenizer
+    costs ~0.4 s the first time in a process, before the first request could leave."""
+
+    def __init__(self, model: str, messages: list[dict[str, str]]) -> None:
+        self.model, self.messages, self.n = model, messages, None
+
+    def __int__(self) -> int:
+        if self.n is None:
+            self.n = llm.count_tokens(self.model, self.messages)
+        return self.n
+
+
+def _cost(model: str, prompt: _LazyTokens, tokens_out: int, extra_in: int = 0) -> float | None:
+    """The upper-bound cost of one call; None when the model's price is unknown."""
+    if model.startswith("local/"):
+        return 0.0
+    if not llm.has_price(model):
+        return None
+    return llm.cost_usd(model, int(prompt) + extra_in, tokens_out)
 
 
 def check(
@@ -276,7 +298,8 @@ class _Runner:
         try:
             if self.cancel.requested:
                 raise asyncio.CancelledError
-            await self._layers_then_synthesis()
+            async with self._http_clients():
+                await self._layers_then_synthesis()
         except asyncio.CancelledError:
             record.status, record.error = "cancelled", "cancelled by the user"
             for call in record.calls:
@@ -286,6 +309,15 @@ class _Runner:
         record.ended_at = utc_now()
         self.emit(RunFinished(record))
         return record
+
+    def _http_clients(self) -> contextlib.AbstractAsyncContextManager:
+        """One HTTP client for the run's calls to OpenAI-compatible servers: layer 2 reuses
+        layer 1's connections."""
+        if not any(llm.speaks_openai(s) for s in self.specs.values()):
+            return contextlib.nullcontext()
+        from moa import openai_stream
+
+        return openai_stream.client_scope()
 
     def _plan_calls(self) -> None:
         """Every call of the run exists from the start, so a UI can show it as waiting."""
