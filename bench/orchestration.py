@@ -100,9 +100,7 @@ class _ServerProcess:
 
 def _server_config(base_url: str) -> RunConfig:
     return RunConfig(
-        proposers=[
-            ModelSpec(model=f"openai/p{i}", api_base=base_url) for i in range(PROPOSERS)
-        ],
+        proposers=[ModelSpec(model=f"openai/p{i}", api_base=base_url) for i in range(PROPOSERS)],
         aggregator=ModelSpec(model="openai/agg", api_base=base_url),
         layers=LAYERS,
         name="server-side",

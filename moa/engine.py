@@ -103,9 +103,7 @@ def estimate_cost(
     With `reuse` (re-aggregation) only the aggregator is called, on the stored candidates.
     """
     usd, unknown = 0.0, []
-    base_in = _LazyTokens(
-        config.aggregator.model, prompts.proposer_messages(prompt, system_prompt)
-    )
+    base_in = _LazyTokens(config.aggregator.model, prompts.proposer_messages(prompt, system_prompt))
     if single:
         spec = config.proposers[0]
         cost = _cost(spec.model, base_in, spec.max_tokens)
