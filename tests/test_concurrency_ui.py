@@ -8,8 +8,13 @@ from moa import config as config_mod
 from moa.store import Store
 from moa.ui import concurrency as concurrency_ui
 from moa.ui import state as K
+from tests import test_app
 from tests.conftest import make_config
-from tests.test_app import app, loopback, presets, run  # noqa: F401 - fixtures
+from tests.test_app import app, run
+
+# The Run page tests' fixtures: a presets folder, and a preset of models on the loopback server.
+presets = test_app.presets
+loopback = test_app.loopback
 
 
 def test_a_presets_limit_fills_the_servers_input_and_a_run_uses_it(fake, presets, db_path):
