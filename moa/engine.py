@@ -583,28 +583,40 @@ class _Runner:
 
 
 class _ProcessSlot:
-    """A per-provider limit shared across threads and event loops (asyncio locks are not)."""
+    """A per-provider (or per-api_base) limit shared across threads and event loops (asyncio
+    locks are not). One slot per name: runs that give the same server different limits share
+    it, and the limit is the one the latest of them asked for."""
 
-    _all: dict[tuple[str, int], _ProcessSlot] = {}
+    _all: dict[str, _ProcessSlot] = {}
     _guard = threading.Lock()
 
     def __init__(self, n: int) -> None:
-        self._sem = threading.BoundedSemaphore(n)
+        self.limit, self.active = n, 0
 
     @classmethod
     def for_provider(cls, provider: str, n: int) -> _ProcessSlot:
         with cls._guard:
-            return cls._all.setdefault((provider, n), cls(n))
+            slot = cls._all.setdefault(provider, cls(n))
+            slot.limit = n
+            return slot
+
+    def _try_acquire(self) -> bool:
+        with self._guard:
+            if self.active < self.limit:
+                self.active += 1
+                return True
+            return False
 
     async def __aenter__(self) -> None:
         # Polling keeps the wait cancellable (a thread blocked in acquire() could not be).
-        delay = 0.005
-        while not self._sem.acquire(blocking=False):
+        delay = 0.002
+        while not self._try_acquire():
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.02)
 
     async def __aexit__(self, *exc: object) -> None:
-        self._sem.release()
+        with self._guard:
+            self.active -= 1
 
 
 class _Flight:

@@ -135,3 +135,23 @@ def test_a_lone_empty_answer_keeps_its_own_message(fake):
     record = engine.run_sync(cfg, "hello")
     (a,) = record.proposer_calls
     assert a.status == "failed" and a.error == "the model returned an empty answer"
+
+
+def test_two_spellings_of_one_server_share_one_slot_and_beat_the_provider_entry(fake):
+    """Two runs name the same server, one with a trailing slash and a looser `openai` entry:
+    one queue for the server across both runs."""
+    _one_at_a_time(fake, "a", "b", "agg")
+    base = make_config(fake, ["a", "b"])
+    one = c.validate(replace(base, concurrency={fake.base_url: 1}))
+    also_one = c.validate(replace(base, concurrency={fake.base_url + "/": 1, "openai": 5}))
+    records = []
+    threads = [
+        threading.Thread(target=lambda cfg=cfg: records.append(engine.run_sync(cfg, "Hi")))
+        for cfg in (one, also_one)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [r.status for r in records] == ["ok", "ok"]
+    assert fake.max_active == 1
