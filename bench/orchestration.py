@@ -195,13 +195,15 @@ def server_side_lines() -> list[str]:
         return statistics.median(r[i] for r in rows)
 
     ideal = (LAYERS + 1) * SERVER_CALL_S
+    load = os.getloadavg()[0]
     return [
         f"{PROPOSERS} proposers x {LAYERS} layers + aggregator, every call answering after "
         f"{SERVER_CALL_S:g} s, against the loopback server in its own process. Timed at the "
         f"server: first request's arrival to the aggregator's last byte, over the ideal "
         f"{ideal:g} s. Median of {SERVER_REPEATS} warm runs each, the two paths interleaved in "
         f"one process; CLI: median of {CLI_REPEATS} fresh `moa run` processes each, timed from "
-        "the run's start after imports, with an existing log.",
+        "the run's start after imports, with an existing log. 1-minute load average at the end: "
+        f"{load:.1f} on 2 cores (other jobs were running).",
         "",
         "| stream path | server-side ratio (warm) | worst gap between layers (s) | fresh CLI: "
         "run start → first request (s) | fresh CLI: server-side ratio | target |",
