@@ -51,9 +51,10 @@ def litellm() -> Any:
                 lt.suppress_debug_info = True
                 lt.drop_params = True  # a provider that lacks a param ignores it instead of failing
                 lt.telemetry = False
-                from moa import local
+                from moa import local, openai_stream
 
                 local.register(lt)
+                openai_stream.warm_up()
                 _litellm = lt
     return _litellm
 
@@ -313,12 +314,18 @@ def classify(exc: Exception) -> ErrorInfo:
         )
     code = getattr(exc, "status_code", None)
     name = type(exc).__name__
-    message = str(getattr(exc, "message", "") or exc) or name
+    message = str(getattr(exc, "message", "") or exc)
+    if not message:  # httpx's ReadError says nothing itself; its cause does (the reset)
+        message = next((str(e) for e in _causes(exc) if str(e)), "") or name
     # litellm prefixes messages with its own class names; keep the provider's words.
     message = re.sub(r"^(litellm\.)?\w+(Error|Exception):\s*", "", message)
     message = re.sub(r"^(litellm\.)?\w+(Error|Exception):\s*", "", message)
     retryable = code in (408, 409, 429) or (isinstance(code, int) and code >= 500)
     retryable = retryable or name in ("APIConnectionError", "InternalServerError", "Timeout")
+    # httpx's own (OpenAI-compatible servers are streamed without litellm): a dropped or
+    # refused connection, or no answer in time.
+    retryable = retryable or name in ("ConnectError", "ReadError", "RemoteProtocolError")
+    retryable = retryable or name in ("ConnectTimeout", "ReadTimeout", "WriteError")
     if name == "APIConnectionError" and "Connection refused" in message:
         retryable = True
     message = message.strip() or name
@@ -340,6 +347,10 @@ class Chunk:
     text: str = ""
     tokens_in: int | None = None
     tokens_out: int | None = None
+    # The last chunk of a stream that ended normally: `end` is True and `finish_reason` is what
+    # the server sent (None if it sent none; litellm would report a made-up "stop").
+    end: bool = False
+    finish_reason: str | None = None
 
 
 def call_kwargs(spec: ModelSpec, messages: list[dict[str, str]], timeout_s: float) -> dict:
@@ -366,10 +377,19 @@ def call_kwargs(spec: ModelSpec, messages: list[dict[str, str]], timeout_s: floa
     return kwargs
 
 
+def speaks_openai(spec: ModelSpec) -> bool:
+    """An `openai/...` model on an api_base: an OpenAI-compatible server we stream directly."""
+    return bool(spec.api_base) and spec.model.startswith("openai/")
+
+
 async def astream(
     spec: ModelSpec, messages: list[dict[str, str]], timeout_s: float
 ) -> AsyncIterator[Chunk]:
     """Stream one chat completion: text deltas, then usage if the provider reports it."""
+    if speaks_openai(spec):
+        async for chunk in _astream_openai(spec, messages, timeout_s):
+            yield chunk
+        return
     lt = litellm()
     try:
         response = await lt.acompletion(
@@ -392,3 +412,46 @@ async def astream(
             out.tokens_out = getattr(usage, "completion_tokens", None)
         if out.text or out.tokens_out is not None:
             yield out
+    # litellm fills in "stop" when a server ended its stream without a finish_reason; what the
+    # server really sent is kept on the stream wrapper.
+    sent = getattr(response, "received_finish_reason", None) or getattr(
+        response, "intermittent_finish_reason", None
+    )
+    yield Chunk(end=True, finish_reason=sent if isinstance(sent, str) else None)
+
+
+async def _astream_openai(
+    spec: ModelSpec, messages: list[dict[str, str]], timeout_s: float
+) -> AsyncIterator[Chunk]:
+    from moa import openai_stream
+
+    kwargs = call_kwargs(spec, messages, timeout_s)
+    body = {
+        "model": spec.model.split("/", 1)[1],
+        "messages": messages,
+        "temperature": spec.temperature,
+        "max_tokens": spec.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    finish: str | None = None
+    try:
+        async for event in openai_stream.stream(
+            spec.api_base or "", kwargs["api_key"], body, timeout_s
+        ):
+            out = Chunk()
+            choices = event.get("choices") or []
+            if choices and isinstance(choices[0], dict):
+                delta = choices[0].get("delta") or {}
+                out.text = (delta.get("content") or "") if isinstance(delta, dict) else ""
+                finish = choices[0].get("finish_reason") or finish
+            usage = event.get("usage")
+            if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+                out.tokens_in = usage.get("prompt_tokens")
+                out.tokens_out = usage.get("completion_tokens")
+            if out.text or out.tokens_out is not None:
+                yield out
+    except Exception as e:
+        e.moa_api_base = spec.api_base  # type: ignore[attr-defined]  # for classify's message
+        raise
+    yield Chunk(end=True, finish_reason=finish if isinstance(finish, str) else None)
