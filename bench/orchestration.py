@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.results import write_section  # noqa: E402
 from moa import config as config_mod  # noqa: E402
-from moa import engine, llm  # noqa: E402
+from moa import engine  # noqa: E402
 from moa.config import ModelSpec, RunConfig  # noqa: E402
 from tests.conftest import make_config  # noqa: E402
 from tests.fakeserver import FakeServer  # noqa: E402
@@ -121,14 +121,8 @@ def server_ratio(log: list[dict]) -> tuple[float, float]:
     return (agg["t_end"] - first) / ideal, max(gaps)
 
 
-def measure_at_server(server: _ServerProcess, via_litellm: bool) -> tuple[float, float]:
-    original = llm.speaks_openai
-    if via_litellm:  # the same calls through litellm's stream (the path before this change)
-        llm.speaks_openai = lambda spec: False
-    try:
-        record = engine.run_sync(_server_config(server.base_url), "Explain the tides.")
-    finally:
-        llm.speaks_openai = original
+def measure_at_server(server: _ServerProcess) -> tuple[float, float]:
+    record = engine.run_sync(_server_config(server.base_url), "Explain the tides.")
     assert record.status == "ok", record.error
     return server_ratio(server.log())
 
@@ -138,15 +132,13 @@ import sys, time
 sys.path.insert(0, sys.argv[1])
 from moa import cli, engine, llm, store
 llm.litellm()  # imports done (litellm's ~3-5 s is import time, not run time)
-if sys.argv[4] == "litellm":
-    llm.speaks_openai = lambda spec: False
 print("T0", time.monotonic(), file=sys.stderr, flush=True)
 sys.exit(cli.main(["run", "Explain the tides.", "--config", sys.argv[2], "--db", sys.argv[3],
                    "--json"]))
 """
 
 
-def measure_cli(server: _ServerProcess, via_litellm: bool, tmp: str) -> tuple[float, float]:
+def measure_cli(server: _ServerProcess, tmp: str) -> tuple[float, float]:
     """A fresh `python -m moa run` process: (run start → first request) s, server-side ratio.
 
     Its log (`tmp`/moa.db) already exists, as it does after a user's first run."""
@@ -160,7 +152,6 @@ def measure_cli(server: _ServerProcess, via_litellm: bool, tmp: str) -> tuple[fl
             str(ROOT),
             str(path),
             str(Path(tmp) / "moa.db"),
-            "litellm" if via_litellm else "direct",
         ],
         capture_output=True,
         text=True,
@@ -176,18 +167,11 @@ def measure_cli(server: _ServerProcess, via_litellm: bool, tmp: str) -> tuple[fl
 def server_side_lines() -> list[str]:
     server = _ServerProcess()
     try:
-        measure_at_server(server, False)  # warm-up: first-call setup of both paths
-        measure_at_server(server, True)
-        direct, through = [], []
-        for _ in range(SERVER_REPEATS):  # interleaved: machine noise hits both alike
-            direct.append(measure_at_server(server, False))
-            through.append(measure_at_server(server, True))
-        cli_direct, cli_through = [], []
+        measure_at_server(server)  # warm-up: litellm's first-call setup
+        warm = [measure_at_server(server) for _ in range(SERVER_REPEATS)]
         with tempfile.TemporaryDirectory() as tmp:
-            measure_cli(server, False, tmp)  # creates the log (its migrations run once)
-            for _ in range(CLI_REPEATS):
-                cli_direct.append(measure_cli(server, False, tmp))
-                cli_through.append(measure_cli(server, True, tmp))
+            measure_cli(server, tmp)  # creates the log (its migrations run once)
+            cli = [measure_cli(server, tmp) for _ in range(CLI_REPEATS)]
     finally:
         server.stop()
 
@@ -200,30 +184,24 @@ def server_side_lines() -> list[str]:
         f"{PROPOSERS} proposers x {LAYERS} layers + aggregator, every call answering after "
         f"{SERVER_CALL_S:g} s, against the loopback server in its own process. Timed at the "
         f"server: first request's arrival to the aggregator's last byte, over the ideal "
-        f"{ideal:g} s. Median of {SERVER_REPEATS} warm runs each, the two paths interleaved in "
-        f"one process; CLI: median of {CLI_REPEATS} fresh `moa run` processes each, timed from "
-        "the run's start after imports, with an existing log. 1-minute load average at the end: "
-        f"{load:.1f} on 2 cores (other jobs were running).",
+        f"{ideal:g} s. Median of {SERVER_REPEATS} warm runs; CLI: median of {CLI_REPEATS} fresh "
+        "`moa run` processes, timed from the run's start after imports, with an existing log. "
+        f"1-minute load average at the end: {load:.1f} on 2 cores.",
         "",
-        "| stream path | server-side ratio (warm) | worst gap between layers (s) | fresh CLI: "
-        "run start → first request (s) | fresh CLI: server-side ratio | target |",
-        "|---|---|---|---|---|---|",
-        f"| direct (httpx, ours) | **{med(direct, 0):.3f}** | {med(direct, 1):.3f} | "
-        f"**{med(cli_direct, 0):.3f}** | {med(cli_direct, 1):.3f} | <= 1.05; <= 0.3 s |",
-        f"| through litellm's stream | {med(through, 0):.3f} | {med(through, 1):.3f} | "
-        f"{med(cli_through, 0):.3f} | {med(cli_through, 1):.3f} | - |",
+        "| server-side ratio (warm) | worst gap between layers (s) | fresh CLI: run start → "
+        "first request (s) | fresh CLI: server-side ratio | target |",
+        "|---|---|---|---|---|",
+        f"| **{med(warm, 0):.3f}** | {med(warm, 1):.3f} | **{med(cli, 0):.3f}** | "
+        f"{med(cli, 1):.3f} | <= 1.05; <= 0.3 s |",
         "",
-        "The cause (cProfile and per-call timestamps beside the server's log): litellm's streaming "
-        "wrapper builds several pydantic objects per chunk (~1 ms of CPU each on 2 cores, ~3x the "
-        "openai SDK's own parse) and does its per-call setup and end-of-stream logging on the "
-        "event loop, so four streams ending together kept the loop busy ~0.1-0.2 s before the "
-        "next layer's requests could leave. A fresh process also paid ~0.6 s importing the "
-        "openai SDK's resources on the first call and ~0.4 s loading a tokenizer for the cost "
-        "estimate of models that have no price. OpenAI-compatible servers (`openai/...` on an "
-        "`api_base`) are now streamed by `moa/openai_stream.py` (one httpx client per run, "
-        "`json.loads` per event), the estimate counts tokens only for priced models, and the log "
-        "commits without an fsync each (SQLite WAL with `synchronous = NORMAL`: ~6 ms saved per "
-        "event written on the event loop, ~60 ms per layer boundary in a CLI run).",
+        "Every call goes through litellm (DESIGN.md: model access through litellm only). Where "
+        "the time goes (cProfile and per-call timestamps beside the server's log): litellm's "
+        "streaming wrapper builds several pydantic objects per chunk (~1 ms of CPU each on 2 "
+        "cores) and does its per-call setup and end-of-stream logging on the event loop, so four "
+        "streams ending together keep the loop busy before the next layer's requests can leave; "
+        "a fresh process also pays the openai SDK's first-call imports. The estimate now counts "
+        "tokens only for priced models, and the log commits without an fsync each (WAL with "
+        "`synchronous = NORMAL`).",
     ]
 
 

@@ -324,8 +324,7 @@ class _Runner:
         try:
             if self.cancel.requested:
                 raise asyncio.CancelledError
-            async with self._http_clients():
-                await self._layers_then_synthesis()
+            await self._layers_then_synthesis()
         except asyncio.CancelledError:
             record.status, record.error = "cancelled", "cancelled by the user"
             for call in record.calls:
@@ -335,15 +334,6 @@ class _Runner:
         record.ended_at = utc_now()
         self.emit(RunFinished(record))
         return record
-
-    def _http_clients(self) -> contextlib.AbstractAsyncContextManager:
-        """One HTTP client for the run's calls to OpenAI-compatible servers: layer 2 reuses
-        layer 1's connections."""
-        if not any(llm.speaks_openai(s) for s in self.specs.values()):
-            return contextlib.nullcontext()
-        from moa import openai_stream
-
-        return openai_stream.client_scope()
 
     def _plan_calls(self) -> None:
         """Every call of the run exists from the start, so a UI can show it as waiting."""

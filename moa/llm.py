@@ -51,10 +51,9 @@ def litellm() -> Any:
                 lt.suppress_debug_info = True
                 lt.drop_params = True  # a provider that lacks a param ignores it instead of failing
                 lt.telemetry = False
-                from moa import local, openai_stream
+                from moa import local
 
                 local.register(lt)
-                openai_stream.warm_up()
                 _litellm = lt
     return _litellm
 
@@ -377,19 +376,10 @@ def call_kwargs(spec: ModelSpec, messages: list[dict[str, str]], timeout_s: floa
     return kwargs
 
 
-def speaks_openai(spec: ModelSpec) -> bool:
-    """An `openai/...` model on an api_base: an OpenAI-compatible server we stream directly."""
-    return bool(spec.api_base) and spec.model.startswith("openai/")
-
-
 async def astream(
     spec: ModelSpec, messages: list[dict[str, str]], timeout_s: float
 ) -> AsyncIterator[Chunk]:
     """Stream one chat completion: text deltas, then usage if the provider reports it."""
-    if speaks_openai(spec):
-        async for chunk in _astream_openai(spec, messages, timeout_s):
-            yield chunk
-        return
     lt = litellm()
     try:
         response = await lt.acompletion(
@@ -418,40 +408,3 @@ async def astream(
         response, "intermittent_finish_reason", None
     )
     yield Chunk(end=True, finish_reason=sent if isinstance(sent, str) else None)
-
-
-async def _astream_openai(
-    spec: ModelSpec, messages: list[dict[str, str]], timeout_s: float
-) -> AsyncIterator[Chunk]:
-    from moa import openai_stream
-
-    kwargs = call_kwargs(spec, messages, timeout_s)
-    body = {
-        "model": spec.model.split("/", 1)[1],
-        "messages": messages,
-        "temperature": spec.temperature,
-        "max_tokens": spec.max_tokens,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    finish: str | None = None
-    try:
-        async for event in openai_stream.stream(
-            spec.api_base or "", kwargs["api_key"], body, timeout_s
-        ):
-            out = Chunk()
-            choices = event.get("choices") or []
-            if choices and isinstance(choices[0], dict):
-                delta = choices[0].get("delta") or {}
-                out.text = (delta.get("content") or "") if isinstance(delta, dict) else ""
-                finish = choices[0].get("finish_reason") or finish
-            usage = event.get("usage")
-            if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
-                out.tokens_in = usage.get("prompt_tokens")
-                out.tokens_out = usage.get("completion_tokens")
-            if out.text or out.tokens_out is not None:
-                yield out
-    except Exception as e:
-        e.moa_api_base = spec.api_base  # type: ignore[attr-defined]  # for classify's message
-        raise
-    yield Chunk(end=True, finish_reason=finish if isinstance(finish, str) else None)

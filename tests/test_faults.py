@@ -89,7 +89,7 @@ def test_500_from_the_aggregator_fails_the_run_and_keeps_the_candidates(page, fa
     agg_card = card(shown, "2-aggregator-0")
     assert 'data-status="failed"' in agg_card and "attempts <b>4</b>" in agg_card
     # The provider's own words, on the card and in the run's alert; the echoed key is not.
-    assert "HTTP 500: upstream agg exploded" in agg_card
+    assert "HTTP 500: OpenAIException - upstream agg exploded" in agg_card
     assert "aggregator agg failed: HTTP 500" in shown
     assert SECRET not in shown and "Bearer [REDACTED]" in agg_card
     assert len(fake.requests_for("agg")) == 4  # retried 3 times with backoff, then given up
