@@ -242,6 +242,15 @@ def m006_conversations(db: sqlite_utils.Database) -> None:
 
 
 @migration
+def m007_run_process_start(db: sqlite_utils.Database) -> None:
+    # When the process that owns a `running` run or evaluation started (clock ticks since boot,
+    # from /proc/<pid>/stat): a live process holding the same pid later is told apart by it.
+    for table in ("runs", "evals"):
+        if db[table].exists() and "pid_start" not in db[table].columns_dict:
+            db[table].add_column("pid_start", int)
+
+
+@migration
 def m008_finish_reason_and_flags(db: sqlite_utils.Database) -> None:
     # Why each call stopped ("length" = it hit max_tokens mid-answer), and whether the run's
     # aggregator was started early by "Aggregate now" (its slow proposers cancelled).

@@ -158,7 +158,7 @@ def test_local_proposers_are_described_as_taking_turns(loopback, db_path):
     at.query_params["run"] = _stored_local_run(db_path)
     at.run()
     assert not at.exception
-    assert "3 proposers, local models take turns on the CPU" in html(at)
+    assert "3 proposers, local models share the CPU" in html(at)
     assert "answering in parallel" not in html(at)
     # Remote proposers still answer in parallel.
     page = html(run(app(), "How do plants grow?"))

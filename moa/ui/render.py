@@ -421,7 +421,7 @@ def concurrency_text(calls: Sequence[CallRecord]) -> str:
     remote = n - local
     if local <= 1:
         return f"{n} answering in parallel" if n > 1 else "1 proposer"
-    turns = "local models take turns on the CPU"
+    turns = "local models share the CPU"
     if remote == 0:
         return f"{n} proposers, {turns}"
     return f"{remote} answering in parallel; {local} {turns}"
