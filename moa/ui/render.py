@@ -415,7 +415,7 @@ def call_card(
 
 
 def concurrency_text(calls: Sequence[CallRecord]) -> str:
-    """How a layer's calls run: remote ones at once, local CPU models one at a time."""
+    """How a layer's calls run: remote ones at once, local models sharing this CPU."""
     n = len(calls)
     local = sum(1 for c in calls if c.model.startswith("local/"))
     remote = n - local
