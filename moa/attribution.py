@@ -525,7 +525,7 @@ class Attribution:
 MATCHERS = ("lexical", "semantic")
 # The semantic matcher becomes the default only if it beats lexical on held-out data (see
 # bench/RESULTS.md); it falls back to lexical, with a notice, when its package is missing.
-DEFAULT_MATCHER = "lexical"
+DEFAULT_MATCHER = "semantic"
 # Only this many leading characters of the final answer and of each candidate are attributed
 # (~12k tokens; typical answers are far shorter). A runaway model repeating itself makes the
 # matching quadratic: 1 MB final and candidate took over 5 minutes, 100k characters each 3-15 s,
@@ -589,8 +589,15 @@ def attribute(
             notice = f"Semantic matcher unavailable, highlights are lexical: {exc}"
         else:
             _semantic_pass(
-                final_segments, final_features, candidate_segs, index, attributed, used, scores,
-                threshold, embedder.encode,
+                final_segments,
+                final_features,
+                candidate_segs,
+                index,
+                attributed,
+                used,
+                scores,
+                threshold,
+                embedder.encode,
             )
             used_matcher = "semantic"
 
@@ -659,7 +666,12 @@ def _semantic_pass(
         text = semantic.clean(seg.text)
         queries.append(semantic.Query(text, lexical[fi], pool, semantic.clauses(text)))
         targets.append(fi)
+    # Unsettled segments first: the budget goes to them before the "said it too" checks.
+    order = sorted(range(len(queries)), key=lambda k: bool(queries[k].credited))
+    queries, targets = [queries[k] for k in order], [targets[k] for k in order]
     for fi, verdict in zip(targets, semantic.judge(queries, cand_texts, encode), strict=True):
+        if verdict is None:
+            continue
         old = attributed[fi]
         if not verdict.sources:
             attributed[fi] = AttributedSegment(old.segment, [], novel=True, score=verdict.score)

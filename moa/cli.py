@@ -145,7 +145,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         + (f"\n{record.error}" if record.error else "")
     )
     if args.json:
-        print(json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2))
+        from moa import analysis
+
+        # The store writer cached the run's analysis as it finished: read, not recomputed.
+        found = analysis.for_run(record, store)
+        print(json.dumps(export.run_to_json(record, found), ensure_ascii=False, indent=2))
     elif not live and record.final_text:
         print(record.final_text)
     return {"ok": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(record.status, EXIT_FAILED)
@@ -174,11 +178,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     from moa import export
     from moa.store import Store
 
-    record = Store(args.db).get_run(args.run_id)
+    store = Store(args.db)
+    record = store.get_run(args.run_id)
     if record is None:
         raise BadInput(f"no run with id {args.run_id!r}; `python -m moa history` lists them")
     if args.json:
-        print(json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2))
+        from moa import analysis
+
+        found = analysis.for_run(record, store)
+        print(json.dumps(export.run_to_json(record, found), ensure_ascii=False, indent=2))
         return EXIT_OK
     print(
         f"run {record.run_id} · {record.created_at} · {record.status}"

@@ -197,3 +197,21 @@ def m005_fallback_aggregator_index(db: sqlite_utils.Database) -> None:
     # (aggregator calls with idx > 0), which the denormalised runs.aggregator column does not
     # name: this index makes that lookup a range scan instead of a pass over every call.
     db["calls"].create_index(["model", "role", "idx"])
+
+
+@migration
+def m010_attribution_cache(db: sqlite_utils.Database) -> None:
+    # A run's attribution and panel analysis as computed when it finished, so a stored run opens
+    # with the same highlights without recomputing them (moa/analysis.py). `fingerprint` covers
+    # the texts and the matcher version: a stale row is recomputed, never shown.
+    if not db["attribution_cache"].exists():
+        db["attribution_cache"].create(
+            {
+                "run_id": str,
+                "fingerprint": str,
+                "matcher": str,
+                "analysis_json": str,
+                "created_at": str,
+            },
+            pk="run_id",
+        )

@@ -24,8 +24,8 @@ from typing import Any
 from moa import embeddings, semantic
 from moa.attribution import (
     Attribution,
-    _features,
     _Features,
+    _features,
     _Index,
     _pair_score,
 )
@@ -113,7 +113,9 @@ class Panel:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Panel:
         def point(x: dict) -> Point:
-            return Point(x["text"], list(x["candidates"]), [tuple(u) for u in x["units"]], x["kept"])
+            return Point(
+                x["text"], list(x["candidates"]), [tuple(u) for u in x["units"]], x["kept"]
+            )
 
         return cls(
             consensus=[point(x) for x in d["consensus"]],
@@ -226,7 +228,9 @@ def analyse(
     # Greedy clustering, strongest links first, never two units of one candidate in a cluster.
     cluster = list(range(len(units)))
     members: dict[int, list[int]] = {u: [u] for u in range(len(units))}
-    conflicts = {pair: c for pair in sims if (c := _conflict(texts[pair[0]], texts[pair[1]], sims[pair]))}
+    conflicts = {
+        pair: c for pair in sims if (c := _conflict(texts[pair[0]], texts[pair[1]], sims[pair]))
+    }
     for (a, b), s in sorted(sims.items(), key=lambda kv: (-kv[1], kv[0])):
         if s < LINK:
             break
@@ -328,4 +332,3 @@ def same_settings_warning(proposers: Sequence[tuple[str, object, object]]) -> st
             "settings."
         )
     return None
-

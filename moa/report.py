@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 
 from moa import config as config_mod
-from moa.export import attribution
 from moa.palette import NOVEL, colour, tint
 from moa.records import CallRecord, RunRecord
 
@@ -207,8 +206,19 @@ pre{background:#f3f4f6;padding:.75rem;border-radius:6px;overflow:auto}
 """
 
 
-def run_to_html(record: RunRecord) -> str:
-    attr, ids = attribution(record)
+def run_to_html(record: RunRecord, analysis=None) -> str:
+    from moa import analysis as analysis_mod
+    from moa import panel_view
+
+    if analysis is None:
+        analysis = analysis_mod.compute(record)
+    attr, ids = analysis.attribution, analysis.candidate_ids
+    panel_section = ""
+    if attr is not None:
+        panel_section = (
+            f"<h2>The panel</h2>{panel_view.matcher_line(analysis)}"
+            f"{panel_view.panel_html(record, analysis)}"
+        )
     usage = record.usage()
     title = _short(record.prompt, 80)
     calls = record.proposer_calls
@@ -253,6 +263,7 @@ layer(s) → {esc(record.config.aggregator.display)} · {esc(record.created_at)}
 <p class="muted">Tinted sentences were kept from the candidate of that colour (hover for the match and
 its score); dashed ones are new.</p>
 {_shares_html(record, attr, ids)}
+{panel_section}
 <h2>Candidates</h2><div class="cards">{cards}</div>
 {_timeline_html(record)}
 <h2>Config</h2><pre>{esc(config_mod.dumps(record.config))}</pre>

@@ -22,6 +22,10 @@ CLAUSE_KEEP = 0.58  # a clause is explained by a candidate segment at this cosin
 CLAUSE_COVER = 0.7  # a merge needs clauses holding this share of the words explained
 POOL_K = 3  # candidate segments per candidate compared, those sharing the most words...
 POOL_ALL = 8  # ...unless the candidate has at most this many: then all of them
+# Speed, not quality: at most this many distinct texts are embedded per attribution (~3 ms each
+# on 2 idle cores). Unsettled segments are served in order, then the settled ones' "did another
+# candidate say this too?" check; what does not fit keeps its lexical verdict.
+EMBED_BUDGET = 48
 
 _MARKUP = re.compile(r"^[ \t]*(?:>[ \t]*)*(?:[-*+][ \t]+|\d{1,3}[.)][ \t]+|#{1,6}[ \t]*)?")
 _EMPHASIS = re.compile(r"[*_`|]+")
@@ -76,27 +80,27 @@ def judge(
     queries: Sequence[Query],
     candidate_texts: Sequence[Sequence[str]],
     encode,
-) -> list[Verdict]:
-    """Decide each query from its lexical scores and the cosine to its pool.
+) -> list[Verdict | None]:
+    """Decide each query from its lexical scores and the cosine to its pool (None: over the
+    embedding budget, the lexical verdict stands).
 
     `encode(texts)` returns one L2-normalised row per text (moa.embeddings.Embedder.encode).
     """
     texts: dict[str, int] = {}
-
-    def slot(t: str) -> int:
-        return texts.setdefault(t, len(texts))
-
+    served: list[Query] = []
     for q in queries:
-        slot(q.text)
-        for c in q.clause_texts:
-            slot(c)
-        for ci, j in q.pool:
-            slot(candidate_texts[ci][j])
+        needed = [q.text, *q.clause_texts, *(candidate_texts[ci][j] for ci, j in q.pool)]
+        fresh = {t for t in needed if t not in texts}
+        if len(texts) + len(fresh) > EMBED_BUDGET:
+            continue
+        served.append(q)
+        for t in needed:
+            texts.setdefault(t, len(texts))
     if not texts:
-        return []
+        return [None] * len(queries)
     vectors = encode(list(texts))
-    verdicts = []
-    for q in queries:
+    verdicts: dict[int, Verdict] = {}
+    for q in served:
         v = vectors[texts[q.text]]
         pool_rows = [texts[candidate_texts[ci][j]] for ci, j in q.pool]
         sims = vectors[pool_rows] @ v if pool_rows else []
@@ -112,7 +116,7 @@ def judge(
             for ci, (cos, cj) in best_cos.items():
                 if ci not in sources and cos >= max(bar - MARGIN, CLAUSE_KEEP):
                     sources[ci] = (cos, cj)
-            verdicts.append(Verdict(sources, max(s for s, _ in q.credited.values())))
+            verdicts[id(q)] = Verdict(sources, max(s for s, _ in q.credited.values()))
             continue
         combined: dict[int, tuple[float, int]] = {}
         for ci in set(best_cos) | set(q.lexical):
@@ -121,9 +125,7 @@ def judge(
             mix = W_COS * cos + (1 - W_COS) * lex
             combined[ci] = (lex, lj) if lex >= mix else (mix, cj)
         top = max((s for s, _ in combined.values()), default=0.0)
-        sources = {
-            ci: (s, j) for ci, (s, j) in combined.items() if s >= KEEP and s >= top - MARGIN
-        }
+        sources = {ci: (s, j) for ci, (s, j) in combined.items() if s >= KEEP and s >= top - MARGIN}
         merged = False
         if q.clause_texts and pool_rows:
             # Clause-level merge: the clauses (most of the words) explained by two or more
@@ -143,12 +145,14 @@ def judge(
                 parts.add((ci, j))
                 if ci not in found or float(sims_c[k]) > found[ci][0]:
                     found[ci] = (float(sims_c[k]), j)
-            if covered >= CLAUSE_COVER * total and len(parts) >= 2 and not (
-                sources and set(found) <= set(sources)
+            if (
+                covered >= CLAUSE_COVER * total
+                and len(parts) >= 2
+                and not (sources and set(found) <= set(sources))
             ):
                 for ci, sj in found.items():
                     sources.setdefault(ci, sj)
                 merged = True
                 top = max(top, min(s for s, _ in found.values()))
-        verdicts.append(Verdict(sources, top, merged))
-    return verdicts
+        verdicts[id(q)] = Verdict(sources, top, merged)
+    return [verdicts.get(id(q)) for q in queries]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import sqlite3
@@ -201,7 +202,10 @@ class Store:
 
     def finish_run(self, record: RunRecord) -> None:
         usage = record.usage()
-        shares, novel_share = _shares(record)
+        from moa import analysis as analysis_mod  # the matcher loads only when a run finishes
+
+        analysis = analysis_mod.compute(record)
+        shares, novel_share = _shares(record, analysis.attribution, analysis.candidate_ids)
         with self._write() as conn:
             for call in record.calls:
                 self._upsert_call(conn, record.run_id, call)
@@ -230,6 +234,13 @@ class Store:
                 ),
             )
         _ACTIVE_RUNS.discard(record.run_id)
+        if analysis.attribution is not None:
+            self.save_analysis(
+                record.run_id,
+                analysis_mod.fingerprint(record),
+                analysis.attribution.matcher,
+                analysis_mod.to_json(analysis),
+            )
 
     def save_run(self, record: RunRecord) -> None:
         """Write a whole finished run at once (imports, re-aggregation copies)."""
@@ -301,7 +312,32 @@ class Store:
     def delete_run(self, run_id: str) -> bool:
         with self._write() as conn:
             conn.execute("DELETE FROM calls WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM attribution_cache WHERE run_id = ?", (run_id,))
             return conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
+
+    def save_analysis(self, run_id: str, fingerprint: str, matcher: str | None, data: str) -> None:
+        """Cache a run's attribution + panel (moa.analysis); a read-only store just skips it."""
+        if self.read_only:
+            return
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO attribution_cache (run_id, fingerprint, matcher, "
+                    "analysis_json, created_at) VALUES (?,?,?,?,?)",
+                    (run_id, fingerprint, matcher, data, _dt.datetime.now(_dt.UTC).isoformat()),
+                )
+        except StoreError:
+            pass  # a cache: the run itself is intact, the next open recomputes
+
+    def load_analysis(self, run_id: str, fingerprint: str) -> str | None:
+        row = next(
+            self.db.query(
+                "SELECT analysis_json FROM attribution_cache WHERE run_id = ? AND fingerprint = ?",
+                [run_id, fingerprint],
+            ),
+            None,
+        )
+        return row["analysis_json"] if row else None
 
     # ------------------------------------------------------------ reading
 
@@ -434,11 +470,10 @@ def _stored_config(row: dict[str, Any]) -> RunConfig:
         )
 
 
-def _shares(record: RunRecord) -> tuple[dict[tuple[int, int], tuple[float, int]], float | None]:
+def _shares(
+    record: RunRecord, attr, ids: list[int]
+) -> tuple[dict[tuple[int, int], tuple[float, int]], float | None]:
     """Each aggregated candidate's share of the final answer, and whether it was the main one."""
-    from moa.export import attribution
-
-    attr, ids = attribution(record)
     if attr is None:
         return {}, None
     calls = record.proposer_calls

@@ -154,7 +154,7 @@ CASES = [
         "topic": "programming",
         "format": "code",
         "candidates": [
-            "Loop over all `.txt` files and count their lines:\n\n```bash\nfor f in *.txt; do\n  wc -l \"$f\"\ndone\n```",
+            'Loop over all `.txt` files and count their lines:\n\n```bash\nfor f in *.txt; do\n  wc -l "$f"\ndone\n```',
             "Always quote the variable so file names with spaces work. Use `nullglob` so the loop does not run once with the literal pattern when nothing matches.",
             "For recursive search use `find . -name '*.txt' -exec wc -l {} +`, which is also faster because it runs wc fewer times.",
         ],
