@@ -33,14 +33,16 @@ from moa.attribution import (
 MIN_TOKENS = 4  # shorter units ("Enjoy!", "Steps:") are not points
 LINK = semantic.KEEP  # two units are the same point at the matcher's own bar
 TOPIC = 0.45  # two units are about the same thing (a contradiction needs at least this)
-NEGATION_TOPIC = 0.7  # a flipped negation needs the rest to be nearly the same
+NAME_TOPIC = 0.6  # two statements naming different people/places must be this close
+NEGATION_TOPIC = LINK  # a flipped negation between two linked statements contradicts
 PER_CANDIDATE = 3  # lexical pairs scored per unit and other candidate (shared-word prefilter)
 EMBED_MAX_UNITS = 400  # beyond this many units the panel is lexical only (time budget)
 
 _NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")
 _NEG_TOKEN = re.compile(r"\b(?:not|never|no|none|nor|cannot|\w+n't)\b", re.I)
 _NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-zA-Z]+")
-_WORDS = re.compile(r"[\w']+")
+_WORDS = re.compile(r"\w+")
+_REJECTED = r"\b(?:not|never|rather than|instead of)\s+(?:\w+\s+){{0,2}}{}\b"
 
 
 @dataclass
@@ -137,7 +139,7 @@ def _negated(text: str) -> bool:
     return bool(_NEG_TOKEN.search(text))
 
 
-def _difference(a: str, b: str) -> tuple[str, list[str], list[str]] | None:
+def _difference(a: str, b: str, sim: float) -> tuple[str, list[str], list[str]] | None:
     """How two statements on one topic differ: (kind, tokens only in a, tokens only in b)."""
     na, nb = set(_NUMBER.findall(a)), set(_NUMBER.findall(b))
     if na and nb and not (na <= nb or nb <= na):
@@ -145,14 +147,14 @@ def _difference(a: str, b: str) -> tuple[str, list[str], list[str]] | None:
     ma, mb = _names(a), _names(b)
     wa, wb = set(_WORDS.findall(a.lower())), set(_WORDS.findall(b.lower()))
     da, db = ma - wb, mb - wa
-    if da and db:
+    if da and db and sim >= NAME_TOPIC:
         return "name", sorted(da), sorted(db)
     return None
 
 
 def _conflict(a: str, b: str, sim: float) -> tuple[str, list[str], list[str]] | None:
     """A number, name or negation that sets apart two statements on one topic, or None."""
-    diff = _difference(a, b)
+    diff = _difference(a, b, sim)
     if diff is not None:
         return diff
     if sim >= NEGATION_TOPIC and _negated(a) != _negated(b):
@@ -271,6 +273,9 @@ def analyse(
         panel.diversity = 1 - sum(agreement[a][b] for a, b in pairs) / len(pairs)
 
     panel.contradictions = _contradictions(units, texts, sims, conflicts, cluster, attribution)
+    # A lone statement that contradicts another is shown as a contradiction, not as unique.
+    sides = {tuple(u) for c in panel.contradictions for s in c.sides for u in s["units"]}
+    panel.unique = [p for p in panel.unique if tuple(p.units[0]) not in sides]
     return panel
 
 
@@ -301,9 +306,15 @@ def _contradictions(
                 took_a = _negated(said) == bool(da)
                 side = 0 if took_a else 1
             else:
-                words = set(_WORDS.findall(said.lower())) | set(_NUMBER.findall(said))
+                low = said.lower()
+                words = set(_WORDS.findall(low)) | set(_NUMBER.findall(said))
                 has_a = any(t in words for t in da)
                 has_b = any(t in words for t in db)
+                if has_a and has_b:
+                    # "Canberra, not Sydney": a side named only to be rejected is not taken.
+                    no_a = any(re.search(_REJECTED.format(re.escape(t)), low) for t in da)
+                    no_b = any(re.search(_REJECTED.format(re.escape(t)), low) for t in db)
+                    has_a, has_b = has_a and not no_a, has_b and not no_b
                 side = 0 if has_a and not has_b else 1 if has_b and not has_a else None
         contradiction = Contradiction(
             kind=kind,

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 
 import streamlit as st
 
-from moa import export
 from moa.attribution import Attribution
 from moa.records import CallRecord, RunRecord
 from moa.ui.style import (  # noqa: F401  (re-exported: pages import these from the renderer)
@@ -474,24 +473,20 @@ class Kept:
             '<span class="moa-key"><span class="moa-swatch moa-new"></span>'
             f"<b>new</b> {self.attr.novel_share:.0%}</span>"
         )
+        matcher = getattr(self.attr, "matcher", "lexical")
+        keys.append(f'<span class="moa-hint">{esc(matcher)} matcher</span>')
         if hint:
             keys.append('<span class="moa-hint">hover a sentence for its source and score</span>')
         return f'<div class="moa-legend">{"".join(keys)}</div>'
 
 
-def _fingerprint(record: RunRecord) -> tuple:
-    return (
-        record.run_id,
-        record.status,
-        record.final_text,
-        tuple((c.key, c.status, c.text) for c in record.proposer_calls),
-    )
-
-
-@st.cache_data(show_spinner=False, max_entries=64, hash_funcs={RunRecord: _fingerprint})
 def attribution_for(record: RunRecord) -> tuple[Attribution | None, list[int]]:
-    """`moa.export.attribution`, cached per run content: (Attribution or None, candidate ids)."""
-    return export.attribution(record)
+    """(Attribution or None, candidate ids) of the run, from its cached analysis
+    (moa.ui.panel.analysis_for: the store's copy for a stored run, else computed once)."""
+    from moa.ui.panel import analysis_for
+
+    found = analysis_for(record)
+    return found.attribution, found.candidate_ids
 
 
 # ---------------------------------------------------------------- the renderer
@@ -581,6 +576,7 @@ def render_run(
     *,
     show_prompt: bool = True,
     show_charts: bool = True,
+    show_panel: bool = True,
     key: str | None = None,
 ) -> RunView:
     """Draw a finished (or stored) run: cards per call, the highlighted final answer, charts.
@@ -614,6 +610,10 @@ def render_run(
             cut = cut_text(len(record.final_text))
             if cut:
                 st.caption(cut)
+    if attribution is not None and show_panel:
+        from moa.ui.panel import analysis_for, render_panel
+
+        render_panel(record, analysis_for(record))
     if show_charts:
         _charts(record, attribution, candidate_ids, key or record.run_id)
     return view
