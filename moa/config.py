@@ -66,6 +66,9 @@ class RunConfig:
     aggregator_prompt: str | None = None
     # Called only if the aggregator fails (after its retries): same prompt, same candidates.
     fallback_aggregator: ModelSpec | None = None
+    # What proposers see of earlier conversation turns: every turn's agreed final answer
+    # ("final", the reference MoA bot's convention) or each proposer's own earlier answer ("own").
+    history: str = "final"
 
     def timeout_for(self, spec: ModelSpec) -> float:
         return spec.timeout_s if spec.timeout_s is not None else self.proposer_timeout_s
@@ -124,7 +127,9 @@ _RUN_KEYS: dict[str, tuple[type, ...]] = {
     "aggregator": (dict,),
     "fallback_aggregator": (dict,),
     "proposers": (list,),
+    "history": (str,),
 }
+HISTORY_MODES = ("final", "own")
 _TYPE_NAMES = {
     str: "a string",
     int: "an integer",
@@ -252,6 +257,7 @@ def from_dict(d: Any) -> RunConfig:
         proposer_timeout_s=float(d.get("proposer_timeout_s", 120.0)),
         max_cost_usd=None if d.get("max_cost_usd") is None else float(d["max_cost_usd"]),
         aggregator_prompt=d.get("aggregator_prompt"),
+        history=d.get("history", "final"),
     )
     return validate(cfg)
 
@@ -269,6 +275,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         _check_range("max_cost_usd", "max_cost_usd", cfg.max_cost_usd)
     if not cfg.name.strip():
         raise ConfigError("name is empty: give the config a name")
+    if cfg.history not in HISTORY_MODES:
+        raise ConfigError(
+            f'history = {cfg.history!r:.40} is not allowed: use "final" (every model sees each '
+            'earlier turn\'s final answer) or "own" (each proposer sees its own earlier answers)'
+        )
     if cfg.aggregator_prompt is not None and not cfg.aggregator_prompt.strip():
         cfg.aggregator_prompt = None
     # Here, not when reading a table: configs from TOML, the form and CLI overrides
@@ -298,6 +309,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
         out["max_cost_usd"] = cfg.max_cost_usd
     if cfg.aggregator_prompt is not None:
         out["aggregator_prompt"] = cfg.aggregator_prompt
+    if cfg.history != "final":
+        out["history"] = cfg.history
     out["aggregator"] = model(cfg.aggregator)
     if cfg.fallback_aggregator is not None:
         out["fallback_aggregator"] = model(cfg.fallback_aggregator)
