@@ -213,3 +213,19 @@ def test_weights_failing_their_checksum_are_refused(monkeypatch):
 def test_default_matcher_is_semantic_and_says_so():
     assert attribution_mod.DEFAULT_MATCHER == "semantic"
     assert attribute(FINAL, CANDIDATES).matcher == "semantic"
+
+
+# --- the run view (Streamlit AppTest) -------------------------------------------------------
+
+from tests.test_app import app, html, loopback, presets, run  # noqa: E402,F401  (fixtures)
+
+
+def test_run_view_shows_the_panel_and_names_the_matcher(loopback):
+    at = run(app(), "What do plants need?")
+    page = html(at)
+    assert "The panel" in page
+    assert "semantic matcher" in page  # the legend and the panel both say which matcher
+    assert "consensus" in page and "diversity" in page
+    assert "<script>document.title" not in page  # candidate text stays escaped
+    (section,) = [h.value for h in at.html if "moa-panel" in h.value]
+    assert "Roots take up water" in section
