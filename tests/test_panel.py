@@ -220,7 +220,7 @@ def test_default_matcher_is_semantic_and_says_so():
 from tests.test_app import app, html, loopback, presets, run  # noqa: E402,F401  (fixtures)
 
 
-def test_run_view_shows_the_panel_and_names_the_matcher(loopback):
+def test_run_view_shows_the_panel_and_names_the_matcher(loopback):  # noqa: F811
     at = run(app(), "What do plants need?")
     page = html(at)
     assert "The panel" in page
@@ -229,3 +229,21 @@ def test_run_view_shows_the_panel_and_names_the_matcher(loopback):
     assert "<script>document.title" not in page  # candidate text stays escaped
     (section,) = [h.value for h in at.html if "moa-panel" in h.value]
     assert "Roots take up water" in section
+
+
+def test_insights_per_aggregator_counts_dropped_unique_points_and_sides(fake, tmp_path):
+    from moa import panel_insights
+
+    store = Store(tmp_path / "moa.db")
+    stored_run(
+        fake,
+        store,
+        "Water boils at 100 degrees at sea level. Add salt for flavour.",
+        "Water boils at 90 degrees at sea level. Use a lid to save energy.",
+        "Water boils at 100 degrees at sea level. Use a lid to save energy.",
+    )
+    (row,) = panel_insights.compute(store)
+    assert row.model == "openai/agg" and row.runs == 1
+    assert row.unique >= 1 and row.unique_dropped >= 1  # "Add salt" was dropped
+    assert row.contradictions == 1 and row.took_tie == 1  # 100 vs 90, one proposer each
+    assert row.drop_rate == row.unique_dropped / row.unique
