@@ -66,22 +66,30 @@ def _point(p: Point, names: _Names, dropped_text: str = "dropped") -> str:
     )
 
 
+def summary_text(analysis: RunAnalysis) -> str:
+    """One line: diversity and counts (History's compare cards)."""
+    panel = analysis.panel
+    if panel is None:
+        return ""
+    parts = [] if panel.diversity is None else [f"diversity {panel.diversity:.2f}"]
+    parts += [
+        f"{len(panel.consensus)} consensus",
+        f"{len(panel.unique)} unique ({len(panel.dropped_unique)} dropped)",
+        f"{len(panel.contradictions)} contradiction(s)",
+    ]
+    return "panel: " + " · ".join(parts)
+
+
 def panel_html(record: RunRecord, analysis: RunAnalysis) -> str:
     """Consensus, unique points (dropped first), contradictions and diversity, as HTML."""
     panel = analysis.panel
     if panel is None or analysis.attribution is None:
         return ""
     names = _Names(record, analysis)
-    parts = []
-    summary = []
-    if panel.diversity is not None:
-        summary.append(
-            f"diversity {panel.diversity:.2f} (1 − mean share of points two proposers share)"
-        )
-    summary.append(f"{len(panel.consensus)} consensus")
-    summary.append(f"{len(panel.unique)} unique ({len(panel.dropped_unique)} dropped)")
-    summary.append(f"{len(panel.contradictions)} contradiction(s)")
-    parts.append(f'<div style="font-size:.85rem;color:#334155">{esc(" · ".join(summary))}</div>')
+    parts = [
+        f'<div style="font-size:.85rem;color:#334155">{esc(summary_text(analysis))} '
+        "(diversity: 1 − the mean share of points two proposers share)</div>"
+    ]
     if analysis.warning:
         parts.append(
             f'<div style="color:#b45309;font-size:.85rem;margin:.3rem 0">⚠ {esc(analysis.warning)}</div>'
