@@ -264,6 +264,8 @@ def time_attribute(runs: int = 7) -> tuple[float, float, int, int]:
     return statistics.median(wall), statistics.median(cpu), len(final.split()), words
 
 
+PREWARMED = "semantic, candidates embedded during the run"
+MODES = ("lexical", "semantic", PREWARMED)
 SIZES = {
     # name: (candidates, words each, final words, target ms)
     "typical (5 x 300 words, 400-word final)": (5, 300, 400, 150.0),
@@ -275,7 +277,7 @@ def time_matchers(runs: int = 7) -> list[str]:
     """p50 wall/CPU ms per size and matcher, each run on FRESH texts (new seeds), so the
     per-text embedding cache never serves a repeat: every run pays for its own embeddings.
     Lexical and semantic alternate within one loop, so both see the same machine load."""
-    from moa import embeddings
+    from moa import analysis, embeddings, semantic
 
     embedder = embeddings.get_embedder()  # loading + verifying the model is a one-off
     lines = [
@@ -284,14 +286,23 @@ def time_matchers(runs: int = 7) -> list[str]:
     ]
     ratios = []
     for name, (n, words, final_words, target) in SIZES.items():
-        times: dict[str, list[tuple[float, float, int]]] = {"lexical": [], "semantic": []}
+        times: dict[str, list[tuple[float, float, int]]] = {m: [] for m in MODES}
         for k in range(runs):
             final, candidates = speed_inputs(1000 + k, n, words, final_words)
-            for matcher in ("lexical", "semantic"):
+            for mode in MODES:
+                matcher = "lexical" if mode == "lexical" else "semantic"
+                if mode == PREWARMED:
+                    # What the app does: each candidate is embedded as its call finishes
+                    # (moa.analysis.prewarm), while the aggregator still writes. Not timed.
+                    final, candidates = speed_inputs(5000 + k, n, words, final_words)
+                    for c in candidates:
+                        segs = [x for x in split_segments(c) if x.kind != "code"]
+                        units = [semantic.clean(x.text) for x in segs]
+                        embedder.encode(units[: analysis.PREWARM_MAX_UNITS])
                 before = embedder.computed
                 w0, c0 = time.perf_counter(), time.process_time()
                 attribute(final, candidates, matcher=matcher)
-                times[matcher].append(
+                times[mode].append(
                     (
                         (time.perf_counter() - w0) * 1000,
                         (time.process_time() - c0) * 1000,
@@ -299,17 +310,18 @@ def time_matchers(runs: int = 7) -> list[str]:
                     )
                 )
         p50 = {}
-        for matcher, rows in times.items():
+        for mode, rows in times.items():
             wall = statistics.median(r[0] for r in rows)
             cpu = statistics.median(r[1] for r in rows)
             emb = statistics.median(r[2] for r in rows)
-            p50[matcher] = wall
+            p50[mode] = wall
             ok = "meets" if wall <= target else "MISSES"
             lines.append(
-                f"| {name} | {matcher} | {wall:.0f} | {cpu:.0f} | {target:.0f} ({ok}) | {emb:.0f} |"
+                f"| {name} | {mode} | {wall:.0f} | {cpu:.0f} | {target:.0f} ({ok}) | {emb:.0f} |"
             )
         ratios.append(
-            f"{name}: semantic/lexical wall-time ratio {p50['semantic'] / p50['lexical']:.1f}x"
+            f"{name}: wall-time ratio to lexical, semantic {p50['semantic'] / p50['lexical']:.1f}x"
+            f", with candidates embedded during the run {p50[PREWARMED] / p50['lexical']:.1f}x"
         )
     return lines + ["", *ratios]
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from moa import embeddings, semantic
 from moa.attribution import (
+    ATTRIBUTION_MAX_CHARS,
     DEFAULT_MATCHER,
     AttributedSegment,
     Attribution,
@@ -20,6 +23,7 @@ from moa.attribution import (
     Segment,
     Source,
     attribute,
+    split_segments,
 )
 from moa.panel import Panel, analyse, same_settings_warning
 from moa.records import RunRecord
@@ -29,6 +33,25 @@ if TYPE_CHECKING:
 
 # Bump when the matcher or the panel changes what they compute: cached results are then redone.
 ANALYSIS_VERSION = 1
+PREWARM_MAX_UNITS = 150  # of one candidate, embedded ahead (the rest, if needed, at the end)
+_prewarm_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-prewarm")
+
+
+def prewarm(text: str) -> None:
+    """Embed a finished candidate's units in the background, while the run goes on, so the
+    attribution at the end of the run embeds little more than the final answer (vectors are
+    cached per text). Does nothing when the embedding model is not installed."""
+
+    def work() -> None:
+        try:
+            embedder = embeddings.get_embedder()
+        except embeddings.EmbeddingsUnavailable:
+            return
+        segments = split_segments((text or "")[:ATTRIBUTION_MAX_CHARS])
+        units = [semantic.clean(s.text) for s in segments if s.kind != "code"]
+        embedder.encode(units[:PREWARM_MAX_UNITS])
+
+    _prewarm_pool.submit(work)
 
 
 @dataclass

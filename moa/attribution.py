@@ -598,6 +598,7 @@ def attribute(
                 scores,
                 threshold,
                 embedder.encode,
+                embedder.has,
             )
             used_matcher = "semantic"
 
@@ -627,6 +628,7 @@ def _semantic_pass(
     scores: dict[tuple[int, int, int], float],
     threshold: float,
     encode,
+    cached=None,
 ) -> None:
     """Re-judge, with embeddings, the final segments lexical overlap did not settle."""
     targets, queries = [], []
@@ -669,7 +671,9 @@ def _semantic_pass(
     # Unsettled segments first: the budget goes to them before the "said it too" checks.
     order = sorted(range(len(queries)), key=lambda k: bool(queries[k].credited))
     queries, targets = [queries[k] for k in order], [targets[k] for k in order]
-    for fi, verdict in zip(targets, semantic.judge(queries, cand_texts, encode), strict=True):
+    for fi, verdict in zip(
+        targets, semantic.judge(queries, cand_texts, encode, cached), strict=True
+    ):
         if verdict is None:
             continue
         old = attributed[fi]

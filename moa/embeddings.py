@@ -135,6 +135,10 @@ class Embedder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
 
+    def has(self, text: str) -> bool:
+        """Is this text's vector cached (free to use)?"""
+        return text in self._cache
+
     def encode(self, texts: Sequence[str]):
         np = self._np
         with self._lock:

@@ -80,19 +80,24 @@ def judge(
     queries: Sequence[Query],
     candidate_texts: Sequence[Sequence[str]],
     encode,
+    cached=None,
 ) -> list[Verdict | None]:
     """Decide each query from its lexical scores and the cosine to its pool (None: over the
     embedding budget, the lexical verdict stands).
 
-    `encode(texts)` returns one L2-normalised row per text (moa.embeddings.Embedder.encode).
+    `encode(texts)` returns one L2-normalised row per text (moa.embeddings.Embedder.encode);
+    `cached(text)` says whether a text's vector is already there (it then costs nothing
+    against EMBED_BUDGET: candidates embedded while the aggregator was still writing).
     """
     texts: dict[str, int] = {}
     served: list[Query] = []
+    cost = 0
     for q in queries:
         needed = [q.text, *q.clause_texts, *(candidate_texts[ci][j] for ci, j in q.pool)]
-        fresh = {t for t in needed if t not in texts}
-        if len(texts) + len(fresh) > EMBED_BUDGET:
+        fresh = {t for t in needed if t not in texts and not (cached and cached(t))}
+        if cost + len(fresh) > EMBED_BUDGET:
             continue
+        cost += len(fresh)
         served.append(q)
         for t in needed:
             texts.setdefault(t, len(texts))

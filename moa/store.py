@@ -839,6 +839,10 @@ class StoreWriter:
             case CallFinished(run_id=run_id, call=call) | CallFailed(run_id=run_id, call=call):
                 self._last_flush.pop((run_id, *call.key), None)
                 self.store.save_call(run_id, call)
+                if call.role == "proposer" and call.status == "ok":
+                    from moa import analysis  # its vectors are ready when the run finishes
+
+                    analysis.prewarm(call.text)
             case RunFinished(record=record):
                 self.store.finish_run(record)
 
