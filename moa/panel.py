@@ -216,13 +216,22 @@ def analyse(
             taken[cj] = taken.get(cj, 0) + 1
             v = by_candidate[cj][k]
             lexical[(u, v)] = _pair_score(f, feats[v])
+    # Only pairs that can reach TOPIC are looked at: those with a lexical score, and those
+    # whose cosine alone could get there (W_COS * cos + (1 - W_COS) * 1 >= TOPIC at best).
+    pairs = {(min(a, b), max(a, b)) for a, b in lexical}
+    cosines = None
+    if vectors is not None:
+        cosines = vectors @ vectors.T
+        floor = (TOPIC - (1 - semantic.W_COS)) / semantic.W_COS
+        rows, cols = (cosines >= floor).nonzero()
+        pairs.update((int(a), int(b)) for a, b in zip(rows, cols, strict=True) if a < b)
     sims: dict[tuple[int, int], float] = {}
-    for a, b in combinations(range(len(units)), 2):
+    for a, b in sorted(pairs):
         if units[a][0] == units[b][0]:
             continue
         lex = (lexical.get((a, b), 0.0) + lexical.get((b, a), 0.0)) / 2
-        if vectors is not None:
-            cos = float(vectors[a] @ vectors[b])
+        if cosines is not None:
+            cos = float(cosines[a, b])
             lex = max(lex, semantic.W_COS * cos + (1 - semantic.W_COS) * lex)
         if lex >= TOPIC:
             sims[(a, b)] = lex

@@ -9,7 +9,9 @@ from moa.analysis import RunAnalysis
 from moa.panel import Point
 from moa.records import RunRecord
 
-TEXT_CHARS = 240  # of a point's text shown; the whole text is in the hover
+TEXT_CHARS = 240  # of a point's text shown...
+TITLE_CHARS = 1000  # ...and in its hover
+MAX_ITEMS = 20  # per list: a runaway answer must not make a megabyte of markup
 
 
 def esc(text: object) -> str:
@@ -61,9 +63,16 @@ def _badge(kept: bool, dropped_text: str = "dropped") -> str:
 def _point(p: Point, names: _Names, dropped_text: str = "dropped") -> str:
     chips = "".join(names.chip(c) for c in p.candidates)
     return (
-        f'<li style="margin:.25rem 0"><span title="{esc(p.text)}">{esc(_short(p.text))}</span> '
+        f'<li style="margin:.25rem 0"><span title="{esc(p.text[:TITLE_CHARS])}">'
+        f"{esc(_short(p.text))}</span> "
         f"{chips}{_badge(p.kept, dropped_text)}</li>"
     )
+
+
+def _more(total: int) -> str:
+    if total <= MAX_ITEMS:
+        return ""
+    return f'<li style="color:#64748b;font-size:.8rem">… and {total - MAX_ITEMS:,} more (all in run --json)</li>'
 
 
 def summary_text(analysis: RunAnalysis) -> str:
@@ -96,13 +105,14 @@ def panel_html(record: RunRecord, analysis: RunAnalysis) -> str:
         )
     if panel.contradictions:
         items = []
-        for c in panel.contradictions:
+        for c in panel.contradictions[:MAX_ITEMS]:
             sides = []
             for k, side in enumerate(c.sides):
                 chips = "".join(names.chip(i) for i in side["candidates"])
                 took = " ← the final answer took this side" if c.final_side == k else ""
                 sides.append(
-                    f'<div style="margin-left:.5rem">{chips}<span title="{esc(side["text"])}">'
+                    f'<div style="margin-left:.5rem">{chips}'
+                    f'<span title="{esc(side["text"][:TITLE_CHARS])}">'
                     f'{esc(_short(side["text"]))}</span><b style="font-size:.75rem">{esc(took)}</b></div>'
                 )
             if c.final_side is None:
@@ -121,9 +131,11 @@ def panel_html(record: RunRecord, analysis: RunAnalysis) -> str:
         )
     if panel.unique:
         ordered = sorted(panel.unique, key=lambda p: p.kept)  # dropped first: the ones to check
-        items = "".join(_point(p, names, "dropped — worth a look") for p in ordered)
+        items = "".join(_point(p, names, "dropped — worth a look") for p in ordered[:MAX_ITEMS])
+        items += _more(len(ordered))
         parts.append(f"<h4 style='margin:.6rem 0 .2rem'>Unique points</h4><ul>{items}</ul>")
     if panel.consensus:
-        items = "".join(_point(p, names) for p in panel.consensus)
+        items = "".join(_point(p, names) for p in panel.consensus[:MAX_ITEMS])
+        items += _more(len(panel.consensus))
         parts.append(f"<h4 style='margin:.6rem 0 .2rem'>Consensus</h4><ul>{items}</ul>")
     return f'<div class="moa-panel">{"".join(parts)}</div>'

@@ -247,3 +247,13 @@ def test_insights_per_aggregator_counts_dropped_unique_points_and_sides(fake, tm
     assert row.unique >= 1 and row.unique_dropped >= 1  # "Add salt" was dropped
     assert row.contradictions == 1 and row.took_tie == 1  # 100 vs 90, one proposer each
     assert row.drop_rate == row.unique_dropped / row.unique
+
+
+def test_candidates_are_embedded_as_their_calls_finish(fake, tmp_path):
+    from moa import semantic
+
+    store = Store(tmp_path / "moa.db")
+    unit = "Octopuses have three hearts and blue blood, which is rich in copper."
+    stored_run(fake, store, unit, "Squid can change colour in a fraction of a second.", "Ok.")
+    analysis._prewarm_pool.submit(lambda: None).result()  # the background queue is done
+    assert embeddings.get_embedder().has(semantic.clean(unit))
