@@ -531,13 +531,17 @@ class Store:
             pass  # a cache: the run itself is intact, the next open recomputes
 
     def load_analysis(self, run_id: str, fingerprint: str) -> str | None:
-        row = next(
-            self.db.query(
-                "SELECT analysis_json FROM attribution_cache WHERE run_id = ? AND fingerprint = ?",
-                [run_id, fingerprint],
-            ),
-            None,
-        )
+        try:
+            row = next(
+                self.db.query(
+                    "SELECT analysis_json FROM attribution_cache "
+                    "WHERE run_id = ? AND fingerprint = ?",
+                    [run_id, fingerprint],
+                ),
+                None,
+            )
+        except sqlite3.OperationalError:
+            return None  # a read-only log not yet migrated to m010: computed instead
         return row["analysis_json"] if row else None
 
     # ------------------------------------------------------------ reading
