@@ -250,7 +250,6 @@ def m007_run_process_start(db: sqlite_utils.Database) -> None:
             db[table].add_column("pid_start", int)
 
 
-
 @migration
 def m010_attribution_cache(db: sqlite_utils.Database) -> None:
     # A run's attribution and panel analysis as computed when it finished, so a stored run opens
