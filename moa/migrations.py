@@ -258,3 +258,21 @@ def m008_finish_reason_and_flags(db: sqlite_utils.Database) -> None:
         db["calls"].add_column("finish_reason", str)
     if "aggregated_early" not in db["runs"].columns_dict:
         db["runs"].add_column("aggregated_early", int)
+
+
+@migration
+def m010_attribution_cache(db: sqlite_utils.Database) -> None:
+    # A run's attribution and panel analysis as computed when it finished, so a stored run opens
+    # with the same highlights without recomputing them (moa/analysis.py). `fingerprint` covers
+    # the texts and the matcher version: a stale row is recomputed, never shown.
+    if not db["attribution_cache"].exists():
+        db["attribution_cache"].create(
+            {
+                "run_id": str,
+                "fingerprint": str,
+                "matcher": str,
+                "analysis_json": str,
+                "created_at": str,
+            },
+            pk="run_id",
+        )

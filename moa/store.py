@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import sqlite3
@@ -327,13 +328,33 @@ class Store:
             )
 
     def finish_run(self, record: RunRecord) -> None:
-        with self._write() as conn:
-            self._finish_run(conn, record)
-        _ACTIVE_RUNS.discard(record.run_id)
+        from moa import analysis as analysis_mod
 
-    def _finish_run(self, conn: sqlite3.Connection, record: RunRecord) -> None:
+        analysis = analysis_mod.compute(record)  # before the write lock: embedding takes a while
+        with self._write() as conn:
+            self._finish_run(conn, record, analysis)
+        _ACTIVE_RUNS.discard(record.run_id)
+        self._cache_analysis(record, analysis)
+
+    def _cache_analysis(self, record: RunRecord, analysis) -> None:
+        from moa import analysis as analysis_mod
+
+        if analysis.attribution is not None:
+            self.save_analysis(
+                record.run_id,
+                analysis_mod.fingerprint(record),
+                analysis.attribution.matcher,
+                analysis_mod.to_json(analysis),
+            )
+
+    def _finish_run(self, conn: sqlite3.Connection, record: RunRecord, analysis=None):
+        """Write the finished run; returns its moa.analysis.RunAnalysis (for the cache)."""
+        from moa import analysis as analysis_mod  # the matcher loads only when a run finishes
+
         usage = record.usage()
-        shares, novel_share = _shares(record)
+        if analysis is None:
+            analysis = analysis_mod.compute(record)
+        shares, novel_share = _shares(record, analysis.attribution, analysis.candidate_ids)
         for call in record.calls:
             self._upsert_call(conn, record.run_id, call)
         for (layer, index), (share, main) in shares.items():
@@ -362,6 +383,7 @@ class Store:
             ),
         )
         self._refresh_conversation(conn, record.conversation_id)
+        return analysis
 
     def save_run(self, record: RunRecord) -> None:
         """Write a whole finished run at once, in one transaction (imports)."""
@@ -480,6 +502,7 @@ class Store:
                 "SELECT conversation_id FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
             conn.execute("DELETE FROM calls WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM attribution_cache WHERE run_id = ?", (run_id,))
             deleted = conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
             if row and row[0]:
                 left = conn.execute(
@@ -520,6 +543,7 @@ class Store:
             ]
             for rid in ids:
                 conn.execute("DELETE FROM calls WHERE run_id = ?", (rid,))
+                conn.execute("DELETE FROM attribution_cache WHERE run_id = ?", (rid,))
             conn.execute("DELETE FROM runs WHERE conversation_id = ?", (conversation_id,))
             conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
             return len(ids)
@@ -532,6 +556,34 @@ class Store:
             conn.execute(
                 "UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id)
             )
+
+    def save_analysis(self, run_id: str, fingerprint: str, matcher: str | None, data: str) -> None:
+        """Cache a run's attribution + panel (moa.analysis); a read-only store just skips it."""
+        if self.read_only:
+            return
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO attribution_cache (run_id, fingerprint, matcher, "
+                    "analysis_json, created_at) VALUES (?,?,?,?,?)",
+                    (run_id, fingerprint, matcher, data, _dt.datetime.now(_dt.UTC).isoformat()),
+                )
+        except StoreError:
+            pass  # a cache: the run itself is intact, the next open recomputes
+
+    def load_analysis(self, run_id: str, fingerprint: str) -> str | None:
+        try:
+            row = next(
+                self.db.query(
+                    "SELECT analysis_json FROM attribution_cache "
+                    "WHERE run_id = ? AND fingerprint = ?",
+                    [run_id, fingerprint],
+                ),
+                None,
+            )
+        except sqlite3.OperationalError:
+            return None  # a read-only log not yet migrated to m010: computed instead
+        return row["analysis_json"] if row else None
 
     # ------------------------------------------------------------ reading
 
@@ -839,11 +891,10 @@ def _stored_config(row: dict[str, Any]) -> RunConfig:
         )
 
 
-def _shares(record: RunRecord) -> tuple[dict[tuple[int, int], tuple[float, int]], float | None]:
+def _shares(
+    record: RunRecord, attr, ids: list[int]
+) -> tuple[dict[tuple[int, int], tuple[float, int]], float | None]:
     """Each aggregated candidate's share of the final answer, and whether it was the main one."""
-    from moa.export import attribution
-
-    attr, ids = attribution(record)
     if attr is None:
         return {}, None
     calls = record.proposer_calls
@@ -902,6 +953,10 @@ class StoreWriter:
             case CallFinished(run_id=run_id, call=call) | CallFailed(run_id=run_id, call=call):
                 self._last_flush.pop((run_id, *call.key), None)
                 self.store.save_call(run_id, call)
+                if call.role == "proposer" and call.status == "ok":
+                    from moa import analysis  # its vectors are ready when the run finishes
+
+                    analysis.prewarm(call.text)
             case RunFinished(record=record):
                 self.store.finish_run(record)
 
