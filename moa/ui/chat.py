@@ -120,18 +120,28 @@ def draw_turn(
             render_run(run, *attribution_for(run), show_prompt=False, key=run.run_id)
         else:
             st.html(collapsed_html(run))
-            with st.expander(f"Turn {run.turn}: candidates and charts"):
-                charts = st.toggle("Show charts", key=f"charts-{run.run_id}")
-                render_run(
-                    run,
-                    *attribution_for(run),
-                    show_prompt=False,
-                    show_charts=charts,
-                    key=f"old-{run.run_id}",
-                )
-        cols = st.columns([1, 1, 4])
+            # Lazy: its content runs only while it is open (a closed expander's content would
+            # still be drawn, hidden: 49 whole runs made a 50-turn conversation take ~40 s).
+            more = st.expander(
+                f"Turn {run.turn}: candidates and charts",
+                key=f"more-{run.run_id}",
+                on_change="rerun",
+            )
+            if more.open:
+                with more:
+                    charts = st.toggle("Show charts", key=f"charts-{run.run_id}")
+                    render_run(
+                        run,
+                        *attribution_for(run),
+                        show_prompt=False,
+                        show_charts=charts,
+                        key=f"old-{run.run_id}",
+                    )
+        # One row sized to its buttons (three columns cut "Continue from here" to "Continue
+        # from h…" and cost the browser three more blocks per turn).
+        row = st.container(horizontal=True, gap="small")
         if actions.branch is not None:
-            with cols[0]:
+            with row:
                 _button(
                     "Continue from here",
                     f"branch-{run.run_id}",
@@ -140,7 +150,7 @@ def draw_turn(
                     ":material/call_split:",
                 )
         if latest and actions.retry is not None and not conv.shared(run):
-            with cols[1]:
+            with row:
                 _button("Retry", "retry_turn", actions.retry, run, ":material/refresh:")
 
 
