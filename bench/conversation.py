@@ -41,7 +41,7 @@ from moa.store import Store  # noqa: E402
 TARGET_OPEN_S = 1.5
 TARGET_HISTORY_MS = 20.0
 TARGET_SEARCH_MS = 100.0
-REPEATS = 5
+REPEATS = 3
 TITLE = "Conversations (bench/conversation.py)"
 PROPOSERS = [
     "openai/gpt-4o-mini",

@@ -110,8 +110,10 @@ def _conversation_id(page) -> str:
 
 
 def _screenshot(page, name: str) -> None:
+    from tests.test_browser import screenshot  # the whole page: Streamlit scrolls inside
+
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=ARTIFACTS / name, full_page=True)
+    screenshot(page, name)
 
 
 def test_three_turns_reload_by_link_continue_branch_and_history(chat_app, netns):
