@@ -448,7 +448,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         if m["installed"] and m["verified"] is None:
             state = "installed (verified on first load)"
         size = f"{m['size_bytes'] / 1e6:,.0f} MB"
-        print(f"  {m['id']:<28} {state:<36} {size:>8}")
+        about = f"{m['family']}, {m['licence']}"
+        if not m["instruction_tuned"]:
+            about += ", pretrained (not instruction-tuned)"
+        print(f"  {m['id']:<28} {state:<36} {size:>8}  {about}")
         if m["error"]:
             print(f"      {m['error']}")
     print("Provider keys (names only):")

@@ -239,3 +239,12 @@ def m006_conversations(db: sqlite_utils.Database) -> None:
         "tokens_out, cost_usd FROM runs"
     )
     db["runs"].create_index(["conversation_id", "turn"])
+
+
+@migration
+def m007_run_process_start(db: sqlite_utils.Database) -> None:
+    # When the process that owns a `running` run or evaluation started (clock ticks since boot,
+    # from /proc/<pid>/stat): a live process holding the same pid later is told apart by it.
+    for table in ("runs", "evals"):
+        if db[table].exists() and "pid_start" not in db[table].columns_dict:
+            db[table].add_column("pid_start", int)
