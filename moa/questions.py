@@ -390,8 +390,10 @@ def _turns(
     prompt, turns, reference = row.get("prompt"), row.get("turns"), row.get("reference")
     followup = None
     if turns is not None:
-        if not isinstance(turns, list) or not 1 <= len(turns) <= MAX_TURNS or any(
-            not isinstance(t, str) or not t.strip() for t in turns
+        if (
+            not isinstance(turns, list)
+            or not 1 <= len(turns) <= MAX_TURNS
+            or any(not isinstance(t, str) or not t.strip() for t in turns)
         ):
             got = json.dumps(turns, ensure_ascii=False)
             got = got if len(got) <= 60 else got[:59] + "…"

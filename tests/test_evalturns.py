@@ -386,3 +386,64 @@ def test_judge_prompts_for_second_turns_are_mtbench_multi_turn_and_defused():
     ref = replace(q, reference="R1", followup_reference="R2")
     name, _ = scoring.pair_messages_turn2(ref, ("a1", "a2"), ("b1", "b2"))
     assert name == "pair-math-v1-multi-turn"
+
+
+# ---------------------------------------------------------------- the page
+
+
+def test_the_evaluate_page_shows_turn_1_turn_2_and_both(fake, two_turns, db_path):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_evaluate_page import EVALUATE
+
+    fake.set("agg", text="Duo final.")
+    fake.set("solo", text="Solo final <b>bold</b>.", when=(("Now double it", "Solo: 84."),))
+    fake.set("judge", text="Rating: [[8]]", when=((SECOND_JUDGED, "Rating: [[3]]"),))
+    results = ev.evaluate(Store(db_path), judged_plan(fake, two_turns))
+    at = AppTest.from_file(EVALUATE, default_timeout=60)
+    at.query_params["eval"] = results.eval_id
+    at.run()
+    assert not at.exception, at.exception
+
+    by_turn = at.dataframe[0].value
+    assert list(by_turn["contender"]) == ["Duo", "openai/solo"]
+    solo = by_turn[by_turn["contender"] == "openai/solo"].iloc[0]
+    assert (solo["turn 1"], solo["turn 2"]) == ("8.0 (8.0–8.0)", "3.0 (3.0–3.0)")
+    assert solo["both turns"].startswith("6.0 (")  # with its 95% interval
+    assert (solo["turn 1 scored"], solo["turn 2 scored"]) == (3, 2)
+    main = at.dataframe[1].value
+    assert list(main["rating (1–10)"]) == ["6.0", "6.0"]  # both turns by default
+    grid = at.dataframe[2].value
+    assert list(grid["openai/solo"]) == ["8 → 3", "8", "8 → 3"]
+
+    at.radio(key="eval_turn_view").set_value("turn 2").run()
+    assert list(at.dataframe[1].value["rating (1–10)"]) == ["3.0", "3.0"]
+    grid = at.dataframe[2].value
+    assert list(grid["prompt"]) == ["Say it again for a child of five.", "Now double it."]
+
+    at.radio(key="eval_turn_view").set_value("both turns").run()
+    at.selectbox(key="eval_question").select("sum").run()
+    prompts = [m.value for m in at.markdown if "**Prompt**" in m.value]
+    assert prompts[0].startswith("**Turn 1**") and "What is 40" in prompts[0]
+    assert prompts[1].startswith("**Turn 2**") and "Now double it" in prompts[1]
+    cards = [h.value for h in at.html if "moa-evalcard" in h.value]
+    assert len(cards) == 4  # two contenders × two turns
+    assert "Solo final &lt;b&gt;bold&lt;/b&gt;." in cards[1] and "Solo: 84." in cards[3]
+
+
+def test_an_older_database_gains_the_eval_turns_table(tmp_path):
+    import sqlite_utils
+
+    from moa.migrations import migrate
+
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(path)
+    migrate(db, upto="m006_conversations")
+    db["evals"].insert({"id": "e1", "status": "ok", "plan_json": "{}"})
+    db.conn.close()
+    store = Store(path)
+    assert "eval_turns" in store.db.table_names()
+    cols = {c.name for c in store.db["eval_turns"].columns}
+    assert {"eval_id", "question_id", "contender", "turn", "run_id", "status", "score"} <= cols
+    assert store.db["evals"].count == 1  # nothing else touched
+    assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
