@@ -468,3 +468,135 @@ def test_history_reruns_a_run_and_opens_its_config_in_the_run_page(loopback, db_
     )
     assert config_mod.to_dict(again.config) == config_mod.to_dict(store.get_run(first.id).config)
     assert f'data-run="{again.run_id}"' in html(at)
+
+
+# ---------------------------------------------------------------- conversations
+
+
+def follow_up(at: AppTest, message: str) -> AppTest:
+    at.chat_input(key=K.FOLLOW_UP).set_value(message).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def conversation_id(at: AppTest) -> str:
+    value = at.query_params["conversation"]
+    return value[0] if isinstance(value, list) else value
+
+
+def test_a_follow_up_is_turn_two_and_is_sent_turn_one(loopback, db_path):
+    at = run(app(), "How do plants grow?")
+    cid = conversation_id(at)
+    loopback.requests.clear()
+    loopback.set("agg", text="Shorter: water, light, soil.")
+    follow_up(at, "Make it shorter.")
+    assert conversation_id(at) == cid
+    conv = Store(db_path).get_conversation(cid)
+    assert [(r.turn, r.prompt, r.status) for r in conv.runs] == [
+        (1, "How do plants grow?", "ok"),
+        (2, "Make it shorter.", "ok"),
+    ]
+    sent = loopback.requests_for("alpha")[0]["body"]["messages"]
+    assert sent[-3]["content"] == "How do plants grow?"
+    assert sent[-2] == {"role": "assistant", "content": conv.runs[0].final_text}
+    assert sent[-1] == {"role": "user", "content": "Make it shorter."}
+    page = html(at)
+    # Both turns are on the page: turn 1 folded to its final answer, turn 2 whole.
+    assert 'data-turn="1"' in page and 'data-turn="2"' in page
+    assert "moa-collapsed" in page and "Shorter: water, light, soil." in page
+    assert page.count('data-status="ok"') >= 5  # turn 1's final + turn 2's four calls
+    # The same conversation opened by its link draws the same turns.
+    again = AppTest.from_file(APP, default_timeout=30)
+    again.query_params["conversation"] = cid
+    again.run()
+    assert not again.exception
+    finals = [h.value for h in at.html if "moa-final" in h.value]
+    assert [h.value for h in again.html if "moa-final" in h.value] == finals
+    # ?run=<turn 1> opens the same conversation with turn 1 drawn whole.
+    turn1 = AppTest.from_file(APP, default_timeout=30)
+    turn1.query_params["run"] = conv.runs[0].run_id
+    turn1.run()
+    assert not turn1.exception
+    shown = html(turn1)
+    assert f'data-conversation="{cid}"' in shown and 'data-turn="2"' in shown
+    assert shown.index(f'data-run="{conv.runs[0].run_id}" data-run-status') < shown.index(
+        'data-turn="2"'
+    )
+
+
+def test_retry_runs_a_failed_turn_again_in_its_place(loopback, db_path):
+    at = run(app(), "How do plants grow?")
+    loopback.set("agg", fault="empty")
+    follow_up(at, "And trees?")
+    cid = conversation_id(at)
+    assert "the model returned an empty answer" in html(at)
+    loopback.requests.clear()
+    loopback.set("agg", text="Trees need the same, at a larger scale.")
+    at.button(key=K.RETRY_BUTTON).click().run()
+    assert not at.exception
+    conv = Store(db_path).get_conversation(cid)
+    assert [(r.turn, r.status) for r in conv.runs] == [(1, "ok"), (2, "failed"), (2, "ok")]
+    # The retry was sent turn 1 only, not the failed attempt.
+    sent = str(loopback.requests_for("alpha")[0]["body"]["messages"])
+    assert "How do plants grow?" in sent and sent.count("And trees?") == 1
+    page = html(at)
+    assert "earlier attempt(s) at this turn" in page and "larger scale" in page
+
+
+def test_continue_from_here_and_edit_start_branches(loopback, db_path):
+    at = run(app(), "How do plants grow?")
+    follow_up(at, "And trees?")
+    cid = conversation_id(at)
+    store = Store(db_path)
+    first, second = store.get_conversation(cid).turns
+    # Continue from turn 1: the next message starts a branch sharing turn 1.
+    at.button(key=f"branch-{first.run_id}").click().run()
+    assert 'data-turn="2"' not in html(at) and at.info
+    loopback.requests.clear()
+    follow_up(at, "And cacti?")
+    branch_id = conversation_id(at)
+    assert branch_id != cid
+    branch = store.get_conversation(branch_id)
+    assert [r.prompt for r in branch.turns] == ["How do plants grow?", "And cacti?"]
+    assert (branch.parent_id, branch.branch_turn) == (cid, 2)
+    assert "branched from" in html(at)
+    assert "And trees?" not in str(loopback.requests_for("alpha")[0]["body"]["messages"])
+    # Edit and re-run turn 2 of the original: another branch; the original is untouched.
+    at.query_params.clear()
+    at.query_params["conversation"] = cid
+    at.run()
+    at.button(key=f"edit-{second.run_id}").click().run()
+    at.text_area(key=K.EDIT_TEXT).input("And shrubs?")
+    at.button(key="run_edited").click().run()
+    assert not at.exception
+    edited = store.get_conversation(conversation_id(at))
+    assert [r.prompt for r in edited.turns] == ["How do plants grow?", "And shrubs?"]
+    assert [r.prompt for r in store.get_conversation(cid).turns] == [
+        "How do plants grow?",
+        "And trees?",
+    ]
+    assert {b.id for b in store.branches(cid)} == {branch_id, edited.id}
+
+
+def test_new_conversation_brings_back_the_form_and_history_round_trip(loopback, db_path):
+    at = run(app(), "How do plants grow?")
+    cid = conversation_id(at)
+    at.button(key=K.NEW_CONVERSATION).click().run()
+    assert "conversation" not in at.query_params
+    assert at.text_area(key=K.PROMPT) and not at.chat_input
+    # Back to the conversation by session state: another page visit keeps it (address too).
+    at.session_state[K.CONVERSATION] = cid
+    at.run()
+    assert conversation_id(at) == cid and at.chat_input(key=K.FOLLOW_UP)
+
+
+def test_an_unknown_conversation_id_is_an_error(loopback):
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params["conversation"] = "c0123456789abcdef0123"
+    at.run()
+    assert not at.exception
+    assert errors(at) == ["no conversation with id 'c0123456789abcdef0123'"]
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params["conversation"] = "<script>"
+    at.run()
+    assert errors(at) == ["no conversation with id '<script>'"]

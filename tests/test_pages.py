@@ -188,3 +188,86 @@ def test_paging_fifty_a_page(filled):
     assert not at.exception and len(table_ids(at)) == 1
     assert any("1 conversation matches" in c.value for c in at.caption)
     assert H.fmt_count(10_001) == "10,000+" and H.fmt_count(9_999) == "9,999"
+
+
+@pytest.fixture
+def chat(fake, db_path):
+    """A two-turn conversation and a one-turn one."""
+    from moa import conversation
+
+    store = Store(db_path)
+    writer = StoreWriter(store)
+    cfg = make_config(fake, ["alpha", "beta"], name="garden")
+    fake.set("agg", text="Plants need water and light.")
+    one = engine.run_sync(cfg, "What do plants need?", on_event=writer)
+    conv = store.get_conversation(one.conversation_id)
+    plan = conversation.plan_turn(conv, "And cacti?")
+    fake.set("agg", text="Cacti need little water and much light.")
+    two = engine.run_sync(
+        cfg,
+        "And cacti?",
+        on_event=writer,
+        history=plan.history,
+        conversation_id=plan.conversation_id,
+        turn=plan.turn,
+    )
+    fake.set("agg", text="Boil pasta in salted water.")
+    other = engine.run_sync(make_config(fake, ["gamma"]), "How to cook pasta?", on_event=writer)
+    fake.requests.clear()
+    return store, one, two, other
+
+
+def test_history_opens_a_whole_conversation_and_acts_on_one_turn(chat):
+    store, one, two, other = chat
+    at = page(HISTORY)
+    assert table_ids(at) == [other.conversation_id, one.conversation_id]
+    rows = at.dataframe[0].value
+    assert list(rows.columns[:4]) == ["status", "turns", "cost", "tokens"]  # short ones first
+    assert list(rows["turns"]) == [1, 2]
+    at.text_input(key="hist_search").input("cacti").run()  # a later turn finds it
+    assert table_ids(at) == [one.conversation_id]
+    at.selectbox(key="hist_open").select(one.conversation_id).run()
+    shown = shown_html(at)
+    assert 'data-turn="1"' in shown and 'data-turn="2"' in shown
+    assert "Plants need water and light." in shown and "much light" in shown
+    # The turn picker defaults to the latest turn; its actions work on that run.
+    assert at.selectbox(key=f"hist_turn_{one.conversation_id}").value == two.run_id
+    # Rename.
+    at.text_input(key=f"hist_title_{one.conversation_id}").input("Plant care")
+    at.button(key="hist_rename_go").click().run()
+    assert store.conversation_summary(one.conversation_id).title == "Plant care"
+    # Delete the whole conversation, after a confirmation.
+    at.button(key="hist_delete_conv").click().run()
+    assert store.get_run(two.run_id) is not None
+    at.button(key="hist_delete_conv_yes").click().run()
+    assert not at.exception
+    assert store.get_conversation(one.conversation_id) is None
+    assert store.get_run(one.run_id) is None and store.get_run(two.run_id) is None
+    at.text_input(key="hist_search").input("").run()
+    assert table_ids(at) == [other.conversation_id]
+
+
+def test_history_compares_conversations_turn_by_turn(chat):
+    _, one, _, other = chat
+    at = page(HISTORY)
+    at.multiselect(key="hist_compare").select(one.conversation_id).select(
+        other.conversation_id
+    ).run()
+    assert not at.exception
+    shown = shown_html(at)
+    assert 'data-turn="1"' in shown and 'data-turn="2"' in shown
+    assert "much light" in shown and "(no such turn)" in [c.value for c in at.caption]
+
+
+def test_a_conversation_export_imports_through_the_history_helper(chat, tmp_path):
+    store, one, _, _ = chat
+    conv = store.get_conversation(one.conversation_id)
+    data = json.dumps(export.conversation_to_json(conv))
+    other = Store(tmp_path / "other.db")
+    imported = H.import_json(other, data)
+    assert [r.prompt for r in other.get_conversation(imported.id).turns] == [
+        "What do plants need?",
+        "And cacti?",
+    ]
+    with pytest.raises(H.ImportRefused, match="already in"):
+        H.import_json(other, data)
