@@ -32,7 +32,7 @@ from moa.store import Store  # noqa: E402
 PRESET = "local-quick"
 TITLE = "MT-Bench two turns on local models (bench/eval_turns.py)"
 TIMEOUT_S = 1800.0  # a busy CPU must not turn into failed answers
-JUDGE_MAX_TOKENS = 400  # a small local judge rambles: bound each verdict's time
+JUDGE_MAX_TOKENS = 300  # a small local judge rambles: bound each verdict's time
 
 
 def main() -> None:

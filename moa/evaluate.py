@@ -1273,6 +1273,10 @@ class EvalResults:
     def _all_items(self) -> list[ItemResult]:
         return self.items + self.turn_items
 
+    def _answered_turns(self) -> list[tuple[str, int]]:
+        """(question id, turn) of every stored item: what contenders are compared on."""
+        return list(dict.fromkeys((i.question_id, i.turn) for i in self._all_items()))
+
     def item(self, question_id: str, contender: str) -> ItemResult | None:
         return next(
             (i for i in self.items if i.question_id == question_id and i.contender == contender),
@@ -1310,11 +1314,10 @@ class EvalResults:
         best = max(singles, key=lambda c: (c.score, -(c.cost_per_answer or 0)))
         diffs = []
         scores = {(i.question_id, i.turn, i.contender): i.score for i in self._all_items()}
-        for q in self.questions:
-            for turn in range(1, self.n_turns + 1):
-                a, b = scores.get((q.id, turn, m.name)), scores.get((q.id, turn, best.name))
-                if a is not None and b is not None:
-                    diffs.append(a - b)
+        for qid, turn in self._answered_turns():
+            a, b = scores.get((qid, turn, m.name)), scores.get((qid, turn, best.name))
+            if a is not None and b is not None:
+                diffs.append(a - b)
         delta_ci = None
         if len(diffs) >= 2:
             _, lo, hi = mean_ci(diffs)
@@ -1341,12 +1344,12 @@ class EvalResults:
         rates: dict[str, float | None] = {}
         for c in self.contenders:
             points = games = 0.0
-            for q, turn in ((q, t) for q in self.questions for t in range(1, self.n_turns + 1)):
-                mine = scores.get((q.id, turn, c.name))
+            for qid, turn in self._answered_turns():
+                mine = scores.get((qid, turn, c.name))
                 if mine is None:
                     continue
                 for o in self.contenders:
-                    theirs = scores.get((q.id, turn, o.name))
+                    theirs = scores.get((qid, turn, o.name))
                     if o is c or theirs is None:
                         continue
                     games += 1

@@ -234,6 +234,10 @@ def test_turn_two_is_asked_after_each_contenders_own_answer_and_judged_per_turn(
         assert (one.score, one.n_scored) == (8.0, 3)
         assert (two.score, two.n_scored) == (3.0, 2)
         assert (both.score, both.n_scored) == (6.0, 5)
+    # Compared turn by turn: each view pairs the contenders on its own turn's questions.
+    two = results.for_turn(2)
+    assert two.headline().delta_ci == (0.0, 0.0) and results.headline().delta == 0
+    assert two.win_rates() == {"Duo": 0.5, "openai/solo": 0.5}
     assert [q.prompt for q in results.for_turn(2).questions] == [
         "Say it again for a child of five.",
         "Now double it.",
