@@ -13,6 +13,7 @@ from moa import evaluate as ev
 from moa.questions import QuestionFileError, load_file, load_question_set
 from moa.store import Store
 from tests.conftest import make_config
+from tests.test_evaluate_page import duo  # noqa: F401  (a fixture)
 
 TWO_TURNS = [
     {
@@ -451,3 +452,20 @@ def test_an_older_database_gains_the_eval_turns_table(tmp_path):
     assert {"eval_id", "question_id", "contender", "turn", "run_id", "status", "score"} <= cols
     assert store.db["evals"].count == 1  # nothing else touched
     assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.usefixtures("duo")
+def test_the_page_plans_second_turns_and_can_leave_them_out(fake, db_path):
+    from tests.test_evaluate_page import page, text_of
+
+    at = page()
+    at.radio(key="eval_set").set_value("mtbench").run()
+    at.number_input(key="eval_limit").set_value(2).run()
+    at.text_input(key="eval_judge").input(f"openai/judge@{fake.base_url}").run()
+    assert not at.error, [e.value for e in at.error]
+    # 2 questions and 2 follow-ups × 5 contenders; 20 runs, each judged once.
+    assert "2 questions (2 with a second turn) × 5 contenders = 20 answers" in text_of(at)
+    assert "20 runs + 20 judge calls" in text_of(at)
+    at.checkbox(key="eval_turns").uncheck().run()
+    assert "2 questions × 5 contenders = 10 answers" in text_of(at)
+    assert sum(fake.counts.values()) == 0
