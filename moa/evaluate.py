@@ -1244,7 +1244,8 @@ class EvalResults:
         """These results as if only turn `turn` (1 or 2) had been asked: its questions (the
         follow-up as the prompt), its items and its scores."""
         if turn == 1:
-            questions, items = self.questions, self.items
+            questions = [replace(q, followup=None, followup_reference=None) for q in self.questions]
+            items = self.items
         else:
             questions = [
                 replace(
