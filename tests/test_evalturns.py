@@ -469,3 +469,53 @@ def test_the_page_plans_second_turns_and_can_leave_them_out(fake, db_path):
     at.checkbox(key="eval_turns").uncheck().run()
     assert "2 questions × 5 contenders = 10 answers" in text_of(at)
     assert sum(fake.counts.values()) == 0
+
+
+def test_a_second_turn_cut_mid_aggregation_resumes_on_its_paid_candidates(fake, tmp_path, db_path):
+    from moa.events import CallStarted, RunStarted
+
+    path = write_jsonl(tmp_path / "one.jsonl", [TWO_TURNS[0]])
+    fake.set("p1", text="Draft one.")
+    fake.set("p2", text="Draft two.")
+    fake.set("agg", text="Duo final.", delay_s=0.5)  # the window in which it is stopped
+    fake.set("judge", text="Rating: [[6]]")
+    store = Store(db_path)
+    plan = ev.EvalPlan(
+        load_question_set(str(path)),
+        [ev.mixture(make_config(fake, ["p1", "p2"], name="Duo"))],
+        scoring="judge",
+        judge=ev.judge_spec(f"openai/judge@{fake.base_url}"),
+    )
+    cancel = ev.EvalCancel()
+    prompts_by_run = {}
+
+    def stop_in_turn_two(event):
+        if isinstance(event, RunStarted):
+            prompts_by_run[event.record.run_id] = event.record.prompt
+        elif (
+            isinstance(event, CallStarted)
+            and event.call.role == "aggregator"
+            and prompts_by_run.get(event.run_id) == TWO_TURNS[0]["turns"][1]
+        ):
+            cancel.cancel()
+
+    first = ev.evaluate(store, plan, cancel=cancel, on_event=stop_in_turn_two)
+    assert first.status == "cancelled"
+    (cut,) = first.turn_items
+    assert cut.status == "running" and store.get_run(cut.run_id).status == "cancelled"
+    assert fake.counts["p1"] == 2
+    asked = fake.counts["agg"]  # 1, or 2 if the cut request had reached the server
+
+    again = ev.evaluate(store, plan)
+    assert again.status == "ok" and again.eval_id == first.eval_id
+    # Turn 2's proposers were not asked again; only its aggregator, on the stored candidates.
+    assert (fake.counts["p1"], fake.counts["p2"], fake.counts["agg"]) == (2, 2, asked + 1)
+    (done,) = again.turn_items
+    resumed = store.get_run(done.run_id)
+    turn_one = store.get_run(again.items[0].run_id)
+    assert resumed.parent_run_id == cut.run_id and resumed.status == "ok"
+    assert (resumed.conversation_id, resumed.turn) == (turn_one.conversation_id, 2)
+    last = fake.requests_for("agg")[-1]["body"]["messages"]
+    assert ("user", "How do plants grow?") in [(m["role"], m["content"]) for m in last]
+    assert (done.status, done.score) == ("scored", 6.0)
+    assert len(fake.requests_for("judge")) == 2  # turn 1 once, turn 2 once
