@@ -32,7 +32,6 @@ from moa.store import Store  # noqa: E402
 PRESET = "local-quick"
 TITLE = "MT-Bench two turns on local models (bench/eval_turns.py)"
 TIMEOUT_S = 1800.0  # a busy CPU must not turn into failed answers
-JUDGE_MAX_TOKENS = 300  # a small local judge rambles: bound each verdict's time
 
 
 def main() -> None:
@@ -46,7 +45,8 @@ def main() -> None:
     cfg = replace(config.load_preset(PRESET), proposer_timeout_s=TIMEOUT_S)
     best_single = replace(cfg.aggregator, timeout_s=TIMEOUT_S)  # its only model
     contenders = [ev.mixture(cfg), ev.single(best_single, name=f"{best_single.model} alone")]
-    judge = replace(ev.judge_spec(args.judge), max_tokens=JUDGE_MAX_TOKENS, timeout_s=TIMEOUT_S)
+    # The judge explains before its verdict: up to 1,024 tokens (ev.JUDGE_MAX_TOKENS) a call.
+    judge = replace(ev.judge_spec(args.judge), timeout_s=TIMEOUT_S)
     questions = load_question_set("mtbench", args.limit)
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp(prefix="moa-turns-")) / "eval.db"
     store = Store(db)

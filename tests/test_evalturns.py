@@ -519,3 +519,28 @@ def test_a_second_turn_cut_mid_aggregation_resumes_on_its_paid_candidates(fake, 
     assert ("user", "How do plants grow?") in [(m["role"], m["content"]) for m in last]
     assert (done.status, done.score) == ("scored", 6.0)
     assert len(fake.requests_for("judge")) == 2  # turn 1 once, turn 2 once
+
+
+# ---------------------------------------------------------------- a real local model
+
+
+@pytest.mark.local
+def test_smollm2_answers_a_follow_up_after_its_own_first_answer(db_path, tmp_path):
+    from moa.config import ModelSpec
+
+    path = write_jsonl(tmp_path / "one.jsonl", [TWO_TURNS[0]])
+    smol = ModelSpec("local/smollm2-135m", temperature=0.2, max_tokens=48)  # bounded time
+    judge = replace(ev.judge_spec("local/smollm2-135m"), max_tokens=64)
+    store = Store(db_path)
+    plan = ev.EvalPlan(load_question_set(str(path)), [ev.single(smol)], "judge", judge)
+    # resolved() gives the judge room to explain (1,024 tokens); keep this test short.
+    prepared = ev.prepare(store, plan)
+    prepared = replace(prepared, plan=replace(prepared.plan, judge=judge))
+    results = ev.run_evaluation_sync(store, prepared)
+    (one,), (two,) = results.items, results.turn_items
+    first, second = store.get_run(one.run_id), store.get_run(two.run_id)
+    assert (first.status, second.status) == ("ok", "ok") and second.final_text
+    assert (second.conversation_id, second.turn) == (first.conversation_id, 2)
+    assert second.calls[0].history_note is None  # the whole first turn fitted the window
+    assert second.usage()["tokens_in"] > first.usage()["tokens_in"]  # it was sent turn 1
+    assert two.status in ("scored", "unscored") and two.latency_s > 0
