@@ -32,7 +32,7 @@ TITLE = "History page at 100,000 runs (bench/history_page.py)"
 
 
 def caption(page) -> str:
-    return page.locator("text=/runs match · page/").first.inner_text()
+    return page.locator("text=/match · page/").first.inner_text()
 
 
 def shown(page) -> str:
@@ -59,7 +59,7 @@ def until_changed(page, before: str, timeout_s: float = 30) -> None:
 def open_page(page, url: str) -> float:
     t = time.perf_counter()
     page.goto(url)
-    page.locator("text=/runs match · page/").first.wait_for(timeout=60_000)
+    page.locator("text=/match · page/").first.wait_for(timeout=60_000)
     page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
     return time.perf_counter() - t
 

@@ -53,10 +53,17 @@ def attribution(record: RunRecord):
     return attribute(final, [c.text for _, c in seen]), [pos for pos, _ in seen]
 
 
-def run_to_json(record: RunRecord) -> dict[str, Any]:
-    """The `run --json` object (DESIGN.md contract) plus what an import needs."""
+def run_to_json(record: RunRecord, analysis=None) -> dict[str, Any]:
+    """The `run --json` object (DESIGN.md contract) plus what an import needs.
+
+    `analysis` is the run's moa.analysis.RunAnalysis when the caller has it (e.g. from the
+    store's cache); otherwise it is computed here."""
+    from moa import analysis as analysis_mod
+
     agg = record.aggregator_call
-    attr, ids = attribution(record)
+    if analysis is None:
+        analysis = analysis_mod.compute(record)
+    attr, ids = analysis.attribution, analysis.candidate_ids
     final = _call_json(agg) if agg else {}
     final["text"] = record.final_text
     return {
@@ -70,6 +77,7 @@ def run_to_json(record: RunRecord) -> dict[str, Any]:
         # Aggregator calls other than `final`'s: the aggregator whose fallback answered.
         "failed_aggregators": [_call_json(c) for c in record.aggregator_calls if c is not agg],
         "attribution": attr.to_json(ids) if attr is not None else [],
+        "panel": analysis.panel_json(),
         "usage": record.usage(),
         "created_at": record.created_at,
         "ended_at": record.ended_at,

@@ -166,6 +166,13 @@ def compare(store: Store, convs: list) -> None:
     )
 
 
+def panel_summary(rec: RunRecord) -> str:
+    from moa.panel_view import summary_text
+    from moa.ui.panel import analysis_for
+
+    return summary_text(analysis_for(rec)) if rec.final_text else ""
+
+
 def _compare_card(rec: RunRecord, base: str, first: bool) -> str:
     usage = rec.usage()
     tokens = usage["tokens_in"] + usage["tokens_out"]
@@ -177,6 +184,7 @@ def _compare_card(rec: RunRecord, base: str, first: bool) -> str:
     )
     attr, ids = attribution_for(rec)
     shares = Kept(rec, attr, ids).legend_html(hint=False) if attr is not None else ""
+    shares += f'<div style="color:#64748b;font-size:.8rem">{esc(panel_summary(rec))}</div>'
     return (
         '<div style="border:1px solid #e2e8f0;border-radius:10px;padding:.7rem .8rem">'
         f'<div style="font-weight:650">{esc(H._short(rec.prompt, 60))}</div>'
