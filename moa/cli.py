@@ -580,6 +580,14 @@ def _eval_parser(sub: Any) -> None:
     ev.add_argument(
         "--limit", type=int, metavar="N", help="N questions, spread over the categories"
     )
+    ev.add_argument(
+        "--turns",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="2 (default): also ask each question's second turn where it has one (MT-Bench "
+        "style, judged); 1: first turns only",
+    )
     ev.add_argument("--concurrency", type=int, default=4, metavar="N", help="answers in flight")
     ev.add_argument("--max-cost", type=float, metavar="USD", help="refuse if the estimate is over")
     ev.add_argument(
@@ -597,6 +605,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     try:
         questions = load_question_set(args.questions, args.limit)
+        if args.turns == 1:
+            questions = questions.first_turns()
         contenders = []
         for text in args.contender:
             c = ev.parse_contender(text)
@@ -616,8 +626,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (QuestionFileError, ev.EvalInputError) as e:
         raise BadInput(str(e)) from None
     plan = prepared.plan
+    followups = plan.questions.n_followups
     _err(
-        f"eval: {len(plan.questions.questions)} questions ({plan.questions.name}) × "
+        f"eval: {len(plan.questions.questions)} questions ({plan.questions.name})"
+        + (f", {followups} with a second turn," if followups else "")
+        + " × "
         f"{len(plan.contenders)} contenders ({', '.join(c.name for c in plan.contenders)}) · "
         f"scoring {plan.scoring}" + (f" by {plan.judge.model}" if plan.judge else "")
     )
@@ -653,6 +666,9 @@ def _print_eval_table(results: Any) -> None:
     unit = {"match": "accuracy %", "judge": "rating 1-10", "pairwise": "win rate %"}[
         results.scoring
     ]
+    if results.n_turns > 1:
+        _print_turns_table(results, scale, unit)
+        print("both turns together:")
     print(
         f"{'contender':<32} {unit:>12} {'95% CI':>15} {'cost $':>10} {'latency s':>10} "
         f"{'tokens':>7} {'ok':>4} {'failed':>6}"
@@ -672,6 +688,19 @@ def _print_eval_table(results: Any) -> None:
     head = results.headline()
     if head is not None:
         print(head.describe())
+
+
+def _print_turns_table(results: Any, scale: int, unit: str) -> None:
+    """Two-turn questions: each contender's score on turn 1 and on turn 2 (MT-Bench's columns)."""
+    views = [results.for_turn(1), results.for_turn(2)]
+    print(f"{'contender':<32} {'turn 1 ' + unit:>20} {'turn 2 ' + unit:>20}")
+    for c in results.contenders:
+        cells = []
+        for view in views:
+            r = next(x for x in view.contenders if x.name == c.name)
+            cells.append("-" if r.score is None else f"{r.score * scale:.1f} (n={r.n_scored})")
+        print(f"{c.name[:32]:<32} {cells[0]:>20} {cells[1]:>20}")
+    print()
 
 
 COMMANDS = {

@@ -276,3 +276,38 @@ def m010_attribution_cache(db: sqlite_utils.Database) -> None:
             },
             pk="run_id",
         )
+
+
+@migration
+def m011_eval_turns(db: sqlite_utils.Database) -> None:
+    # MT-Bench's second turns: a question's follow-up is asked in the conversation of the
+    # contender's first answer and scored on its own. Its item has the columns of eval_items
+    # plus the turn; the first turn stays in eval_items, so older evaluations read unchanged.
+    # Judge calls on a second turn are judge_calls rows whose kind starts with "turn2:".
+    if db["eval_turns"].exists():
+        return
+    db["eval_turns"].create(
+        {
+            "id": int,
+            "eval_id": str,
+            "question_id": str,
+            "contender": str,
+            "turn": int,
+            "category": str,
+            "run_id": str,
+            "status": str,  # running | answered | scored | failed | unscored
+            "score": float,
+            "outcome": str,
+            "extracted": str,
+            "error": str,
+            "cost_usd": float,
+            "latency_s": float,
+            "tokens_out": int,
+            "judge_cost_usd": float,
+            "updated_at": str,
+        },
+        pk="id",
+        foreign_keys=[("eval_id", "evals", "id")],
+    )
+    db["eval_turns"].create_index(["eval_id", "question_id", "contender", "turn"], unique=True)
+    db["eval_turns"].create_index(["run_id"])

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -591,29 +591,24 @@ class Store:
         r = next(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]), None)
         if r is None:
             return None
-        record = RunRecord(
-            run_id=r["id"],
-            config=_stored_config(r),
-            prompt=r["prompt"],
-            system_prompt=r["system_prompt"],
-            status=r["status"],
-            error=r["error"],
-            created_at=r["created_at"],
-            ended_at=r["ended_at"],
-            wall_s=r["wall_s"],
-            pid=r["pid"],
-            pid_start=r.get("pid_start"),
-            parent_run_id=r["parent_run_id"],
-            conversation_id=r.get("conversation_id"),
-            turn=r.get("turn") or 1,
-            aggregated_early=bool(r.get("aggregated_early")),
+        return _record(
+            r,
+            self.db.query(
+                "SELECT * FROM calls WHERE run_id = ? ORDER BY layer, role DESC, idx", [run_id]
+            ),
         )
+
+    def _records(self, where: str, params: list[Any]) -> list[RunRecord]:
+        """The runs matching `where` (over `runs`), each with its calls: two queries in all."""
+        rows = list(self.db.query(f"SELECT * FROM runs WHERE {where} ORDER BY turn, rowid", params))
+        calls: dict[str, list[dict[str, Any]]] = {r["id"]: [] for r in rows}
         for c in self.db.query(
-            "SELECT * FROM calls WHERE run_id = ? ORDER BY layer, role DESC, idx", [run_id]
+            f"SELECT * FROM calls WHERE run_id IN (SELECT id FROM runs WHERE {where}) "
+            "ORDER BY layer, role DESC, idx",
+            params,
         ):
-            c["index"], c["params"] = c["idx"], json.loads(c["params_json"] or "{}")
-            record.calls.append(CallRecord.from_dict(c))
-        return record
+            calls[c["run_id"]].append(c)
+        return [_record(r, calls[r["id"]]) for r in rows]
 
     def resolve_conversation(self, some_id: str) -> str | None:
         """A conversation id, or a run id meaning its conversation; None if neither exists."""
@@ -646,10 +641,8 @@ class Store:
             parent = self.get_conversation(summary.parent_id)
             if parent is not None:
                 conv.runs = [r for r in parent.runs if r.turn < summary.branch_turn]
-        ids = self.db.execute(
-            "SELECT id FROM runs WHERE conversation_id = ? ORDER BY turn, rowid", [conversation_id]
-        ).fetchall()
-        conv.runs += [r for r in (self.get_run(i) for (i,) in ids) if r is not None]
+        # Two queries for the whole conversation (one per run made 101 for 50 turns).
+        conv.runs += self._records("conversation_id = ?", [conversation_id])
         return conv
 
     def branches(self, conversation_id: str) -> list[ConversationSummary]:
@@ -875,6 +868,31 @@ class Store:
 
     def count_runs(self) -> int:
         return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def _record(r: dict[str, Any], call_rows: Iterable[dict[str, Any]]) -> RunRecord:
+    """A stored run (a `runs` row) and its calls (rows of `calls`, in order) as a RunRecord."""
+    record = RunRecord(
+        run_id=r["id"],
+        config=_stored_config(r),
+        prompt=r["prompt"],
+        system_prompt=r["system_prompt"],
+        status=r["status"],
+        error=r["error"],
+        created_at=r["created_at"],
+        ended_at=r["ended_at"],
+        wall_s=r["wall_s"],
+        pid=r["pid"],
+        pid_start=r.get("pid_start"),
+        parent_run_id=r["parent_run_id"],
+        conversation_id=r.get("conversation_id"),
+        turn=r.get("turn") or 1,
+        aggregated_early=bool(r.get("aggregated_early")),
+    )
+    for c in call_rows:
+        c["index"], c["params"] = c["idx"], json.loads(c["params_json"] or "{}")
+        record.calls.append(CallRecord.from_dict(c))
+    return record
 
 
 def _stored_config(row: dict[str, Any]) -> RunConfig:

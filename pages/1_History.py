@@ -376,6 +376,8 @@ def run_requested_reaggregation(store: Store) -> None:
 def conversation_actions(store: Store, conv: Conversation) -> None:
     """Rename, continue on the Run page, export the whole conversation, delete it."""
     cid = conv.id
+    # The exports are made when their button is clicked (a callable): making all three on every
+    # redraw computed every turn's attribution again, seconds for a long conversation.
     c1, c2, c3, c4, c5 = st.columns(5)
     if c1.button("Continue on the Run page", key="hist_continue", icon=":material/chat:"):
         st.session_state[K.CONVERSATION] = cid
@@ -383,7 +385,7 @@ def conversation_actions(store: Store, conv: Conversation) -> None:
         st.switch_page("app.py", query_params={"conversation": cid})
     c2.download_button(
         "Conversation Markdown",
-        conversation_to_markdown(conv),
+        lambda: conversation_to_markdown(conv),
         f"moa-{cid}.md",
         "text/markdown",
         key="dl_conv_md",
@@ -391,7 +393,7 @@ def conversation_actions(store: Store, conv: Conversation) -> None:
     )
     c3.download_button(
         "Conversation JSON",
-        json.dumps(conversation_to_json(conv), indent=2, ensure_ascii=False),
+        lambda: json.dumps(conversation_to_json(conv), indent=2, ensure_ascii=False),
         f"moa-{cid}.json",
         "application/json",
         key="dl_conv_json",
@@ -399,7 +401,7 @@ def conversation_actions(store: Store, conv: Conversation) -> None:
     )
     c4.download_button(
         "Conversation HTML",
-        conversation_to_html(conv),
+        lambda: conversation_to_html(conv),
         f"moa-{cid}.html",
         "text/html",
         key="dl_conv_html",

@@ -36,6 +36,9 @@ class Behaviour:
     echo_auth: bool = False  # 500: echo the Authorization header, as careless providers do
     huge_chars: int = HUGE_CHARS  # huge: the answer's length (`text`, or sentences, repeated)
     honour_max_tokens: bool = False  # stop after max_tokens words, finish_reason "length"
+    # (substring, answer): the answer when the last user message holds the substring (first
+    # match wins; else `text`), e.g. a judge that rates second turns differently
+    when: tuple[tuple[str, str], ...] = ()
     # Like llama-cpp-python's server (one request at a time): a request arriving while this
     # answer streams ends it at once with [DONE] and no finish_reason.
     one_at_a_time: bool = False
@@ -203,6 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
             if m.get("role") == "user":
                 prompt = m.get("content") or ""
         text = b.text if b.text is not None else default_text(model, prompt)
+        text = next((answer for key, answer in b.when if key in prompt), text)
         if b.fault == "empty":
             text = ""
         if b.fault == "huge":

@@ -431,6 +431,11 @@ def test_evaluate_page_uploaded_question_file_with_bad_rows(tmp_path):
             "prompt,answer\nWhat is 7 x 8?,56\nToo,many,cells\n",
             "cells.csv row 3 has more cells than the header has columns",
         ),
+        "turns.jsonl": (
+            '{"turns": ["Hi?", "And?"]}\n{"turns": "How do plants grow?"}\n',
+            'turns.jsonl line 2: `turns` is "How do plants grow?": write it as a list of one '
+            "or two non-empty strings",
+        ),
     }
     for name, (text, _) in files.items():
         (tmp_path / name).write_text(text)

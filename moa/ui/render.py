@@ -181,6 +181,10 @@ CSS = """
 .moa-turnchange{font-size:.78rem;color:#b45309;margin:.15rem 0}
 .moa-turnchange a{color:#2563eb}
 .moa-runhead.moa-collapsed{padding:.3rem .7rem;margin-bottom:.4rem;font-size:.78rem}
+.moa-oldturn{margin:.4rem 0 .6rem 2.6rem}
+.moa-oldturn .moa-prompt{margin-bottom:.5rem}
+.moa-openturn{display:inline-block;margin:.1rem 0 .2rem;font-size:.8rem;color:#2563eb;
+  text-decoration:none}
 .moa-history-note{color:#b45309}
 </style>
 """
