@@ -498,7 +498,7 @@ def load_preset(name: str, presets_dir: Path | None = None) -> RunConfig:
 
 # Presets shipped in data/presets/: read-only in the app (a copy can be saved under another
 # name). A preset added to that folder for everyone must be listed here.
-BUNDLED_PRESETS = frozenset({"local-quick", "local-demo"})
+BUNDLED_PRESETS = frozenset({"local-quick", "local-demo", "local-families"})
 
 
 def is_bundled(name: str) -> bool:
