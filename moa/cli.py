@@ -52,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--aggregator", metavar="MODEL", help="aggregator model id")
     run.add_argument("--layers", type=int, metavar="N", help="proposer layers (1-4)")
     run.add_argument("--system", metavar="TEXT", help="a system prompt for every model")
+    run.add_argument(
+        "--strategy",
+        choices=config_mod.STRATEGIES,
+        help="how the candidates become the answer (default: the config's, else synthesize)",
+    )
+    run.add_argument(
+        "--cascade",
+        action="store_true",
+        default=None,
+        help="two samples first; run the panel only if they disagree",
+    )
     _common(run)
 
     hist = sub.add_parser("history", help="list past runs, newest first")
@@ -101,11 +112,17 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         cfg = config_mod.load_preset(os.environ.get("MOA_PRESET") or DEFAULT_PRESET)
     if args.layers is not None and not isinstance(args.layers, int):
         raise ConfigError("--layers must be an integer")
-    return cfg.with_overrides(args.proposer or None, args.aggregator, args.layers)
+    return cfg.with_overrides(
+        args.proposer or None,
+        args.aggregator,
+        args.layers,
+        getattr(args, "strategy", None),
+        getattr(args, "cascade", None),
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from moa import engine, export
+    from moa import engine, export, strategies
     from moa.events import fan_out
     from moa.store import Store, StoreWriter
 
@@ -119,7 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise BadInput(str(e)) from None
     _err(
         f"run: {cfg.name} · {len(cfg.proposers)} proposers × {cfg.layers} layer(s) → "
-        f"{cfg.aggregator.display} · estimated ≤ {estimate.describe()}"
+        f"{cfg.aggregator.display} · strategy {cfg.strategy_label} · "
+        f"estimated ≤ {estimate.describe()}"
     )
 
     cancel = engine.Cancel()
@@ -127,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
     # On a terminal the final answer streams as it is written; piped, stdout gets only the
     # finished answer (a failed aggregator's partial text must not precede its fallback's).
-    live = not args.json and sys.stdout.isatty()
+    live = not args.json and sys.stdout.isatty() and strategies.streams_final(cfg)
     printer = _ProgressPrinter(stream_final=live)
     record = engine.run_sync(
         cfg,
@@ -139,6 +157,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     usage = record.usage()
     cost = "unknown" if usage["cost_usd"] is None else f"${usage['cost_usd']:.6f}"
+    labels = {i: c.label for i, c in enumerate(record.proposer_calls)}
+    for line in strategies.summary_lines(record.outcome, labels):
+        _err(line)
     _err(
         f"{record.status}: {record.wall_s:.2f} s, {usage['tokens_in']}+{usage['tokens_out']} "
         f"tokens, cost {cost}, run id {record.run_id}"
@@ -299,7 +320,7 @@ class _ProgressPrinter:
 
 
 def _name(c: Any) -> str:
-    role = "aggregator" if c.role == "aggregator" else f"L{c.layer} #{c.index + 1}"
+    role = f"L{c.layer} #{c.index + 1}" if c.role == "proposer" else c.role
     return f"{role} {c.label}"
 
 
@@ -424,6 +445,13 @@ def _print_eval_table(results: Any) -> None:
             f"{c.name[:32]:<32} {score:>12} {ci:>15} {cost:>10} {latency:>10} "
             f"{c.tokens_out:>7} {c.n_ok:>4} {c.n_failed:>6}"
         )
+    for c in results.contenders:
+        if c.escalation_rate is not None:
+            print(f"{c.name}: the cascade ran the panel for {c.escalation_rate:.0%} of answers")
+    for x in ("cost", "latency"):
+        front = results.pareto_front(x)
+        if front and len(results.contenders) > 1:
+            print(f"Pareto front (quality vs {x}): {', '.join(c.name for c in front)}")
     if results.judge_model:
         cost = "unknown" if results.judge_cost_usd is None else f"${results.judge_cost_usd:.4f}"
         print(f"judge {results.judge_model}: {cost} (not included above)")

@@ -13,9 +13,10 @@ import contextlib
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from moa import llm, prompts
+from moa import llm, prompts, strategies
 from moa.config import ConfigError, ModelSpec, RunConfig
 from moa.events import (
     CallFailed,
@@ -129,7 +130,8 @@ def estimate_cost(
             unknown.append(agg.model)
         else:
             usd += cost
-    return Estimate(usd=usd, unknown_models=unknown)
+    extra_usd, extra_unknown = strategies.estimate_extra(config, base_in, prev_out)
+    return Estimate(usd=usd + extra_usd, unknown_models=unknown + extra_unknown)
 
 
 def check(
@@ -150,6 +152,9 @@ def check(
     aggregators = [("aggregator", config.aggregator)]
     if config.fallback_aggregator is not None:
         aggregators.append(("fallback_aggregator", config.fallback_aggregator))
+    for key in ("judge", "critic", "cascade_model"):
+        if getattr(config, key) is not None:
+            aggregators.append((key, getattr(config, key)))
     checked = [*specs, *aggregators]
     if reuse is not None:
         checked = aggregators  # the stored candidates are reused: no proposer is called
@@ -221,9 +226,12 @@ def reaggregate_config(
     source: RunRecord,
     aggregator: ModelSpec | None = None,
     aggregator_prompt: str | None = None,
+    strategy: str | None = None,
 ) -> RunConfig:
-    """The source run's config with another aggregator and/or synthesis prompt."""
+    """The source run's config with another aggregator, synthesis prompt and/or strategy."""
     cfg = replace(source.config)
+    if strategy is not None:
+        cfg.strategy = strategy
     if aggregator is not None:
         cfg.aggregator = aggregator
     if aggregator_prompt is not None:
@@ -235,10 +243,12 @@ async def reaggregate(
     source: RunRecord,
     aggregator: ModelSpec | None = None,
     aggregator_prompt: str | None = None,
+    strategy: str | None = None,
     **kwargs,
 ) -> RunRecord:
-    """A new run that reuses `source`'s candidates and calls only the (new) aggregator."""
-    cfg = reaggregate_config(source, aggregator, aggregator_prompt)
+    """A new run that reuses `source`'s candidates and calls only the (new) aggregator, or
+    the calls of another strategy (`strategy`)."""
+    cfg = reaggregate_config(source, aggregator, aggregator_prompt, strategy)
     return await run(cfg, source.prompt, system_prompt=source.system_prompt, reuse=source, **kwargs)
 
 
@@ -261,11 +271,26 @@ class _Runner:
         self.semaphores: dict[str, asyncio.Semaphore] = {}
         self.specs: dict[tuple[int, str, int], ModelSpec] = {}
         self.t0 = 0.0
+        self.cascade_calls: list[CallRecord] = []
+
+    # What moa.strategies uses to make its calls and read the run.
+    def add_call(self, call: CallRecord, spec: ModelSpec) -> None:
+        self._add_call(call, spec)
+
+    async def call(self, call: CallRecord, messages: list[dict[str, str]], check=None) -> None:
+        await self._call(call, messages, check)
+
+    async def aggregate(self, previous: list[str], note: str | None = None) -> CallRecord:
+        return await self._aggregate(previous, note)
+
+    def proposer_messages(self, call: CallRecord, previous: list[str]) -> list[dict[str, str]]:
+        return self._proposer_messages(call, previous)
 
     async def run(self, run_id: str) -> RunRecord:
         record = RunRecord(run_id=run_id, config=self.config, prompt=self.prompt)
         record.system_prompt = self.system_prompt
         record.parent_run_id = self.reuse.run_id if self.reuse is not None else None
+        record.outcome = {}  # filled in place by the strategy: live views see it grow
         self.record = record
         self._plan_calls()
         self.t0 = time.monotonic()
@@ -300,13 +325,20 @@ class _Runner:
             ]
             self.config = replace(self.config, layers=self.reuse.last_layer)
             self.record.config = self.config
+        if self.config.cascade and self.reuse is None:
+            # Only the cascade's two calls at first; the panel is planned if it escalates.
+            self.cascade_calls = strategies.cascade_pair(self)
+            return
+        self._plan_panel()
+
+    def _plan_panel(self) -> None:
+        """The proposer layers (except calls already planned) and the strategy's calls."""
         for layer in range(1, self.config.layers + 1 if self.reuse is None else 1):
             for i, spec in enumerate(self.config.proposers):
-                self._add_call(CallRecord(layer, "proposer", i, spec.model, spec.display), spec)
-        agg = self.config.aggregator
-        self._add_call(
-            CallRecord(self.config.layers + 1, "aggregator", 0, agg.model, agg.display), agg
-        )
+                call = CallRecord(layer, "proposer", i, spec.model, spec.display)
+                if call.key not in self.specs:
+                    self._add_call(call, spec)
+        strategies.plan(self)
 
     def _add_call(self, call: CallRecord, spec: ModelSpec) -> None:
         call.params = {
@@ -327,12 +359,23 @@ class _Runner:
         if self.single:
             return await self._single_answer()
         record, previous = self.record, []
+        if self.cascade_calls:
+            if await strategies.cascade(self, self.cascade_calls):
+                return  # the two answers agreed: the panel is never run
+            planned = len(record.calls)
+            self._plan_panel()
+            for call in record.calls[planned:]:
+                self.emit(CallQueued(record.run_id, call))
         if self.reuse is not None:
             previous = [c.text for _, c in record.aggregated_candidates()]
         for layer in range(1, self.config.layers + 1 if self.reuse is None else 1):
             calls = [c for c in record.calls if c.layer == layer and c.role == "proposer"]
             await asyncio.gather(
-                *(self._call(c, self._proposer_messages(c, previous)) for c in calls)
+                *(
+                    self._call(c, self._proposer_messages(c, previous))
+                    for c in calls
+                    if c.status == "waiting"  # a cascade's calls have run already
+                )
             )
             ok = [c for c in calls if c.status == "ok"]
             self.emit(LayerFinished(record.run_id, layer, len(ok), len(calls) - len(ok)))
@@ -346,8 +389,15 @@ class _Runner:
                 return
             previous = [c.text for c in ok]
 
+        await strategies.STRATEGIES[self.config.strategy](self, record.aggregated_candidates())
+
+    async def _aggregate(self, previous: list[str], note: str | None = None) -> CallRecord:
+        """The synthesis (and its fallback): sets the run's status; returns the answering call.
+
+        `note`: more instructions for the aggregator (rank's combined ranking)."""
+        record = self.record
         agg = record.aggregator_call
-        await self._call(agg, self._aggregator_messages(agg, previous))
+        await self._call(agg, self._aggregator_messages(agg, previous, note))
         fallback = self.config.fallback_aggregator
         first = agg
         if agg.status in ("failed", "timeout") and fallback is not None:
@@ -356,7 +406,7 @@ class _Runner:
             agg = CallRecord(agg.layer, "aggregator", 1, fallback.model, fallback.display)
             self._add_call(agg, fallback)
             self.emit(CallQueued(record.run_id, agg))
-            await self._call(agg, self._aggregator_messages(agg, previous))
+            await self._call(agg, self._aggregator_messages(agg, previous, note))
         if agg.status == "ok":
             record.status = "ok"
         else:
@@ -364,14 +414,20 @@ class _Runner:
             record.error = f"aggregator {first.label} {first.status}: {first.error}"
             if agg is not first:
                 record.error += f"; fallback aggregator {agg.label} {agg.status}: {agg.error}"
+        return agg
 
-    def _aggregator_messages(self, call: CallRecord, previous: list[str]) -> list[dict[str, str]]:
-        return prompts.aggregator_messages(
+    def _aggregator_messages(
+        self, call: CallRecord, previous: list[str], note: str | None = None
+    ) -> list[dict[str, str]]:
+        messages = prompts.aggregator_messages(
             self.prompt,
             previous,
             self.config.aggregator_prompt,
             _join(self.system_prompt, self.specs[call.key].system_prompt),
         )
+        if note:
+            messages[0]["content"] += "\n\n" + note
+        return messages
 
     async def _single_answer(self) -> None:
         call = self.record.calls[0]
@@ -397,8 +453,16 @@ class _Runner:
             self.semaphores[provider] = asyncio.Semaphore(self.limits.default)
         return self.semaphores[provider]
 
-    async def _call(self, call: CallRecord, messages: list[dict[str, str]]) -> None:
-        """One model call with timeout and retries; its outcome is written into `call`."""
+    async def _call(
+        self,
+        call: CallRecord,
+        messages: list[dict[str, str]],
+        check: Callable[[str], str | None] | None = None,
+    ) -> None:
+        """One model call with timeout and retries; its outcome is written into `call`.
+
+        `check`: reads a complete answer; a message back makes the call failed with it (a
+        ranking or selection that cannot be parsed is a failure, never a guess)."""
         spec = self.specs[call.key]
         timeout = self.config.timeout_for(spec)
         run_id = self.record.run_id
@@ -423,6 +487,9 @@ class _Runner:
             else:
                 if call.text.strip():
                     call.status = "ok"
+                    problem = check(call.text) if check is not None else None
+                    if problem:
+                        call.status, call.error = "failed", problem
                 else:
                     call.status, call.error = "failed", "the model returned an empty answer"
             self._finish(call, start, messages)

@@ -14,6 +14,7 @@ FORMAT_VERSION = 1
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
 # Fields beyond the documented ones, so that export → import gives back the identical run.
 _EXTRA_CALL_FIELDS = ("params", "started_at", "ended_at", "start_s", "attempts")
+STRATEGY_ROLES = ("aggregator", "ranker", "selector", "critic", "reviser", "cascade")
 
 
 class ImportError_(ValueError):
@@ -47,15 +48,24 @@ def attribution(record: RunRecord):
     if not final:
         return None, []
     seen = record.aggregated_candidates()
+    chosen = record.final_call
+    if chosen is not None and chosen.role not in ("aggregator", "reviser"):
+        # A selected, voted or cascade answer is one candidate verbatim: all credit to it.
+        seen = [(pos, c) for pos, c in seen if c is chosen]
+        if not seen:
+            return None, []
     return attribute(final, [c.text for _, c in seen]), [pos for pos, _ in seen]
 
 
 def run_to_json(record: RunRecord) -> dict[str, Any]:
     """The `run --json` object (DESIGN.md contract) plus what an import needs."""
-    agg = record.aggregator_call
+    agg = record.final_call
     attr, ids = attribution(record)
     final = _call_json(agg) if agg else {}
     final["text"] = record.final_text
+    if agg is not None and agg.role != "aggregator":
+        final["role"] = agg.role  # a strategy's answer: a candidate verbatim, or a revision
+    failed = [c for c in record.aggregator_calls if c is not agg and c.status != "ok"]
     return {
         "run_id": record.run_id,
         "status": record.status,
@@ -63,7 +73,17 @@ def run_to_json(record: RunRecord) -> dict[str, Any]:
         "final": final,
         "candidates": [_call_json(c) for c in record.proposer_calls],
         # Aggregator calls other than `final`'s: the aggregator whose fallback answered.
-        "failed_aggregators": [_call_json(c) for c in record.aggregator_calls if c is not agg],
+        "failed_aggregators": [_call_json(c) for c in failed],
+        # The strategy (moa/strategies.py): its name, its extra calls (each with its role),
+        # and what it produced (ranking, vote table, selection, critique steps, cascade).
+        "strategy": record.config.strategy,
+        "cascade": record.config.cascade,
+        "strategy_calls": [
+            {**_call_json(c), "role": c.role}
+            for c in record.calls
+            if c.role != "proposer" and c is not agg and c not in failed
+        ],
+        "outcome": record.outcome or None,
         "attribution": attr.to_json(ids) if attr is not None else [],
         "usage": record.usage(),
         "created_at": record.created_at,
@@ -127,12 +147,27 @@ def run_from_json(obj: Any) -> RunRecord:
     aggs = [
         _call_from_json(c, "aggregator", f"failed_aggregators[{i}]") for i, c in enumerate(others)
     ]
-    if final.get("model"):
-        agg = _call_from_json(final, "aggregator", "final")
+    extra = obj.get("strategy_calls") or []
+    if not isinstance(extra, list):
+        raise ImportError_("strategy_calls must be a list")
+    for i, c in enumerate(extra):
+        role = c.get("role") if isinstance(c, dict) else None
+        if role not in STRATEGY_ROLES:
+            raise ImportError_(f"strategy_calls[{i}].role {role!r} is not one of {STRATEGY_ROLES}")
+        aggs.append(_call_from_json(c, role, f"strategy_calls[{i}]"))
+    final_role = final.get("role", "aggregator")
+    if final_role not in ("aggregator", "proposer") and final_role not in STRATEGY_ROLES:
+        raise ImportError_(f"final.role {final_role!r} is not a call role")
+    if final.get("model") and final_role != "proposer":  # a chosen candidate is in candidates
+        agg = _call_from_json(final, final_role, "final")
         if agg.text is None:
             agg.text = ""
         aggs.append(agg)
-    calls += sorted(aggs, key=lambda c: c.index)  # in call order, as the store gives them
+    # In the store's order (layer, role descending, index), so an import reads like the original.
+    aggs.sort(key=lambda c: c.index)
+    aggs.sort(key=lambda c: c.role, reverse=True)
+    aggs.sort(key=lambda c: c.layer)
+    calls += aggs
     keys = [c.key for c in calls]
     if len(set(keys)) != len(keys):
         raise ImportError_("two calls share the same layer, role and index")
@@ -149,6 +184,7 @@ def run_from_json(obj: Any) -> RunRecord:
         calls=calls,
         pid=0,
         parent_run_id=obj.get("parent_run_id"),
+        outcome=obj.get("outcome") if isinstance(obj.get("outcome"), dict) else None,
     )
     return record
 
@@ -221,6 +257,14 @@ def run_to_markdown(record: RunRecord) -> str:
     else:
         why = f"{agg.status}: {_inline(agg.error)}" if agg else "no aggregator call"
         lines += [f"_No final answer ({why})_", ""]
+    from moa.strategies import summary_lines  # here: moa.strategies imports the engine's parts
+
+    labels = {i: c.label for i, c in enumerate(record.proposer_calls)}
+    summary = summary_lines(record.outcome, labels)
+    if summary:
+        text = "\n".join(summary)
+        fence = _fence(text)
+        lines += [f"## Strategy: {record.config.strategy_label}", "", fence, text, fence, ""]
     if attr is not None:
         lines += [
             "## What the aggregator kept",

@@ -197,3 +197,14 @@ def m005_fallback_aggregator_index(db: sqlite_utils.Database) -> None:
     # (aggregator calls with idx > 0), which the denormalised runs.aggregator column does not
     # name: this index makes that lookup a range scan instead of a pass over every call.
     db["calls"].create_index(["model", "role", "idx"])
+
+
+@migration
+def m009_strategy(db: sqlite_utils.Database) -> None:
+    # The run's strategy as History filters it ("vote", "synthesize+cascade"; runs from before
+    # strategies existed synthesised), what the strategy produced (ranking, vote table,
+    # selection, critique steps, cascade decision) as JSON, and whether a cascade escalated.
+    db["runs"].add_column("strategy", str, not_null_default="synthesize")
+    db["runs"].add_column("outcome_json", str)
+    db["runs"].add_column("escalated", int)
+    db["runs"].create_index(["strategy"])

@@ -45,7 +45,7 @@ class CallRecord:
     """One call to one model: a proposer in a layer, or the aggregator."""
 
     layer: int  # proposer layers are 1..N; the aggregator is layer N+1
-    role: str  # "proposer" | "aggregator"
+    role: str  # "proposer" | "aggregator" | strategy calls: "ranker" "selector" "critic" "reviser"
     index: int  # position within its layer (aggregator: 0, its fallback 1)
     model: str
     label: str
@@ -99,6 +99,10 @@ class RunRecord:
     calls: list[CallRecord] = field(default_factory=list)
     pid: int = field(default_factory=os.getpid)
     parent_run_id: str | None = None  # set when candidates were reused from another run
+    # What the strategy produced (moa/strategies.py): a JSON-able dict with "kind" (ranking,
+    # vote, selection, critique), its tables, the cascade's decision, and "final": the key of
+    # the call whose text is the final answer when that is not the aggregator.
+    outcome: dict[str, Any] | None = None
 
     @property
     def proposer_calls(self) -> list[CallRecord]:
@@ -116,9 +120,20 @@ class RunRecord:
         return next((c for c in calls if c.status == "ok"), calls[-1] if calls else None)
 
     @property
+    def final_call(self) -> CallRecord | None:
+        """The call whose text is the final answer: the aggregator's, unless the strategy chose
+        another (a selected or voted candidate, the last revision, the cascade's answer)."""
+        key = (self.outcome or {}).get("final")
+        if key:
+            found = [c for c in self.calls if list(c.key) == list(key)]
+            if found:
+                return found[0]
+        return self.aggregator_call
+
+    @property
     def final_text(self) -> str | None:
-        agg = self.aggregator_call
-        return agg.text if agg is not None and agg.status == "ok" else None
+        final = self.final_call
+        return final.text if final is not None and final.status == "ok" else None
 
     @property
     def last_layer(self) -> int:

@@ -61,6 +61,7 @@ class RunSummary:
     cost_usd: float | None
     final_text: str | None
     parent_run_id: str | None
+    strategy: str | None = None
 
 
 class Store:
@@ -185,6 +186,10 @@ class Store:
                     record.parent_run_id,
                 ),
             )
+            conn.execute(
+                "UPDATE runs SET strategy = ? WHERE id = ?",
+                (record.config.strategy_label, record.run_id),
+            )
             for call in record.calls:
                 self._upsert_call(conn, record.run_id, call)
 
@@ -213,6 +218,15 @@ class Store:
                 )
             conn.execute(
                 "UPDATE runs SET novel_share = ? WHERE id = ?", (novel_share, record.run_id)
+            )
+            cascade = (record.outcome or {}).get("cascade")
+            conn.execute(
+                "UPDATE runs SET outcome_json = ?, escalated = ? WHERE id = ?",
+                (
+                    json.dumps(record.outcome) if record.outcome else None,
+                    None if cascade is None else int(bool(cascade.get("escalated"))),
+                    record.run_id,
+                ),
             )
             conn.execute(
                 "UPDATE runs SET status = ?, error = ?, ended_at = ?, final_text = ?, tokens_in = ?, "
@@ -321,6 +335,7 @@ class Store:
             wall_s=r["wall_s"],
             pid=r["pid"],
             parent_run_id=r["parent_run_id"],
+            outcome=_outcome(r.get("outcome_json")),
         )
         for c in self.db.query(
             "SELECT * FROM calls WHERE run_id = ? ORDER BY layer, role DESC, idx", [run_id]
@@ -337,6 +352,7 @@ class Store:
         since: str | None,
         until: str | None,
         name: str | None = None,
+        strategy: str | None = None,
     ) -> tuple[str, list[Any]]:
         """` WHERE …` over `runs` (and `runs_fts` when there are words) with its parameters."""
         where, params = [], []
@@ -352,7 +368,7 @@ class Store:
                 "(SELECT run_id FROM calls WHERE model = ? AND role = 'aggregator' AND idx > 0))"
             )
             params += [model, f", {model},", model]
-        for column, value in (("status", status), ("name", name)):
+        for column, value in (("status", status), ("name", name), ("strategy", strategy)):
             if value:
                 where.append(f"runs.{column} = ?")
                 params.append(value)
@@ -374,14 +390,20 @@ class Store:
         until: str | None = None,
         name: str | None = None,
         cap: int | None = 10_000,
+        strategy: str | None = None,
     ) -> int:
         """How many runs match, counting at most `cap` (a pager shows "10,000+")."""
-        where, params = self.where_clause(query, model, status, since, until, name)
+        where, params = self.where_clause(query, model, status, since, until, name, strategy)
         inner = f"SELECT 1 FROM {_source(query)}{where}"
         if cap is not None:
             inner += f" LIMIT {int(cap) + 1}"
         sql = f"SELECT count(*) FROM ({inner})"
         return self.db.execute(sql, params).fetchone()[0]
+
+    def strategies(self) -> list[str]:
+        """Every strategy label that appears in the log, for the History filter."""
+        rows = self.db.execute("SELECT DISTINCT strategy FROM runs ORDER BY strategy").fetchall()
+        return [r[0] for r in rows if r[0]]
 
     def models(self) -> list[str]:
         """Every model id that appears in the log, for filter pickers."""
@@ -399,6 +421,7 @@ class Store:
         since: str | None = None,
         until: str | None = None,
         name: str | None = None,
+        strategy: str | None = None,
     ) -> list[RunSummary]:
         """Newest first; `query` is plain words (quotes and FTS operators are taken literally).
 
@@ -406,11 +429,11 @@ class Store:
         that an imported run sorts by when it was imported. Ordering by rowid lets SQLite (and
         FTS5) stop after one page instead of sorting every match: < 100 ms at 100,000 runs.
         """
-        where, params = self.where_clause(query, model, status, since, until, name)
+        where, params = self.where_clause(query, model, status, since, until, name, strategy)
         sql = (
             "SELECT runs.id, runs.created_at, runs.name, runs.prompt, runs.proposers, "
             "runs.aggregator, runs.status, runs.error, runs.wall_s, runs.tokens_in, "
-            "runs.tokens_out, runs.cost_usd, runs.final_text, runs.parent_run_id "
+            "runs.tokens_out, runs.cost_usd, runs.final_text, runs.parent_run_id, runs.strategy "
             f"FROM {_source(query)}{where} ORDER BY {_order(query)} DESC LIMIT ? OFFSET ?"
         )
         rows = self.db.execute(sql, [*params, limit, offset]).fetchall()
@@ -418,6 +441,15 @@ class Store:
 
     def count_runs(self) -> int:
         return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def _outcome(text: str | None) -> dict[str, Any] | None:
+    """A run's stored strategy outcome; a hand-edited, unreadable one is left out."""
+    try:
+        value = json.loads(text or "null")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _stored_config(row: dict[str, Any]) -> RunConfig:

@@ -10,6 +10,7 @@ import re
 import streamlit as st
 
 from moa import engine
+from moa.config import STRATEGIES
 from moa.export import ImportError_, run_to_json, run_to_markdown
 from moa.records import RUN_STATUSES, RunRecord
 from moa.report import run_to_html
@@ -47,16 +48,18 @@ def open_run(run_id: str | None) -> None:
 
 
 def filters(store: Store) -> dict:
-    c1, c2, c3, c4 = st.columns([3, 2, 1.3, 2])
+    c1, c2, c3, c5, c4 = st.columns([3, 2, 1.3, 1.5, 2])
     query = c1.text_input("Search", key="hist_search", placeholder="words of a prompt or answer")
     model = c2.selectbox("Model", [ALL, *store.models()], key="hist_model")
     status = c3.selectbox("Status", [ALL, *RUN_STATUSES], key="hist_status")
+    strategy = c5.selectbox("Strategy", [ALL, *store.strategies()], key="hist_strategy")
     days = c4.date_input("Date range", value=[], key="hist_dates")
     since, until = H.date_bounds(days)
     return {
         "query": query or "",
         "model": None if model == ALL else model,
         "status": None if status == ALL else status,
+        "strategy": None if strategy == ALL else strategy,
         "since": since,
         "until": until,
     }
@@ -224,7 +227,7 @@ def actions(store: Store, record: RunRecord) -> None:
             st.session_state.pop(CONFIRM, None)
             st.rerun()
 
-    with st.expander("Re-aggregate with another aggregator or synthesis prompt"):
+    with st.expander("Re-aggregate with another aggregator, synthesis prompt or strategy"):
         st.caption(
             "Reuses this run's candidates and calls only the aggregator; the result is a new run."
         )
@@ -239,12 +242,19 @@ def actions(store: Store, record: RunRecord) -> None:
                 record.config.aggregator_prompt or "",
                 key=f"re_prompt_{rid}",
             )
+            strategy = st.selectbox(
+                "Strategy",
+                STRATEGIES,
+                index=STRATEGIES.index(record.config.strategy),
+                key=f"re_strategy_{rid}",
+                help="Re-combine the same candidates another way: rank, select, vote, critique.",
+            )
             go = st.form_submit_button("Re-aggregate", type="primary", key="re_go")
         if go:
             try:
                 store.check_writable()  # before any call: a read-only log cannot keep the result
                 with st.spinner("Calling the aggregator…"):
-                    new = H.reaggregate(store, record, model, api_base, prompt)
+                    new = H.reaggregate(store, record, model, api_base, prompt, strategy)
             except (engine.InputError, StoreError) as e:
                 st.error(markdown_escape(str(e)))
             except Exception as e:

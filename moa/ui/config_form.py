@@ -12,6 +12,7 @@ from moa import llm
 from moa.config import LIMITS, ConfigError, ModelSpec, RunConfig
 from moa.prompts import DEFAULT_AGGREGATOR_PROMPT
 from moa.ui import state as K
+from moa.ui import strategy_form
 from moa.ui.picker import keyed_providers, model_picker
 from moa.ui.render import AGGREGATOR_COLOUR, esc, markdown_escape, proposer_colour
 from moa.ui.resources import presets_dir
@@ -96,6 +97,7 @@ def load_into_state(cfg: RunConfig, preset: str | None = None) -> None:
     ss[K.BUDGET] = None if cfg.max_cost_usd is None else float(cfg.max_cost_usd)
     ss[K.SYNTHESIS] = cfg.aggregator_prompt or DEFAULT_AGGREGATOR_PROMPT
     ss[K.CONFIG_NAME] = cfg.name
+    strategy_form.load_into_state(cfg)
     ss[K.LOADED] = config_mod.to_dict(cfg)
     if preset is not None:
         ss[K.PRESET] = preset
@@ -121,7 +123,8 @@ def _form_keys() -> list[str]:
     slots = [K.proposer_slot(i) for i in st.session_state.get(K.PROPOSER_IDS, [])]
     slots += [K.AGGREGATOR_SLOT, K.FALLBACK_SLOT]
     fields = [K.field_key(slot, f) for slot in slots for f in K.MODEL_FIELDS]
-    return [K.PRESET, FALLBACK_ON, K.LAYERS, K.PROPOSER_TIMEOUT, K.BUDGET, K.SYNTHESIS, *fields]
+    return [K.PRESET, FALLBACK_ON, K.LAYERS, K.PROPOSER_TIMEOUT, K.BUDGET, K.SYNTHESIS, *fields,
+            *strategy_form.KEYS]
 
 
 def remember_form() -> None:
@@ -236,6 +239,7 @@ def config_from_state() -> RunConfig:
     synthesis = ss.get(K.SYNTHESIS) or ""
     if synthesis.strip() and synthesis.strip() != DEFAULT_AGGREGATOR_PROMPT.strip():
         d["aggregator_prompt"] = synthesis
+    d.update(strategy_form.from_state())
     return config_mod.from_dict(d)
 
 
@@ -396,6 +400,9 @@ def render_sidebar() -> RunConfig | ConfigError:
         )
         if ss.get(FALLBACK_ON):
             model_picker(K.FALLBACK_SLOT, role="aggregator")
+
+    st.html(_heading("Strategy", "how the candidates become the answer"))
+    strategy_form.draw()
 
     st.html(_heading("Run", ""))
     st.slider(

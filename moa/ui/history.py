@@ -52,6 +52,7 @@ def table_rows(runs: list[RunSummary]) -> list[dict[str, object]]:
                 "prompt": _short(r.prompt),
                 "proposers": r.proposers,
                 "aggregator": r.aggregator,
+                "strategy": r.strategy or "synthesize",
                 "status": r.status,
                 "wall s": "unknown" if r.wall_s is None else f"{r.wall_s:.2f}",
                 "tokens": "unknown" if tokens is None else f"{tokens:,}",
@@ -104,6 +105,7 @@ def reaggregate(
     model: str,
     api_base: str | None,
     synthesis_prompt: str | None,
+    strategy: str | None = None,
 ) -> RunRecord:
     """A new run reusing `record`'s candidates, only the (new) aggregator called; saved.
 
@@ -121,7 +123,7 @@ def reaggregate(
         label=old.label if model == old.model else None,
         api_key_env=old.api_key_env if api_base == old.api_base else None,
     )
-    cfg = engine.reaggregate_config(record, spec, synthesis_prompt)
+    cfg = engine.reaggregate_config(record, spec, synthesis_prompt, strategy)
     engine.check(cfg, record.prompt, record.system_prompt, reuse=record)
     return engine.run_sync(
         cfg,
