@@ -213,6 +213,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(head)
         print(c.text.strip() or f"({c.error or 'no text'})")
         print()
+    from moa.strategies import summary_lines
+
+    labels = {i: c.label for i, c in enumerate(record.proposer_calls)}
+    for line in summary_lines(record.outcome, labels):
+        print(line)
     return EXIT_OK
 
 

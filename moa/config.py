@@ -316,9 +316,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not cfg.name.strip():
         raise ConfigError("name is empty: give the config a name")
     if cfg.strategy not in STRATEGIES:
-        raise ConfigError(
-            f"strategy = {cfg.strategy!r:.40} is not one of {', '.join(STRATEGIES)}"
-        )
+        raise ConfigError(f"strategy = {cfg.strategy!r:.40} is not one of {', '.join(STRATEGIES)}")
     _check_type("critique_rounds", cfg.critique_rounds, (int,))
     _check_range("critique_rounds", "critique_rounds", cfg.critique_rounds)
     _check_type("cascade", cfg.cascade, (bool,))

@@ -247,7 +247,9 @@ def revision_messages(
 
 # ---------------------------------------------------------------- parsing the replies
 
-_RANKING_LINE = re.compile(r"^[\s>*#_`-]*FINAL\s*RANKING\s*[:：]?(.*)$", re.IGNORECASE | re.MULTILINE)
+_RANKING_LINE = re.compile(
+    r"^[\s>*#_`-]*FINAL\s*RANKING\s*[:：]?(.*)$", re.IGNORECASE | re.MULTILINE
+)
 _SELECTED_LINE = re.compile(
     r"^[\s>*#_`-]*(?:SELECTED|SELECTION|BEST(?:\s+CANDIDATE)?)\s*[:：]\s*(.*)$",
     re.IGNORECASE | re.MULTILINE,

@@ -159,7 +159,9 @@ def _timeline_html(record: RunRecord) -> str:
             name = f"fallback aggregator {c.label}" if c.index else "aggregator"
         elif c.role != "proposer":
             name = f"{c.role} {c.index + 1} {c.label}"
-        col = NOVEL if c.role in ("aggregator", "selector", "critic", "reviser") else colour(c.index)
+        col = (
+            NOVEL if c.role in ("aggregator", "selector", "critic", "reviser") else colour(c.index)
+        )
         rows.append(
             f'<div class="tl-row"><span class="bar-label">{esc(name)}</span><span class="tl-track">'
             f'<span class="tl-wait" style="left:{left:.2f}%;width:{wait:.2f}%"></span>'

@@ -85,7 +85,9 @@ def plan(runner: _Runner) -> None:
     if cfg.strategy == "rank":
         n = len(cfg.proposers)
         for i, spec in enumerate(rankers(cfg)):
-            runner.add_call(CallRecord(layer, "ranker", i, spec.model, spec.display), _ranker_spec(spec, n))
+            runner.add_call(
+                CallRecord(layer, "ranker", i, spec.model, spec.display), _ranker_spec(spec, n)
+            )
     if cfg.strategy in ("synthesize", "rank", "critique"):
         runner.add_call(CallRecord(layer, "aggregator", 0, agg.model, agg.display), agg)
     if cfg.strategy == "select":
@@ -220,7 +222,9 @@ def _skipped_panel(cfg: RunConfig, pair: list[CallRecord]) -> list[tuple[ModelSp
     """(spec, tokens in) of the calls a full run would have made beyond the cascade's pair."""
     reused = 2 if pair[0].role == "proposer" else 0
     out = [(p, 200) for p in cfg.proposers[reused:]]
-    out += [(p, 200 + 200 * len(cfg.proposers)) for _ in range(cfg.layers - 1) for p in cfg.proposers]
+    out += [
+        (p, 200 + 200 * len(cfg.proposers)) for _ in range(cfg.layers - 1) for p in cfg.proposers
+    ]
     out.append((cfg.aggregator, 400 + 200 * len(cfg.proposers)))
     return out
 
@@ -340,7 +344,9 @@ async def select(runner: _Runner, candidates: Candidates) -> None:
         return None
 
     tried = []
-    for idx, spec in enumerate(filter(None, (runner.config.aggregator, runner.config.fallback_aggregator))):
+    for idx, spec in enumerate(
+        filter(None, (runner.config.aggregator, runner.config.fallback_aggregator))
+    ):
         call = next((c for c in record.calls if c.key == (layer, "selector", idx)), None)
         if call is None:
             sel = _selector_spec(spec)
@@ -478,9 +484,7 @@ def summary_lines(outcome: dict[str, Any] | None, labels: dict[int, str]) -> lis
                 f"cost {_usd(c.get('added_cost_usd'))}"
             )
         else:
-            out.append(
-                f"  saved: {c.get('saved_calls')} calls, ≤ {_usd(c.get('saved_cost_usd'))}"
-            )
+            out.append(f"  saved: {c.get('saved_calls')} calls, ≤ {_usd(c.get('saved_cost_usd'))}")
     if r := o.get("ranking"):
         out.append(f"ranking: {r.get('n_parsed')} of {len(r.get('rankers', []))} rankings parsed")
         out.append("  candidate | mean rank | Borda | spread | ranks")
@@ -495,7 +499,9 @@ def summary_lines(outcome: dict[str, Any] | None, labels: dict[int, str]) -> lis
             if rk.get("error"):
                 out.append(f"  ranker {rk.get('label')}: {rk['error']}")
     if v := o.get("vote"):
-        out.append("vote: " + ", ".join(f"{t['answer']!r} × {t['votes']}" for t in v.get("tally", [])))
+        out.append(
+            "vote: " + ", ".join(f"{t['answer']!r} × {t['votes']}" for t in v.get("tally", []))
+        )
         for row in v.get("votes", []):
             out.append(f"  {name(row.get('candidate'))}: {row.get('answer')!r}")
         if v.get("winner") is not None:

@@ -87,7 +87,9 @@ def ranking_html(record: RunRecord, r: dict[str, Any]) -> str:
         mean = "-" if row.get("mean_rank") is None else f"{row['mean_rank']:.2f}"
         spread = "-" if row.get("spread") is None else row["spread"]
         ranks = ", ".join(str(x) for x in row.get("ranks", [])) or "-"
-        rows.append([_candidate(record, row.get("candidate")), mean, row.get("borda"), spread, ranks])
+        rows.append(
+            [_candidate(record, row.get("candidate")), mean, row.get("borda"), spread, ranks]
+        )
     failed = "".join(
         f'<div class="moa-error">{esc(rk.get("label"))}: {esc(rk.get("error"))}</div>'
         for rk in r.get("rankers", [])
@@ -103,7 +105,10 @@ def ranking_html(record: RunRecord, r: dict[str, Any]) -> str:
 
 
 def vote_html(record: RunRecord, v: dict[str, Any]) -> str:
-    rows = [[_candidate(record, x.get("candidate")), x.get("answer") or "(none)"] for x in v.get("votes", [])]
+    rows = [
+        [_candidate(record, x.get("candidate")), x.get("answer") or "(none)"]
+        for x in v.get("votes", [])
+    ]
     tally = " · ".join(f"{t['answer']} × {t['votes']}" for t in v.get("tally", []))
     if v.get("winner") is not None:
         verdict = f"Majority: {v['winner']} (no aggregator called)"
@@ -141,7 +146,9 @@ def critique_html(record: RunRecord, c: dict[str, Any]) -> str:
             f'<div style="white-space:pre-wrap;color:#374151">{esc(text or call.error or "")}</div>'
             "</div>"
         )
-    stopped = f'<div class="moa-error">Stopped: {esc(c["stopped"])}</div>' if c.get("stopped") else ""
+    stopped = (
+        f'<div class="moa-error">Stopped: {esc(c["stopped"])}</div>' if c.get("stopped") else ""
+    )
     arrow = " → ".join(names.get(s.get("step"), "?") for s in c.get("steps", []))
     return _box("critique", f"Critique · {arrow}", "".join(steps) + stopped)
 
@@ -160,7 +167,9 @@ def outcome_html(record: RunRecord) -> str:
     """Every section the run's outcome has, drawn by its renderer ("" when there is none)."""
     outcome = record.outcome or {}
     return "".join(
-        fn(record, outcome[key]) for key, fn in SECTIONS.items() if isinstance(outcome.get(key), dict)
+        fn(record, outcome[key])
+        for key, fn in SECTIONS.items()
+        if isinstance(outcome.get(key), dict)
     )
 
 

@@ -199,7 +199,9 @@ class _Handler(BaseHTTPRequestHandler):
                 prompt = m.get("content") or ""
         text = b.text if b.text is not None else default_text(model, prompt)
         system = " ".join(
-            str(m.get("content") or "") for m in body.get("messages", []) if m.get("role") == "system"
+            str(m.get("content") or "")
+            for m in body.get("messages", [])
+            if m.get("role") == "system"
         )
         for key, answer in (b.when or {}).items():
             if key in system:

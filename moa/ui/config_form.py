@@ -123,8 +123,16 @@ def _form_keys() -> list[str]:
     slots = [K.proposer_slot(i) for i in st.session_state.get(K.PROPOSER_IDS, [])]
     slots += [K.AGGREGATOR_SLOT, K.FALLBACK_SLOT]
     fields = [K.field_key(slot, f) for slot in slots for f in K.MODEL_FIELDS]
-    return [K.PRESET, FALLBACK_ON, K.LAYERS, K.PROPOSER_TIMEOUT, K.BUDGET, K.SYNTHESIS, *fields,
-            *strategy_form.KEYS]
+    return [
+        K.PRESET,
+        FALLBACK_ON,
+        K.LAYERS,
+        K.PROPOSER_TIMEOUT,
+        K.BUDGET,
+        K.SYNTHESIS,
+        *fields,
+        *strategy_form.KEYS,
+    ]
 
 
 def remember_form() -> None:

@@ -629,6 +629,7 @@ class RunView:
                 st.html(section(title, sub))
                 self._add_group(calls, layout_rows(len(calls), 2 if kind == "critique" else 4)[0])
                 self._kinds[kind] = self._groups[-1]
+
     def _add_group(self, calls: list[CallRecord], per_row: int) -> None:
         group = _Group([c.key for c in calls], per_row)
         self._groups.append(group)
@@ -733,7 +734,9 @@ def render_run(
     badge = strategy_html.final_badge(record)
     for call in record.calls:
         extra = (badge + legend) if call is final_call else ""
-        final = None if final_call is None or final_call.role == "aggregator" else call is final_call
+        final = (
+            None if final_call is None or final_call.role == "aggregator" else call is final_call
+        )
         view.draw_call(call, body=bodies.get(call.key), extra=extra, final=final)
     view.draw_outcome(record)
     view.flush()

@@ -29,7 +29,9 @@ def load_into_state(cfg: RunConfig) -> None:
     ss[CASCADE_AGREEMENT] = float(cfg.cascade_agreement)
     for key in _MODELS:
         spec = getattr(cfg, key)
-        ss[key] = "" if spec is None else spec.model + (f"@{spec.api_base}" if spec.api_base else "")
+        ss[key] = (
+            "" if spec is None else spec.model + (f"@{spec.api_base}" if spec.api_base else "")
+        )
 
 
 def from_state() -> dict[str, Any]:
