@@ -37,7 +37,9 @@ TIMEOUT_S = 900.0  # a busy CPU must not turn into wrong answers
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="local-quick")
+    p.add_argument(
+        "--preset", default=str(ROOT / "bench" / "strategies-local.toml"), help="name or .toml"
+    )
     p.add_argument("--strategies", default="synthesize,vote,select,synthesize+cascade")
     p.add_argument("--limit", type=int, default=30)
     p.add_argument("--db", help="SQLite file for the runs (default: a temporary one)")
@@ -73,18 +75,22 @@ def main() -> None:
 def report(results: ev.EvalResults, preset: str, n: int, wall: float) -> list[str]:
     lines = [
         f"{n} of the bundled verifiable questions (spread over the categories), scored by match; "
-        f"the `{preset}` preset under each strategy, every contender with its own proposer "
+        f"`{Path(preset).name}` under each strategy, every contender with its own proposer "
         f"calls. One answer at a time on the CPU; models loaded before timing. Evaluation wall "
         f"time {wall / 60:.1f} min.",
         "",
-        "| contender | accuracy | 95% CI | Δ vs synthesize (95% CI) | cost | mean latency (s) "
-        "| tokens out | cascade escalated | failed |",
+        "| contender | accuracy (failed = wrong) | 95% CI | Δ vs synthesize (95% CI) | cost "
+        "| mean latency (s) | tokens out | cascade escalated | failed |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     base = next((c for c in results.contenders if c.strategy == "synthesize"), None)
     for c in results.contenders:
-        score = "-" if c.score is None else f"{c.score:.0%}"
-        ci = "-" if c.ci_low is None else f"{c.ci_low:.0%}–{c.ci_high:.0%}"
+        # Over every question: an answer that failed (e.g. an unparseable selection) is wrong,
+        # not left out, so a strategy cannot look better by failing on hard questions.
+        mine = [results.item(q.id, c.name) for q in results.questions]
+        right = sum(1 for i in mine if i is not None and (i.score or 0) >= 1)
+        lo, hi = ev.wilson(right, len(mine))
+        score, ci = f"{right / len(mine):.0%} ({right}/{len(mine)})", f"{lo:.0%}–{hi:.0%}"
         cost = "unknown" if c.cost_usd is None else f"${c.cost_usd:.2f}"
         latency = "-" if c.latency_s is None else f"{c.latency_s:.1f}"
         esc = "-" if c.escalation_rate is None else f"{c.escalation_rate:.0%}"
@@ -93,8 +99,13 @@ def report(results: ev.EvalResults, preset: str, n: int, wall: float) -> list[st
             diffs = []
             for q in results.questions:
                 a, b = results.item(q.id, c.name), results.item(q.id, base.name)
-                if a and b and a.score is not None and b.score is not None:
-                    diffs.append(a.score - b.score)
+                if (
+                    a
+                    and b
+                    and a.status in ("scored", "failed")
+                    and b.status in ("scored", "failed")
+                ):
+                    diffs.append((a.score or 0.0) - (b.score or 0.0))
             if len(diffs) >= 2:
                 mean, lo, hi = ev.mean_ci(diffs)
                 delta = f"{mean * 100:+.1f} pts ({lo * 100:+.1f} to {hi * 100:+.1f})"
