@@ -7,8 +7,8 @@ strategy's paired difference to synthesize (95% t interval over the questions bo
 and the Pareto fronts. `--db PATH` keeps the runs and makes an interrupted evaluation
 resumable (rerun the same command).
 
-    .venv/bin/python bench/eval_strategies.py [--preset local-quick] [--limit 30]
-        [--strategies synthesize,vote,select,synthesize+cascade] [--db PATH] [--write]
+    .venv/bin/python bench/eval_strategies.py [--preset NAME_OR_TOML] [--limit 30]
+        [--strategies synthesize,vote,synthesize+cascade] [--db PATH] [--write]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument(
         "--preset", default=str(ROOT / "bench" / "strategies-local.toml"), help="name or .toml"
     )
-    p.add_argument("--strategies", default="synthesize,vote,select,synthesize+cascade")
+    p.add_argument("--strategies", default="synthesize,vote,synthesize+cascade")
     p.add_argument("--limit", type=int, default=30)
     p.add_argument("--db", help="SQLite file for the runs (default: a temporary one)")
     p.add_argument("--write", action="store_true", help=f"write bench/RESULTS.md § {TITLE}")
