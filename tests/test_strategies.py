@@ -569,3 +569,59 @@ def test_cli_vote_shows_the_vote_table_and_calls_no_aggregator(fake, tmp_path):
     assert (
         p.returncode == 2 and "invalid choice: 'best'" in p.stderr and "Traceback" not in p.stderr
     )
+
+
+# ---------------------------------------------------------------- rendering, Evaluate
+
+
+def test_each_outcome_section_has_its_renderer_and_escapes_model_text(fake):
+    from moa import report, strategy_html
+
+    hostile = '<img src=x onerror="alert(1)">'
+    fake.set("a", text=f"{hostile} The answer is 391.")
+    fake.set("b", text="The answer is 391.")
+    fake.set("c", text="The answer is 400.")
+    record, _ = run(make_config(fake, ["a", "b", "c"], strategy="vote", cascade=True))
+    html = strategy_html.outcome_html(record)
+    assert 'data-outcome="cascade"' in html and "Answered without the panel" in html
+    assert hostile not in html
+    page = report.run_to_html(record)
+    assert "Strategy: vote+cascade" in page and 'data-outcome="cascade"' in page
+    assert "the cascade&#x27;s answer" in page or "the cascade's answer" in page
+    assert hostile not in page
+    assert set(strategy_html.SECTIONS) == set(strategies.SECTIONS)
+
+
+def test_evaluate_contenders_take_a_strategy_and_report_the_escalation_rate(fake, db_path):
+    from moa import evaluate as ev
+    from moa.questions import Question, QuestionSet
+
+    path = db_path.parent / "panel.toml"
+    path.write_text(config_mod.dumps(make_config(fake, ["a", "b", "c"], name="panel")))
+    c = ev.parse_contender(f"{path}@vote")
+    assert c.name == "panel@vote" and c.config.strategy == "vote" and not c.config.cascade
+    c2 = ev.parse_contender(f"{path}@synthesize+cascade")
+    assert c2.name == "panel@synthesize+cascade" and c2.config.cascade
+    single = "openai/x@http://127.0.0.1:9/v1"
+    assert ev.parse_contender(single).kind == "single"  # a model@URL is not a strategy
+    with pytest.raises(ev.EvalInputError, match="a strategy needs a mixture"):
+        ev.parse_contender("openai/x@vote")
+    script(fake)
+    fake.set("agg", text="The answer is 391.")
+    qs = QuestionSet(
+        "t",
+        "test",
+        [
+            Question(id="q1", prompt="What is 17*23?", answer="391", kind="numeric", category="x"),
+            Question(
+                id="q2", prompt="What is 17 times 23?", answer="391", kind="numeric", category="x"
+            ),
+        ],
+    )
+    store = Store(db_path)
+    results = ev.evaluate(store, ev.EvalPlan(qs, [c, c2], concurrency=1))
+    by = {r.name: r for r in results.contenders}
+    assert by["panel@vote"].strategy == "vote" and by["panel@vote"].escalation_rate is None
+    assert by["panel@synthesize+cascade"].escalation_rate == 0.0  # a and b agree on 391
+    assert by["panel@vote"].score == 1.0
+    assert fake.requests_for("agg") == []  # vote had a majority, the cascade agreed
