@@ -7,9 +7,15 @@ import time
 
 import streamlit as st
 
-from moa import engine
+from moa import conversation, engine
 from moa.config import ConfigError, RunConfig
 from moa.ui import state as K
+from moa.ui.chat import (
+    TurnActions,
+    conversation_header_html,
+    draw_conversation,
+    live_user_message,
+)
 from moa.ui.config_form import (
     config_from_state,
     forget_form,
@@ -47,8 +53,15 @@ RUN_ID = re.compile(r"[0-9a-f]{12,40}")
 WARM_UP_DELAY_S = 0.8  # after the first script run, before the heavy imports
 
 
-def _on_run() -> None:
-    """Run button / Ctrl+Enter: check the inputs, then start the engine in its own thread."""
+CONVERSATION_ID = re.compile(r"c[0-9a-f]{12,40}")
+
+
+def _start_turn(prompt: str, system: str | None, make_plan) -> None:
+    """Check the inputs, then start one turn in its own thread; errors go under the input.
+
+    `make_plan(store)` says where the run goes: a new conversation, a follow-up, a retry or a
+    branch (moa.conversation.plan_*). The address bar then names the conversation.
+    """
     from moa.store import StoreError  # not at import time: it pulls in pandas (~0.8 s)
 
     ss = st.session_state
@@ -57,24 +70,128 @@ def _on_run() -> None:
     live = ss.get(K.LIVE)
     if live is not None and live.running:
         return
-    prompt = ss.get(K.PROMPT) or ""
-    system = (ss.get(K.SYSTEM) or "").strip() or None
     try:
         cfg = config_from_state()
-        engine.check(cfg, prompt, system)
         store = get_writable_store()
-    except (engine.InputError, ConfigError, StoreError) as e:
-        ss[K.RUN_ERROR] = str(e)  # shown under the form; nothing was called or saved
+        plan = make_plan(store)
+        engine.check(cfg, prompt, system, history=plan.history)
+    except (engine.InputError, ConfigError, StoreError, ValueError) as e:
+        ss[K.RUN_ERROR] = str(e)  # shown under the input; nothing was called or saved
         return
     except Exception as e:  # a check that crashed must still read as a message, not a traceback
         ss[K.RUN_ERROR] = f"could not check the run: {type(e).__name__}: {e}"
         return
     hold_form()
-    ss[K.LIVE] = LiveRun(cfg, prompt, system, keys=session_keys()).start(store)
+    ss[K.LIVE] = LiveRun(cfg, prompt, system, keys=session_keys(), plan=plan).start(store)
+    ss[K.CONVERSATION] = plan.conversation_id
+    ss[K.BRANCH_FROM] = ss[K.EDITING] = None
+    st.query_params.clear()
+    st.query_params["conversation"] = plan.conversation_id
+
+
+def _on_run() -> None:
+    """Run button / Ctrl+Enter on the first message: a new conversation."""
+    ss = st.session_state
+    system = (ss.get(K.SYSTEM) or "").strip() or None
+    prompt = ss.get(K.PROMPT) or ""
+    _start_turn(prompt, system, lambda store: conversation.plan_turn(None, prompt))
+
+
+def _stored_conversation(store, cid: str):
+    conv = store.get_conversation(cid)
+    if conv is None:
+        raise ValueError(f"no conversation with id '{cid[:64]}'")
+    return conv
+
+
+def _on_follow_up() -> None:
+    """The chat input: the next turn (or the first turn of a branch, after "Continue from here")."""
+    ss = st.session_state
+    prompt = ss.get(K.FOLLOW_UP) or ""
+    branch = ss.get(K.BRANCH_FROM)
+    cid = ss.get(K.CONVERSATION)
+
+    def plan(store):
+        if branch is not None:
+            parent = _stored_conversation(store, branch[0])
+            return conversation.plan_branch(parent, branch[1], edit=False)
+        if cid is None:
+            return conversation.plan_turn(None, prompt)
+        return conversation.plan_turn(_stored_conversation(store, cid), prompt)
+
+    _start_turn(prompt, _conversation_system(branch[0] if branch else cid, branch), plan)
+
+
+def _conversation_system(cid: str | None, branch: tuple | None) -> str | None:
+    """A follow-up keeps the system prompt of the turn it follows."""
+    if cid is None:
+        return None
+    try:
+        conv = get_store().get_conversation(cid)
+    except Exception:
+        return None  # the run itself reports a store that cannot be read
+    turns = [r for r in (conv.turns if conv else []) if branch is None or r.turn <= branch[1]]
+    return turns[-1].system_prompt if turns else None
+
+
+def _on_retry(run) -> None:
+    def plan(store):
+        p, _last = conversation.plan_retry(_stored_conversation(store, run.conversation_id))
+        return p
+
+    cid = st.session_state.get(K.CONVERSATION) or run.conversation_id
+    st.session_state[K.CONVERSATION] = cid
+    _start_turn(run.prompt, run.system_prompt, plan)
+
+
+def _on_branch(run) -> None:
+    """Continue from here: show the turns up to this one; the next message starts a branch."""
+    ss = st.session_state
+    ss[K.BRANCH_FROM] = (ss.get(K.CONVERSATION) or run.conversation_id, run.turn)
+    ss[K.EDITING] = None
+
+
+def _on_edit(run) -> None:
+    ss = st.session_state
+    ss[K.EDITING] = (ss.get(K.CONVERSATION) or run.conversation_id, run.turn, run.run_id)
+    ss[K.EDIT_TEXT] = run.prompt
+    ss[K.BRANCH_FROM] = None
+
+
+def _on_run_edited() -> None:
+    ss = st.session_state
+    cid, turn, run_id = ss[K.EDITING]
+    prompt = ss.get(K.EDIT_TEXT) or ""
+
+    def plan(store):
+        return conversation.plan_branch(_stored_conversation(store, cid), turn, edit=True)
+
+    system = None
+    source = get_store().get_run(run_id)
+    if source is not None:
+        system = source.system_prompt
+    _start_turn(prompt, system, plan)
+
+
+def _on_cancel_branch() -> None:
+    st.session_state[K.BRANCH_FROM] = st.session_state[K.EDITING] = None
+
+
+def _on_new_conversation() -> None:
+    ss = st.session_state
+    live = ss.get(K.LIVE)
+    if live is not None and not live.running:
+        ss[K.LIVE] = None
+    ss[K.CONVERSATION] = ss[K.BRANCH_FROM] = ss[K.EDITING] = None
+    ss[K.RUN_ERROR] = None
+    st.query_params.clear()
 
 
 def take_pending() -> None:
-    """A config (and prompt) sent from History: into the form, and run it if asked."""
+    """A config (and prompt) sent from History: into the form, and run it if asked.
+
+    It starts a new conversation: the form is where a first message is typed.
+    """
     ss = st.session_state
     pending = ss.pop(K.PENDING, None)
     if pending is None:
@@ -83,9 +200,11 @@ def take_pending() -> None:
     load_into_state(pending["config"])
     ss[K.PROMPT] = pending["prompt"]
     ss[K.SYSTEM] = pending["system"] or ""
+    live = ss.get(K.LIVE)
+    if live is None or not live.running:
+        _on_new_conversation()
     if not pending["run"]:
         return
-    live = ss.get(K.LIVE)
     if live is not None and live.running:
         ss[K.RUN_ERROR] = "A run is still going: its config is loaded; press Run when it ends."
         return
@@ -96,10 +215,6 @@ def _on_stop() -> None:
     live = st.session_state.get(K.LIVE)
     if live is not None:
         live.stop()
-
-
-def _on_new_run() -> None:
-    st.query_params.clear()
 
 
 def estimate_text(cfg: RunConfig | ConfigError) -> tuple[str, str]:
@@ -181,31 +296,132 @@ def show_live(live: LiveRun) -> None:
     st.rerun()  # done: redraw with highlights, charts and the Run button enabled
 
 
-def show_finished(live: LiveRun) -> None:
-    record = live.record()
+def show_problems(live: LiveRun) -> None:
+    """What went wrong around a finished run, beyond the run's own status."""
     if live.error:
         st.error(markdown_escape(f"The run stopped unexpectedly: {live.error}"))
     if live.store_error:
         st.warning(markdown_escape(f"This run could not be fully saved: {live.store_error}"))
-    render_run(record, *attribution_for(record), show_prompt=False)
 
 
-def show_saved(run_id: str) -> None:
-    """`?run=<id>`: a stored run, read-only, through the same renderer as a live one."""
+def current_conversation() -> tuple[str | None, str | None]:
+    """(conversation id, run id to focus) from the address bar, else from this session.
+
+    `?run=<id>` opens that turn inside its conversation; `?conversation=<id>` the whole
+    conversation. Coming back to the Run page from another page keeps the conversation and
+    puts it back in the address bar, so a reload lands on what is on screen.
+    """
     from moa.store import StoreError
 
-    st.button("New run", key=K.NEW_RUN_BUTTON, on_click=_on_new_run, icon=":material/add:")
+    ss = st.session_state
+    run_id = st.query_params.get("run")
+    if run_id:
+        try:
+            cid = get_store().resolve_conversation(run_id) if RUN_ID.fullmatch(run_id) else None
+        except StoreError as e:
+            raise LookupError(str(e)) from None
+        if cid is None:
+            raise LookupError(f"no run with id '{run_id[:64]}'")
+        if ss.get(K.CONVERSATION) != cid:
+            ss[K.BRANCH_FROM] = ss[K.EDITING] = None
+        ss[K.CONVERSATION] = cid
+        return cid, run_id
+    cid = st.query_params.get("conversation")
+    if cid:
+        if not CONVERSATION_ID.fullmatch(cid):
+            raise LookupError(f"no conversation with id '{cid[:64]}'")
+        if ss.get(K.CONVERSATION) != cid:
+            ss[K.BRANCH_FROM] = ss[K.EDITING] = None
+            live = ss.get(K.LIVE)
+            if live is not None and not live.running:
+                ss[K.LIVE] = None  # the last run belongs to another conversation
+        ss[K.CONVERSATION] = cid
+        return cid, None
+    cid = ss.get(K.CONVERSATION)
+    if cid:
+        st.query_params["conversation"] = cid
+    return cid, None
+
+
+def show_conversation(cid: str, focus: str | None, live: LiveRun | None, running: bool) -> None:
+    """The conversation's turns, the running turn below them, then the follow-up input."""
+    from moa.store import StoreError
+
+    ss = st.session_state
+    branch = ss.get(K.BRANCH_FROM)
+    editing = ss.get(K.EDITING)
     try:
-        record = get_store().get_run(run_id) if RUN_ID.fullmatch(run_id) else None
+        conv = get_store().get_conversation(cid)
     except StoreError as e:
         st.error(markdown_escape(str(e)))
         return
-    if record is None:
-        st.error(markdown_escape(f"no run with id '{run_id[:64]}'"))
+    ours = live is not None and live.plan is not None and live.plan.conversation_id == cid
+    if conv is None and not ours:
+        st.error(markdown_escape(f"no conversation with id '{cid[:64]}'"))
+        st.button(
+            "New conversation",
+            key=K.NEW_CONVERSATION,
+            on_click=_on_new_conversation,
+            icon=":material/add:",
+        )
         return
-    if record.status == "running":
-        st.info("This run is still in progress somewhere; reload the page to see more.")
-    render_run(record, *attribution_for(record), show_prompt=True)
+    top = st.columns([1, 4], vertical_alignment="center")
+    top[0].button(
+        "New conversation",
+        key=K.NEW_CONVERSATION,
+        on_click=_on_new_conversation,
+        icon=":material/add:",
+        disabled=running,
+    )
+    if conv is not None:
+        top[1].html(conversation_header_html(conv))
+        if branch is not None:
+            st.info(
+                f"Continuing from turn {branch[1]}: your next message starts a new "
+                f"conversation that shares turns 1–{branch[1]}; this one stays as it is."
+            )
+            st.button("Cancel", key=K.CANCEL_BRANCH, on_click=_on_cancel_branch)
+        actions = TurnActions() if running else TurnActions(_on_edit, _on_branch, _on_retry)
+        skip = live.run_id if ours and running else None
+        upto = branch[1] if branch is not None else None
+        if editing is not None and editing[0] == cid:
+            upto = editing[1] - 1
+        draw_conversation(conv, focus=focus, upto=upto, actions=actions, skip=skip)
+        if editing is not None and editing[0] == cid:
+            edit_box(editing[1])
+    if ours and running:
+        live_user_message(live.prompt, live.plan.turn)
+        show_live(live)
+    elif ours:
+        show_problems(live)
+        stored = conv is not None and any(r.run_id == live.run_id for r in conv.runs)
+        if not stored:  # the store refused it: still show what ran
+            render_run(live.record(), *attribution_for(live.record()), show_prompt=True)
+    if st.session_state.get(K.RUN_ERROR):
+        st.error(markdown_escape(st.session_state[K.RUN_ERROR]))
+
+
+def follow_up_input(running: bool) -> None:
+    """The chat input, drawn at the page's root so it is pinned to the bottom (drawn inside a
+    container it would sit inline), and before the live turn, which blocks until it ends."""
+    ss = st.session_state
+    if ss.get(K.EDITING) is not None:
+        return  # the edited message has its own box and button
+    hint = "Follow up… (starts a branch)" if ss.get(K.BRANCH_FROM) else "Follow up…"
+    st.chat_input(hint, key=K.FOLLOW_UP, on_submit=_on_follow_up, disabled=running)
+
+
+def edit_box(turn: int) -> None:
+    """Edit and re-run: the message of `turn` in a box; running it starts a branch."""
+    st.html(
+        f'<div class="moa-turnhead" data-turn="{turn}"><b>Turn {turn}</b> · edited: '
+        "running it starts a new conversation sharing the turns above</div>"
+    )
+    with st.chat_message("user"):
+        st.text_area("Edited message", key=K.EDIT_TEXT, height=100)
+        cols = st.columns([1, 1, 4])
+        cols[0].button("Run edited", key="run_edited", on_click=_on_run_edited, type="primary")
+        cols[1].button("Cancel", key="cancel_edit", on_click=_on_cancel_branch)
 
 
 def one_of(count: int, active: int) -> st.delta_generator.DeltaGenerator:
@@ -275,30 +491,38 @@ def main() -> None:
     take_pending()
     live: LiveRun | None = st.session_state.get(K.LIVE)
     running = live is not None and live.running
+    try:
+        cid, focus = current_conversation()
+        missing = None
+    except LookupError as e:
+        cid, focus, missing = None, None, str(e)
 
-    # The form first: it is what a visitor needs, and the sidebar's ~50 widgets take the
-    # browser a while to draw. The sidebar comes before the run area, which may block.
-    saved = st.query_params.get("run")
-    if saved:
-        page_header("Saved run", "Read-only, drawn exactly as it looked when it ran.")
-    else:
-        page_header(
-            "Run a mixture",
-            "Proposers answer side by side; the aggregator reads them all and writes one "
-            "answer. Highlights show what it kept.",
-        )
-        run_form(running)
-    sidebar(live, running)
-    if saved:
-        show_saved(saved)
-    else:
-        with one_of(2, active=1 if running else 0):
-            if live is None:
-                welcome()
-            elif running:
-                show_live(live)
-            else:
-                show_finished(live)
+    # Three places, one filled: a new conversation (the form), a conversation, a conversation
+    # with a turn streaming. Switching empties the others at once (see one_of).
+    area = one_of(3, active=0 if cid is None else 2 if running else 1)
+    with area:
+        if cid is None:
+            # The form first: it is what a visitor needs, and the sidebar's ~50 widgets take
+            # the browser a while to draw.
+            page_header(
+                "Run a mixture",
+                "Proposers answer side by side; the aggregator reads them all and writes one "
+                "answer. Highlights show what it kept. Follow up to make it a conversation.",
+            )
+            if missing:
+                st.error(markdown_escape(missing))
+            run_form(running)
+            welcome()
+        else:
+            page_header(
+                "Conversation",
+                "Every turn is a MoA run that sees the earlier turns. Follow up below.",
+            )
+    sidebar(live, running)  # before the conversation, which may block while a turn streams
+    if cid is not None:
+        follow_up_input(running)
+        with area:
+            show_conversation(cid, focus, live, running)
 
     if not litellm_ready():
         warm_up()

@@ -1,4 +1,4 @@
-"""The command line: `python -m moa run|history|show|export|import|eval|models` (exit 0/1/2)."""
+"""The command line: `python -m moa run|chat|history|show|export|import|eval|models` (0/1/2)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from moa import config as config_mod
+from moa import conversation
 from moa.config import ConfigError, ModelSpec, RunConfig
 
 DEFAULT_PRESET = "local-quick"
@@ -52,35 +53,53 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--aggregator", metavar="MODEL", help="aggregator model id")
     run.add_argument("--layers", type=int, metavar="N", help="proposer layers (1-4)")
     run.add_argument("--system", metavar="TEXT", help="a system prompt for every model")
+    _strategy_flags(run)
     run.add_argument(
-        "--strategy",
-        choices=config_mod.STRATEGIES,
-        help="how the candidates become the answer (default: the config's, else synthesize)",
-    )
-    run.add_argument(
-        "--cascade",
-        action="store_true",
-        default=None,
-        help="two samples first; run the panel only if they disagree",
+        "--continue",
+        dest="continue_id",
+        metavar="ID",
+        help="add this run as the next turn of a conversation (a conversation id, or a run id "
+        "meaning its conversation)",
     )
     _common(run)
 
-    hist = sub.add_parser("history", help="list past runs, newest first")
+    chat = sub.add_parser(
+        "chat",
+        help="a conversation of MoA turns: type messages (or pipe one per line)",
+        description="Interactive: /new starts a new conversation, /retry runs the last turn "
+        "again, /exit leaves; Ctrl+C cancels the running turn, a second Ctrl+C exits. With "
+        "standard input not a terminal, each line is one turn.",
+    )
+    chat_src = chat.add_mutually_exclusive_group()
+    chat_src.add_argument("--config", metavar="FILE", help="a run config TOML file")
+    chat_src.add_argument("--preset", metavar="NAME", help="a preset from data/presets/")
+    chat.add_argument(
+        "--continue",
+        dest="continue_id",
+        metavar="ID",
+        help="continue a stored conversation (its id, or the id of one of its runs)",
+    )
+    _strategy_flags(chat)
+    _common(chat)
+
+    hist = sub.add_parser("history", help="list past conversations, latest activity first")
     hist.add_argument("--search", metavar="TEXT", default="", help="words in prompts or answers")
     hist.add_argument("--limit", type=int, default=20, metavar="N")
     _common(hist)
 
-    show = sub.add_parser("show", help="show one past run")
-    show.add_argument("run_id", metavar="RUN_ID")
+    show = sub.add_parser("show", help="show one past run, or a whole conversation")
+    show.add_argument("run_id", metavar="ID", help="a run id or a conversation id")
     _common(show)
 
-    exp = sub.add_parser("export", help="export one run as Markdown, JSON or an HTML report")
-    exp.add_argument("run_id", metavar="RUN_ID")
+    exp = sub.add_parser(
+        "export", help="export a run or a whole conversation as Markdown, JSON or an HTML report"
+    )
+    exp.add_argument("run_id", metavar="ID", help="a run id or a conversation id")
     exp.add_argument("--format", choices=("md", "json", "html"), default="md")
     exp.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     exp.add_argument("--db", metavar="PATH", help="SQLite file (default: $MOA_DB or data/moa.db)")
 
-    imp = sub.add_parser("import", help="import a run from a JSON export")
+    imp = sub.add_parser("import", help="import a run or a conversation from a JSON export")
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--db", metavar="PATH", help="SQLite file (default: $MOA_DB or data/moa.db)")
 
@@ -89,6 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="local models and which provider keys are set")
     models.add_argument("--json", action="store_true", help="print JSON")
     return p
+
+
+def _strategy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strategy",
+        choices=config_mod.STRATEGIES,
+        help="how the candidates become the answer (default: the config's, else synthesize)",
+    )
+    p.add_argument(
+        "--cascade",
+        action="store_true",
+        default=None,
+        help="two samples first; run the panel only if they disagree",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -123,22 +156,13 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from moa import engine, export, strategies
-    from moa.events import fan_out
-    from moa.store import Store, StoreWriter
+    from moa.store import Store
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     cfg = resolve_config(args)
     store = Store(args.db)  # opened before any call: a bad database is bad input, not a failed run
     store.check_writable()  # a read-only log refuses the run instead of half-saving it
-    try:
-        estimate = engine.check(cfg, prompt, args.system)
-    except engine.InputError as e:
-        raise BadInput(str(e)) from None
-    _err(
-        f"run: {cfg.name} · {len(cfg.proposers)} proposers × {cfg.layers} layer(s) → "
-        f"{cfg.aggregator.display} · strategy {cfg.strategy_label} · "
-        f"estimated ≤ {estimate.describe()}"
-    )
+    plan = conversation.plan_turn(_conversation(store, args.continue_id), prompt)
 
     cancel = engine.Cancel()
     signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
@@ -146,14 +170,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     # On a terminal the final answer streams as it is written; piped, stdout gets only the
     # finished answer (a failed aggregator's partial text must not precede its fallback's).
     live = not args.json and sys.stdout.isatty() and strategies.streams_final(cfg)
-    printer = _ProgressPrinter(stream_final=live)
+    record = _run_turn(store, cfg, prompt, plan, cancel, live, system=args.system)
+    if args.json:
+        print(json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2))
+    elif not live and record.final_text:
+        print(record.final_text)
+    return {"ok": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(record.status, EXIT_FAILED)
+
+
+def _conversation(store: Any, some_id: str | None) -> Any:
+    """The stored conversation `--continue ID` names (None without the flag); BadInput if none."""
+    if some_id is None:
+        return None
+    cid = store.resolve_conversation(some_id)
+    conv = store.get_conversation(cid) if cid else None
+    if conv is None:
+        raise BadInput(
+            f"no conversation or run with id {some_id!r:.80}; `python -m moa history` lists them"
+        )
+    return conv
+
+
+def _run_turn(
+    store: Any,
+    cfg: RunConfig,
+    prompt: str,
+    plan: Any,
+    cancel: Any,
+    live: bool,
+    system: str | None = None,
+) -> Any:
+    """Check, then run one turn of `plan`'s conversation, logged; progress on stderr."""
+    from moa import engine, strategies
+    from moa.events import fan_out
+    from moa.store import StoreWriter
+
+    try:
+        estimate = engine.check(cfg, prompt, system, history=plan.history)
+    except engine.InputError as e:
+        raise BadInput(str(e)) from None
+    sent = f" · turn {plan.turn}, {len(plan.history)} earlier turn(s) sent" if plan.turn > 1 else ""
+    _err(
+        f"run: {cfg.name} · {len(cfg.proposers)} proposers × {cfg.layers} layer(s) → "
+        f"{cfg.aggregator.display} · strategy {cfg.strategy_label} · "
+        f"estimated ≤ {estimate.describe()}{sent}"
+    )
+    if plan.new and plan.parent_id:
+        store.create_conversation(
+            plan.conversation_id, plan.title, plan.parent_id, plan.branch_turn
+        )
     record = engine.run_sync(
         cfg,
         prompt,
-        system_prompt=args.system,
+        system_prompt=system,
         cancel=cancel,
         checked=True,
-        on_event=fan_out(StoreWriter(store), printer),
+        on_event=fan_out(StoreWriter(store), _ProgressPrinter(stream_final=live)),
+        history=plan.history,
+        conversation_id=plan.conversation_id,
+        turn=plan.turn,
     )
     usage = record.usage()
     cost = "unknown" if usage["cost_usd"] is None else f"${usage['cost_usd']:.6f}"
@@ -165,11 +240,93 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"tokens, cost {cost}, run id {record.run_id}"
         + (f"\n{record.error}" if record.error else "")
     )
-    if args.json:
-        print(json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2))
-    elif not live and record.final_text:
-        print(record.final_text)
-    return {"ok": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(record.status, EXIT_FAILED)
+    for c in record.calls:
+        if c.history_note:
+            _err(f"  note: {c.history_note}")
+    return record
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """A conversation: one MoA turn per message, each with the earlier turns as history."""
+    from moa import engine, export, strategies
+    from moa.store import Store
+
+    args.proposer, args.aggregator, args.layers = [], None, None
+    cfg = resolve_config(args)
+    store = Store(args.db)
+    store.check_writable()
+    conv = _conversation(store, args.continue_id)
+    interactive = sys.stdin.isatty()
+    live = interactive and not args.json and sys.stdout.isatty() and strategies.streams_final(cfg)
+    state: dict[str, Any] = {"cancel": None}
+
+    def on_sigint(*_: object) -> None:
+        cancel = state["cancel"]
+        if cancel is not None and not cancel.requested:
+            _err("\n(cancelling this turn; Ctrl+C again exits)")
+            cancel.cancel()
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, lambda *_: (state["cancel"] or engine.Cancel()).cancel())
+    if interactive:
+        where = (
+            f"conversation {conv.id} ({len(conv.turns)} turns)" if conv else "a new conversation"
+        )
+        _err(f"chat: {cfg.name} · {where} · /new, /retry, /exit; Ctrl+C cancels a turn")
+    worst = EXIT_OK
+    try:
+        while True:
+            try:
+                line = input("you> " if interactive else "")
+            except EOFError:
+                break
+            message = line.strip()
+            if not message:
+                continue
+            if message in ("/exit", "/quit"):
+                break
+            if message == "/new":
+                conv = None
+                _err("(new conversation)")
+                continue
+            if message == "/retry":
+                if conv is None or not conv.runs:
+                    _err("nothing to retry yet: type a message")
+                    continue
+                try:
+                    plan, last = conversation.plan_retry(conv)
+                except ValueError as e:
+                    _err(str(e))
+                    continue
+                message = last.prompt
+            elif message.startswith("/"):
+                _err(f"unknown command {message.split()[0]!r}: use /new, /retry or /exit")
+                continue
+            else:
+                plan = conversation.plan_turn(conv, message)
+            state["cancel"] = engine.Cancel()
+            try:
+                record = _run_turn(store, cfg, message, plan, state["cancel"], live)
+            except BadInput as e:
+                if not interactive:
+                    raise
+                _err(f"error: {e}")
+                continue
+            finally:
+                state["cancel"] = None
+            if args.json:
+                print(json.dumps(export.run_to_json(record), ensure_ascii=False), flush=True)
+            elif not live and record.final_text:
+                print(record.final_text, flush=True)
+            if record.status != "ok":
+                worst = EXIT_FAILED if worst == EXIT_OK else worst
+            conv = store.get_conversation(plan.conversation_id)
+    except KeyboardInterrupt:
+        _err("\n(exit)")
+        return EXIT_CANCELLED
+    return worst
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -177,27 +334,53 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     if args.limit < 1:
         raise BadInput("--limit must be 1 or more")
-    rows = Store(args.db).search_runs(args.search, limit=args.limit)
+    rows = Store(args.db).search_conversations(args.search, limit=args.limit)
     if args.json:
-        print(json.dumps([r.__dict__ for r in rows], ensure_ascii=False, indent=2))
+        out = [{"conversation_id": r.id, **r.__dict__} for r in rows]
+        print(json.dumps(out, ensure_ascii=False, indent=2))
         return EXIT_OK
     if not rows:
-        _err("no runs found" + (f" for {args.search!r}" if args.search else ""))
+        _err("no conversations found" + (f" for {args.search!r}" if args.search else ""))
     for r in rows:
-        prompt = " ".join(r.prompt.split())
-        prompt = prompt[:57] + "…" if len(prompt) > 58 else prompt
-        wall = f"{r.wall_s:6.1f}s" if r.wall_s is not None else "     -"
-        print(f"{r.id}  {r.created_at[:19].replace('T', ' ')}  {r.status:<11} {wall}  {prompt}")
+        title = r.title if len(r.title) <= 58 else r.title[:57] + "…"
+        turns = f"{r.n_turns} turn" + ("s" if r.n_turns != 1 else "")
+        when = r.updated_at[:19].replace("T", " ")
+        print(f"{r.id}  {when}  {r.last_status or '-':<11} {turns:>8}  {title}")
     return EXIT_OK
+
+
+def _stored(store: Any, some_id: str) -> Any:
+    """The conversation (by its id) or the run (by its id) that `some_id` names; BadInput if none."""
+    conv = store.get_conversation(some_id) if some_id.startswith("c") else None
+    if conv is not None:
+        return conv
+    record = store.get_run(some_id)
+    if record is None:
+        raise BadInput(
+            f"no conversation or run with id {some_id!r:.80}; `python -m moa history` lists them"
+        )
+    return record
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from moa import export
+    from moa.conversation import Conversation
     from moa.store import Store
 
-    record = Store(args.db).get_run(args.run_id)
-    if record is None:
-        raise BadInput(f"no run with id {args.run_id!r}; `python -m moa history` lists them")
+    found = _stored(Store(args.db), args.run_id)
+    if isinstance(found, Conversation):
+        if args.json:
+            print(json.dumps(export.conversation_to_json(found), ensure_ascii=False, indent=2))
+            return EXIT_OK
+        print(f"conversation {found.id} · {found.title}")
+        if found.parent_id:
+            print(f"branched from {found.parent_id} at turn {found.branch_turn}")
+        for run in found.runs:
+            print(f"\n── turn {run.turn} · run {run.run_id} · {run.status}")
+            print(f"you: {run.prompt}\n")
+            print(run.final_text or f"({run.error or 'no final answer'})")
+        return EXIT_OK
+    record = found
     if args.json:
         print(json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2))
         return EXIT_OK
@@ -205,12 +388,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"run {record.run_id} · {record.created_at} · {record.status}"
         + (f" · {record.error}" if record.error else "")
     )
+    print(f"conversation {record.conversation_id} · turn {record.turn}")
     print(f"prompt: {record.prompt}\n")
     for c in record.calls:
         head = f"[layer {c.layer} {c.role} {c.index + 1}] {c.label} ({c.model}) · {c.status}"
         if c.latency_s is not None:
             head += f" · {c.latency_s:.2f}s"
         print(head)
+        if c.history_note:
+            print(f"({c.history_note})")
         print(c.text.strip() or f"({c.error or 'no text'})")
         print()
     from moa.strategies import summary_lines
@@ -223,17 +409,18 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from moa import export, report
+    from moa.conversation import Conversation
     from moa.store import Store
 
-    record = Store(args.db).get_run(args.run_id)
-    if record is None:
-        raise BadInput(f"no run with id {args.run_id!r}; `python -m moa history` lists them")
+    found = _stored(Store(args.db), args.run_id)
+    is_conv = isinstance(found, Conversation)
     if args.format == "json":
-        text = json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2) + "\n"
+        obj = export.conversation_to_json(found) if is_conv else export.run_to_json(found)
+        text = json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
     elif args.format == "html":
-        text = report.run_to_html(record)
+        text = report.conversation_to_html(found) if is_conv else report.run_to_html(found)
     else:
-        text = export.run_to_markdown(record)
+        text = export.conversation_to_markdown(found) if is_conv else export.run_to_markdown(found)
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as f:
@@ -248,7 +435,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from moa import export
-    from moa.store import Store
+    from moa.conversation import Conversation
+    from moa.store import ConversationError, Store
 
     try:
         with open(args.file, "rb") as f:
@@ -256,11 +444,19 @@ def cmd_import(args: argparse.Namespace) -> int:
     except OSError as e:
         raise BadInput(f"cannot read {args.file}: {e.strerror}") from None
     try:
-        record = export.load_json_export(data)
+        found = export.load_export(data)
     except export.ImportError_ as e:
         raise BadInput(f"{args.file}: {e}") from None
     store = Store(args.db)
     store.check_writable()
+    if isinstance(found, Conversation):
+        try:
+            store.import_conversation(found)
+        except ConversationError as e:
+            raise BadInput(f"{e}; nothing imported") from None
+        print(found.id)
+        return EXIT_OK
+    record = found
     if store.get_run(record.run_id) is not None:
         raise BadInput(f"run {record.run_id} is already in {store.path}; nothing imported")
     store.save_run(record)
@@ -467,6 +663,7 @@ def _print_eval_table(results: Any) -> None:
 
 COMMANDS = {
     "run": cmd_run,
+    "chat": cmd_chat,
     "history": cmd_history,
     "show": cmd_show,
     "export": cmd_export,

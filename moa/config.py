@@ -70,6 +70,9 @@ class RunConfig:
     aggregator_prompt: str | None = None
     # Called only if the aggregator fails (after its retries): same prompt, same candidates.
     fallback_aggregator: ModelSpec | None = None
+    # What proposers see of earlier conversation turns: every turn's agreed final answer
+    # ("final", the reference MoA bot's convention) or each proposer's own earlier answer ("own").
+    history: str = "final"
     strategy: str = "synthesize"  # one of STRATEGIES
     judge: ModelSpec | None = None  # rank: this one model ranks instead of every proposer
     critic: ModelSpec | None = None  # critique: the critic (default: the aggregator)
@@ -147,6 +150,7 @@ _RUN_KEYS: dict[str, tuple[type, ...]] = {
     "aggregator": (dict,),
     "fallback_aggregator": (dict,),
     "proposers": (list,),
+    "history": (str,),
     "strategy": (str,),
     "judge": (str, dict),
     "critic": (str, dict),
@@ -155,6 +159,7 @@ _RUN_KEYS: dict[str, tuple[type, ...]] = {
     "cascade_model": (str, dict),
     "cascade_agreement": (int, float),
 }
+HISTORY_MODES = ("final", "own")
 # Strategy models may be written as a model id string or as a full model table.
 _STRATEGY_MODELS = ("judge", "critic", "cascade_model")
 _TYPE_NAMES = {
@@ -285,6 +290,7 @@ def from_dict(d: Any) -> RunConfig:
         proposer_timeout_s=float(d.get("proposer_timeout_s", 120.0)),
         max_cost_usd=None if d.get("max_cost_usd") is None else float(d["max_cost_usd"]),
         aggregator_prompt=d.get("aggregator_prompt"),
+        history=d.get("history", "final"),
         strategy=d.get("strategy", "synthesize"),
         critique_rounds=d.get("critique_rounds", 1),
         cascade=d.get("cascade", False),
@@ -315,6 +321,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         _check_range("max_cost_usd", "max_cost_usd", cfg.max_cost_usd)
     if not cfg.name.strip():
         raise ConfigError("name is empty: give the config a name")
+    if cfg.history not in HISTORY_MODES:
+        raise ConfigError(
+            f'history = {cfg.history!r:.40} is not allowed: use "final" (every model sees each '
+            'earlier turn\'s final answer) or "own" (each proposer sees its own earlier answers)'
+        )
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"strategy = {cfg.strategy!r:.40} is not one of {', '.join(STRATEGIES)}")
     _check_type("critique_rounds", cfg.critique_rounds, (int,))
@@ -351,6 +362,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
         out["max_cost_usd"] = cfg.max_cost_usd
     if cfg.aggregator_prompt is not None:
         out["aggregator_prompt"] = cfg.aggregator_prompt
+    if cfg.history != "final":
+        out["history"] = cfg.history
     out["aggregator"] = model(cfg.aggregator)
     if cfg.fallback_aggregator is not None:
         out["fallback_aggregator"] = model(cfg.fallback_aggregator)

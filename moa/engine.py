@@ -13,11 +13,12 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from moa import llm, prompts, strategies
+from moa import conversation, llm, prompts, strategies
 from moa.config import ConfigError, ModelSpec, RunConfig
+from moa.conversation import HistoryTurn
 from moa.events import (
     CallFailed,
     CallFinished,
@@ -98,15 +99,18 @@ def estimate_cost(
     system_prompt: str | None = None,
     reuse: RunRecord | None = None,
     single: bool = False,
+    history: Sequence[HistoryTurn] = (),
 ) -> Estimate:
     """Prompt tokens via litellm's counter × prices, max_tokens as the bound for each output.
 
     With `reuse` (re-aggregation) only the aggregator is called, on the stored candidates.
+    The conversation's earlier turns count in full: an upper bound (a small window may leave
+    some out).
     """
     usd, unknown = 0.0, []
     base_in = llm.count_tokens(
         config.aggregator.model, prompts.proposer_messages(prompt, system_prompt)
-    )
+    ) + conversation.history_tokens(config.aggregator.model, history)
     if single:
         spec = config.proposers[0]
         cost = llm.cost_usd(spec.model, base_in, spec.max_tokens)
@@ -140,8 +144,13 @@ def check(
     system_prompt: str | None = None,
     reuse: RunRecord | None = None,
     single: bool = False,
+    history: Sequence[HistoryTurn] = (),
 ) -> Estimate:
-    """Every reason a run cannot start, as one InputError naming the fix; else the estimate."""
+    """Every reason a run cannot start, as one InputError naming the fix; else the estimate.
+
+    A conversation's history never makes a run fail this check (old turns are left out for a
+    model whose window is too small); the latest message alone must fit.
+    """
     if not prompt or not prompt.strip():
         raise InputError("the prompt is empty: type a question or task for the models")
     if reuse is not None and not reuse.aggregated_candidates():
@@ -175,7 +184,7 @@ def check(
                     f"{where}: the prompt is {used:,} tokens and max_tokens is {spec.max_tokens:,}, "
                     f"but {spec.model} holds {window:,}; shorten the prompt or lower max_tokens"
                 )
-    estimate = estimate_cost(config, prompt, system_prompt, reuse, single)
+    estimate = estimate_cost(config, prompt, system_prompt, reuse, single, history)
     if config.max_cost_usd is not None and estimate.usd > config.max_cost_usd:
         raise InputError(
             f"estimated cost {estimate.describe()} is over max_cost_usd = ${config.max_cost_usd:g}; "
@@ -204,8 +213,14 @@ async def run(
     checked: bool = False,
     reuse: RunRecord | None = None,
     single: bool = False,
+    history: Sequence[HistoryTurn] = (),
+    conversation_id: str | None = None,
+    turn: int = 1,
 ) -> RunRecord:
     """One MoA run. Raises InputError before any call if the inputs are unusable.
+
+    `history`: the conversation's earlier turns (`moa.conversation.sendable`); the run becomes
+    turn `turn` of `conversation_id`.
 
     `reuse`: a stored run whose proposer calls are copied instead of called, so only the
     aggregator runs (re-aggregation: compare aggregators or synthesis prompts cheaply).
@@ -214,11 +229,13 @@ async def run(
     exports and history treat it like any run's final answer.
     """
     if not checked:
-        check(config, prompt, system_prompt, reuse, single)
+        check(config, prompt, system_prompt, reuse, single, history)
     runner = _Runner(
         config, prompt, system_prompt, on_event, cancel or Cancel(), limits or Limits(), reuse
     )
     runner.single = single
+    runner.history = list(history)
+    runner.conversation_id, runner.turn = conversation_id, turn
     return await runner.run(run_id or new_run_id())
 
 
@@ -266,6 +283,9 @@ class _Runner:
         self.config, self.prompt, self.system_prompt = config, prompt, system_prompt
         self.reuse = reuse
         self.single = False
+        self.history: list[HistoryTurn] = []
+        self.conversation_id: str | None = None
+        self.turn = 1
         self.emit: EventHandler = on_event or (lambda event: None)
         self.cancel, self.limits = cancel, limits
         self.semaphores: dict[str, asyncio.Semaphore] = {}
@@ -286,10 +306,17 @@ class _Runner:
     def proposer_messages(self, call: CallRecord, previous: list[str]) -> list[dict[str, str]]:
         return self._proposer_messages(call, previous)
 
+    def with_history(
+        self, call: CallRecord, messages: list[dict[str, str]]
+    ) -> list[dict[str, str]]:
+        """A strategy call's messages with the conversation's earlier turns, as fit its model."""
+        return self._with_history(call, messages)
+
     async def run(self, run_id: str) -> RunRecord:
         record = RunRecord(run_id=run_id, config=self.config, prompt=self.prompt)
         record.system_prompt = self.system_prompt
         record.parent_run_id = self.reuse.run_id if self.reuse is not None else None
+        record.conversation_id, record.turn = self.conversation_id, self.turn
         record.outcome = {}  # filled in place by the strategy: live views see it grow
         self.record = record
         self._plan_calls()
@@ -427,12 +454,33 @@ class _Runner:
         )
         if note:
             messages[0]["content"] += "\n\n" + note
-        return messages
+        return self._with_history(call, messages)
+
+    def _with_history(
+        self, call: CallRecord, messages: list[dict[str, str]]
+    ) -> list[dict[str, str]]:
+        """The earlier turns between the system message and the new request, as fit this model.
+
+        The new request stays the last message, plain, whatever the history holds.
+        """
+        if not self.history:
+            return messages
+        spec = self.specs[call.key]
+        slot = call.index if call.role == "proposer" else None
+        turns = conversation.turn_messages(self.history, self.config.history, slot)
+        fitted = conversation.fit(spec.model, messages[:-1], turns, messages[-1:], spec.max_tokens)
+        if fitted.left_out:
+            call.history_note = conversation.left_out_note(
+                fitted.left_out, spec.model, fitted.window
+            )
+        return fitted.messages
 
     async def _single_answer(self) -> None:
         call = self.record.calls[0]
         system = _join(self.system_prompt, self.specs[call.key].system_prompt)
-        await self._call(call, prompts.proposer_messages(self.prompt, system))
+        await self._call(
+            call, self._with_history(call, prompts.proposer_messages(self.prompt, system))
+        )
         self.record.status = "ok" if call.status == "ok" else "failed"
         if call.status != "ok":
             self.record.error = f"{call.label} {call.status}: {call.error}"
@@ -440,8 +488,8 @@ class _Runner:
     def _proposer_messages(self, call: CallRecord, previous: list[str]) -> list[dict[str, str]]:
         system = _join(self.system_prompt, self.specs[call.key].system_prompt)
         if call.layer == 1:
-            return prompts.proposer_messages(self.prompt, system)
-        return prompts.layer_messages(self.prompt, previous, system)
+            return self._with_history(call, prompts.proposer_messages(self.prompt, system))
+        return self._with_history(call, prompts.layer_messages(self.prompt, previous, system))
 
     def _semaphore(self, spec: ModelSpec) -> asyncio.Semaphore | _ProcessSlot:
         provider = spec.provider or spec.model

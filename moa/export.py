@@ -5,15 +5,18 @@ from __future__ import annotations
 import html
 import json
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moa import config as config_mod
 from moa.records import CALL_STATUSES, RUN_STATUSES, CallRecord, RunRecord
 
+if TYPE_CHECKING:
+    from moa.conversation import Conversation
+
 FORMAT_VERSION = 1
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
 # Fields beyond the documented ones, so that export → import gives back the identical run.
-_EXTRA_CALL_FIELDS = ("params", "started_at", "ended_at", "start_s", "attempts")
+_EXTRA_CALL_FIELDS = ("params", "started_at", "ended_at", "start_s", "attempts", "history_note")
 STRATEGY_ROLES = ("aggregator", "ranker", "selector", "critic", "reviser", "cascade")
 
 
@@ -68,6 +71,8 @@ def run_to_json(record: RunRecord) -> dict[str, Any]:
     failed = [c for c in record.aggregator_calls if c is not agg and c.status != "ok"]
     return {
         "run_id": record.run_id,
+        "conversation_id": record.conversation_id,
+        "turn": record.turn,
         "status": record.status,
         "error": record.error,
         "final": final,
@@ -184,9 +189,69 @@ def run_from_json(obj: Any) -> RunRecord:
         calls=calls,
         pid=0,
         parent_run_id=obj.get("parent_run_id"),
+        conversation_id=obj.get("conversation_id"),
+        turn=obj.get("turn") if isinstance(obj.get("turn"), int) and obj["turn"] > 0 else 1,
         outcome=obj.get("outcome") if isinstance(obj.get("outcome"), dict) else None,
     )
     return record
+
+
+def conversation_to_json(conv: Conversation) -> dict[str, Any]:
+    """`show ID --json` for a conversation: every run in order (a retried turn appears once per
+    attempt; `turn` says where each belongs), plus what an import needs."""
+    return {
+        "conversation_id": conv.id,
+        "title": conv.title,
+        "created_at": conv.created_at,
+        "updated_at": conv.updated_at,
+        "parent_id": conv.parent_id,
+        "branch_turn": conv.branch_turn,
+        "turns": [run_to_json(r) for r in conv.runs],
+        "moa_studio_export": FORMAT_VERSION,
+    }
+
+
+def conversation_from_json(obj: dict[str, Any]) -> Conversation:
+    """A Conversation from `conversation_to_json` output; ImportError_ names what is wrong."""
+    from moa.conversation import Conversation
+
+    turns = obj.get("turns")
+    if not isinstance(turns, list) or not turns:
+        raise ImportError_("turns must be a non-empty list of run objects")
+    cid = obj.get("conversation_id")
+    if not isinstance(cid, str) or not cid:
+        raise ImportError_("conversation_id is missing")
+    runs = []
+    for i, t in enumerate(turns):
+        try:
+            runs.append(run_from_json(t))
+        except ImportError_ as e:
+            raise ImportError_(f"turns[{i}]: {e}") from None
+    branch = obj.get("branch_turn")
+    return Conversation(
+        id=cid,
+        title=str(obj.get("title") or runs[0].prompt),
+        created_at=str(obj.get("created_at") or runs[0].created_at),
+        updated_at=str(obj.get("updated_at") or runs[-1].created_at),
+        parent_id=obj.get("parent_id") if isinstance(obj.get("parent_id"), str) else None,
+        branch_turn=branch if isinstance(branch, int) else None,
+        runs=runs,
+    )
+
+
+def load_export(data: bytes | str) -> RunRecord | Conversation:
+    """A run or a whole conversation from a JSON export file's bytes."""
+    if len(data) > MAX_IMPORT_BYTES:
+        raise ImportError_(
+            f"the file is {len(data):,} bytes; an export may be at most {MAX_IMPORT_BYTES:,}"
+        )
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ImportError_(f"the file is not JSON ({e})") from None
+    if isinstance(obj, dict) and "turns" in obj and "run_id" not in obj:
+        return conversation_from_json(obj)
+    return run_from_json(obj)
 
 
 def load_json_export(data: bytes | str) -> RunRecord:
@@ -222,12 +287,26 @@ def _cost(value: float | None) -> str:
     return "unknown" if value is None else f"${value:.6f}"
 
 
-def run_to_markdown(record: RunRecord) -> str:
+def conversation_to_markdown(conv: Conversation) -> str:
+    """Every run of a conversation, in order, each as its run report one heading level down."""
+    lines = [f"# Conversation: {_inline(conv.title)}", "", f"- **Id**: {conv.id}"]
+    if conv.parent_id:
+        lines.append(f"- **Branched from**: {conv.parent_id} at turn {conv.branch_turn}")
+    lines.append(f"- **Turns**: {len(conv.turns)} · started {conv.created_at}")
+    lines.append("")
+    for run in conv.runs:
+        body = run_to_markdown(run, heading=f"Turn {run.turn} · run {run.run_id}")
+        lines += ["#" + line if line.startswith("#") else line for line in body.splitlines()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_to_markdown(record: RunRecord, heading: str | None = None) -> str:
     """A readable report; model text is quoted in fences so its Markdown can't restyle the page."""
     usage = record.usage()
     attr, ids = attribution(record)
     lines = [
-        f"# MoA run {record.run_id}",
+        f"# {heading or f'MoA run {record.run_id}'}",
         "",
         f"- **Config**: {_inline(record.config.name)} · {len(record.config.proposers)} proposers × "
         f"{record.config.layers} layer(s) → {_inline(record.config.aggregator.display)}",

@@ -200,6 +200,48 @@ def m005_fallback_aggregator_index(db: sqlite_utils.Database) -> None:
 
 
 @migration
+def m006_conversations(db: sqlite_utils.Database) -> None:
+    # A session is a conversation of MoA turns. Each run is one turn (conversation_id, turn);
+    # a retry takes the same turn number, so the failed run stays in the log. A branch shares
+    # its parent's turns before `branch_turn` (they are read from the parent, not copied). The
+    # list columns (n_turns, last_status, totals, models) are kept up to date on every write,
+    # so History pages through conversations without touching runs or calls.
+    db["conversations"].create(
+        {
+            "id": str,
+            "title": str,
+            "created_at": str,
+            "updated_at": str,
+            "n_turns": int,
+            "last_status": str,
+            "parent_id": str,
+            "branch_turn": int,
+            "models": str,
+            "tokens_in": int,
+            "tokens_out": int,
+            "cost_usd": float,
+        },
+        pk="id",
+    )
+    db["conversations"].create_index(["updated_at"])
+    db["conversations"].create_index(["parent_id"])
+    db["runs"].add_column("conversation_id", str)
+    db["runs"].add_column("turn", int)
+    db["calls"].add_column("history_note", str)
+    # Every run logged before conversations existed becomes a one-turn conversation.
+    db.execute("UPDATE runs SET conversation_id = 'c' || id, turn = 1")
+    db.execute(
+        "INSERT INTO conversations (id, title, created_at, updated_at, n_turns, last_status, "
+        "models, tokens_in, tokens_out, cost_usd) SELECT 'c' || id, substr(trim(replace("
+        "replace(prompt, char(10), ' '), char(13), ' ')), 1, 200), created_at, "
+        "coalesce(ended_at, created_at), 1, status, "
+        "trim(coalesce(proposers, '') || ', ' || coalesce(aggregator, ''), ', '), tokens_in, "
+        "tokens_out, cost_usd FROM runs"
+    )
+    db["runs"].create_index(["conversation_id", "turn"])
+
+
+@migration
 def m009_strategy(db: sqlite_utils.Database) -> None:
     # The run's strategy as History filters it ("vote", "synthesize+cascade"; runs from before
     # strategies existed synthesised), what the strategy produced (ranking, vote table,

@@ -40,6 +40,11 @@ def new_run_id() -> str:
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
 
 
+def new_conversation_id() -> str:
+    """Like a run id with a leading "c", so `show ID` can never confuse the two kinds."""
+    return "c" + new_run_id()
+
+
 @dataclass
 class CallRecord:
     """One call to one model: a proposer in a layer, or the aggregator."""
@@ -62,6 +67,9 @@ class CallRecord:
     tokens_out: int | None = None
     cost_usd: float | None = None
     attempts: int = 0
+    # Earlier conversation turns left out of this call because its model's window is too small,
+    # e.g. "turns 1–3 left out for local/smollm2-135m: 2,048-token window".
+    history_note: str | None = None
 
     @property
     def key(self) -> tuple[int, str, int]:
@@ -99,9 +107,11 @@ class RunRecord:
     calls: list[CallRecord] = field(default_factory=list)
     pid: int = field(default_factory=os.getpid)
     parent_run_id: str | None = None  # set when candidates were reused from another run
-    # What the strategy produced (moa/strategies.py): a JSON-able dict with "kind" (ranking,
-    # vote, selection, critique), its tables, the cascade's decision, and "final": the key of
-    # the call whose text is the final answer when that is not the aggregator.
+    conversation_id: str | None = None  # the conversation this run is a turn of
+    turn: int = 1  # its position in the conversation, 1-based (a retry takes the same position)
+    # What the strategy produced (moa/strategies.py): one section per kind of output (cascade,
+    # ranking, vote, selection, critique) and "final": the key of the call whose text is the
+    # final answer when that is not the aggregator.
     outcome: dict[str, Any] | None = None
 
     @property

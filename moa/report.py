@@ -1,4 +1,4 @@
-"""A self-contained HTML report of one run: highlights, shares, agreement, timeline, candidates.
+"""A self-contained HTML report of one run (or every turn of a conversation): highlights, shares, agreement, timeline, candidates.
 
 It opens offline and runs no JavaScript at all: every piece of model text, prompt, label and
 error is HTML-escaped, and a Content-Security-Policy forbids scripts as a second wall.
@@ -7,12 +7,16 @@ error is HTML-escaped, and a Content-Security-Policy forbids scripts as a second
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
 
 from moa import config as config_mod
 from moa import strategy_html
 from moa.export import attribution
 from moa.palette import NOVEL, colour, tint
 from moa.records import CallRecord, RunRecord
+
+if TYPE_CHECKING:
+    from moa.conversation import Conversation
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 
@@ -209,6 +213,21 @@ h1{font-size:1.5rem;margin-bottom:.25rem}h2{font-size:1.15rem;margin-top:2rem}
 .legend span{display:inline-block;margin-right:1rem;font-size:.85rem}
 .swatch{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;vertical-align:middle}
 pre{background:#f3f4f6;padding:.75rem;border-radius:6px;overflow:auto}
+section.turn{border-top:3px solid #cbd5e1;margin-top:2rem;padding-top:.5rem}
+h2.turn-title{font-size:1.3rem}
+"""
+
+
+def _document(title: str, body: str) -> str:
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title><style>{STYLE}</style></head>
+<body>
+{body}
+<p class="muted">Exported from MoA Studio.</p>
+</body></html>
 """
 
 
@@ -221,9 +240,28 @@ def _strategy_section(record: RunRecord) -> str:
 
 
 def run_to_html(record: RunRecord) -> str:
+    title = _short(record.prompt, 80)
+    return _document(f"MoA run: {title}", f"<h1>{esc(title)}</h1>\n{_run_body(record)}")
+
+
+def conversation_to_html(conv: Conversation) -> str:
+    """Every run of a conversation, in order, each with its highlights: one self-contained page."""
+    title = _short(conv.title, 80)
+    head = f"<h1>{esc(title)}</h1>\n<div class='muted'>Conversation {esc(conv.id)} · {len(conv.turns)} turn(s)"
+    if conv.parent_id:
+        head += f" · branched from {esc(conv.parent_id)} at turn {conv.branch_turn}"
+    head += "</div>"
+    turns = "".join(
+        f'<section class="turn"><h2 class="turn-title">Turn {run.turn}: {esc(_short(run.prompt, 80))}'
+        f"</h2>\n{_run_body(run)}</section>"
+        for run in conv.runs
+    )
+    return _document(f"MoA conversation: {title}", head + turns)
+
+
+def _run_body(record: RunRecord) -> str:
     attr, ids = attribution(record)
     usage = record.usage()
-    title = _short(record.prompt, 80)
     calls = record.proposer_calls
     legend = "".join(
         f'<span><i class="swatch" style="background:{colour(c.index)}"></i>{esc(c.label)}</span>'
@@ -250,14 +288,7 @@ def run_to_html(record: RunRecord) -> str:
         else ""
     )
     cards = "".join(_candidate_card(record, i, c, attr, ids) for i, c in enumerate(calls))
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>MoA run: {esc(title)}</title><style>{STYLE}</style></head>
-<body>
-<h1>{esc(title)}</h1>
-<div class="muted">{esc(record.config.name)} · {len(record.config.proposers)} proposers × {record.config.layers}
+    return f"""<div class="muted">{esc(record.config.name)} · {len(record.config.proposers)} proposers × {record.config.layers}
 layer(s) → {esc(record.config.aggregator.display)} · {esc(record.created_at)} · run {esc(record.run_id)}</div>
 <div class="muted">{_chip(record.status)} wall {_fmt(record.wall_s)} · {usage["tokens_in"]} tokens in /
 {usage["tokens_out"]} out · cost {_cost(usage["cost_usd"])}</div>{parent}{error}
@@ -270,6 +301,4 @@ its score); dashed ones are new.</p>
 <h2>Candidates</h2><div class="cards">{cards}</div>
 {_timeline_html(record)}
 <h2>Config</h2><pre>{esc(config_mod.dumps(record.config))}</pre>
-<p class="muted">Exported from MoA Studio.</p>
-</body></html>
 """

@@ -17,6 +17,7 @@ import sqlite_utils
 
 from moa import config as config_mod
 from moa.config import ModelSpec, RunConfig
+from moa.conversation import Conversation
 from moa.events import (
     CallFailed,
     CallFinished,
@@ -62,6 +63,36 @@ class RunSummary:
     final_text: str | None
     parent_run_id: str | None
     strategy: str | None = None
+
+
+@dataclass
+class ConversationSummary:
+    """One row of the conversation list."""
+
+    id: str
+    title: str
+    created_at: str
+    updated_at: str
+    n_turns: int
+    last_status: str | None
+    parent_id: str | None
+    branch_turn: int | None
+    models: str | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cost_usd: float | None
+
+
+_CONVERSATION_COLUMNS = ", ".join(ConversationSummary.__dataclass_fields__)
+
+
+class ConversationError(ValueError):
+    """A conversation cannot be changed as asked; the message says why and what to do."""
+
+
+def title_of(prompt: str) -> str:
+    """A conversation's title: its first message on one line, at most 200 characters."""
+    return " ".join(prompt.split())[:200] or "Untitled"
 
 
 class Store:
@@ -164,34 +195,96 @@ class Store:
     # ------------------------------------------------------------ writing
 
     def start_run(self, record: RunRecord) -> None:
+        """Log a run as it starts; a run outside a conversation becomes a one-turn one."""
         _ACTIVE_RUNS.add(record.run_id)
         with self._write() as conn:
+            self._insert_run(conn, record)
+
+    def _insert_run(self, conn: sqlite3.Connection, record: RunRecord) -> None:
+        if record.conversation_id is None:
+            record.conversation_id, record.turn = "c" + record.run_id, 1
+        self._ensure_conversation(conn, record.conversation_id, record.prompt, record.created_at)
+        conn.execute(
+            "INSERT OR REPLACE INTO runs (id, created_at, name, prompt, system_prompt, status, "
+            "layers, n_proposers, proposers, aggregator, config_json, pid, parent_run_id, "
+            "conversation_id, turn) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                record.run_id,
+                record.created_at,
+                record.config.name,
+                record.prompt,
+                record.system_prompt,
+                record.status,
+                record.config.layers,
+                len(record.config.proposers),
+                ", ".join(p.model for p in record.config.proposers),
+                record.config.aggregator.model,
+                json.dumps(config_mod.to_dict(record.config)),
+                record.pid,
+                record.parent_run_id,
+                record.conversation_id,
+                record.turn,
+            ),
+        )
+        conn.execute(
+            "UPDATE runs SET strategy = ? WHERE id = ?",
+            (record.config.strategy_label, record.run_id),
+        )
+        for call in record.calls:
+            self._upsert_call(conn, record.run_id, call)
+        self._refresh_conversation(conn, record.conversation_id)
+
+    def create_conversation(
+        self,
+        conversation_id: str,
+        title: str,
+        parent_id: str | None = None,
+        branch_turn: int | None = None,
+    ) -> None:
+        """A conversation row before its first turn runs (a branch names what it shares)."""
+        from moa.records import utc_now
+
+        now = utc_now()
+        with self._write() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO runs (id, created_at, name, prompt, system_prompt, status, "
-                "layers, n_proposers, proposers, aggregator, config_json, pid, parent_run_id) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    record.run_id,
-                    record.created_at,
-                    record.config.name,
-                    record.prompt,
-                    record.system_prompt,
-                    record.status,
-                    record.config.layers,
-                    len(record.config.proposers),
-                    ", ".join(p.model for p in record.config.proposers),
-                    record.config.aggregator.model,
-                    json.dumps(config_mod.to_dict(record.config)),
-                    record.pid,
-                    record.parent_run_id,
-                ),
+                "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at, n_turns, "
+                "parent_id, branch_turn) VALUES (?,?,?,?,?,?,?)",
+                (conversation_id, title_of(title), now, now, 0, parent_id, branch_turn),
             )
-            conn.execute(
-                "UPDATE runs SET strategy = ? WHERE id = ?",
-                (record.config.strategy_label, record.run_id),
-            )
-            for call in record.calls:
-                self._upsert_call(conn, record.run_id, call)
+            self._refresh_conversation(conn, conversation_id)
+
+    @staticmethod
+    def _ensure_conversation(
+        conn: sqlite3.Connection, conversation_id: str, prompt: str, created_at: str
+    ) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at, n_turns) "
+            "VALUES (?,?,?,?,0)",
+            (conversation_id, title_of(prompt), created_at, created_at),
+        )
+
+    @staticmethod
+    def _refresh_conversation(conn: sqlite3.Connection, conversation_id: str | None) -> None:
+        """Recompute a conversation's list columns from its runs (its shared turns count too)."""
+        if conversation_id is None:
+            return
+        conn.execute(
+            "UPDATE conversations SET "
+            "n_turns = coalesce(branch_turn, 1) - 1 + (SELECT count(DISTINCT turn) FROM runs "
+            "  WHERE conversation_id = :id), "
+            "updated_at = max(created_at, coalesce((SELECT max(coalesce(ended_at, created_at)) "
+            "  FROM runs WHERE conversation_id = :id), created_at)), "
+            "last_status = (SELECT status FROM runs WHERE conversation_id = :id "
+            "  ORDER BY turn DESC, rowid DESC LIMIT 1), "
+            "models = (SELECT trim(coalesce(proposers, '') || ', ' || coalesce(aggregator, ''), "
+            "  ', ') FROM runs WHERE conversation_id = :id ORDER BY turn DESC, rowid DESC LIMIT 1), "
+            "tokens_in = (SELECT sum(tokens_in) FROM runs WHERE conversation_id = :id), "
+            "tokens_out = (SELECT sum(tokens_out) FROM runs WHERE conversation_id = :id), "
+            "cost_usd = (SELECT CASE WHEN count(*) = count(cost_usd) THEN sum(cost_usd) END "
+            "  FROM runs WHERE conversation_id = :id AND status != 'running') "
+            "WHERE id = :id",
+            {"id": conversation_id},
+        )
 
     def save_call(self, run_id: str, call: CallRecord) -> None:
         with self._write() as conn:
@@ -205,64 +298,102 @@ class Store:
             )
 
     def finish_run(self, record: RunRecord) -> None:
-        usage = record.usage()
-        shares, novel_share = _shares(record)
         with self._write() as conn:
-            for call in record.calls:
-                self._upsert_call(conn, record.run_id, call)
-            for (layer, index), (share, main) in shares.items():
-                conn.execute(
-                    "UPDATE calls SET share = ?, main_source = ? WHERE run_id = ? AND layer = ? "
-                    "AND role = 'proposer' AND idx = ?",
-                    (share, main, record.run_id, layer, index),
-                )
-            conn.execute(
-                "UPDATE runs SET novel_share = ? WHERE id = ?", (novel_share, record.run_id)
-            )
-            cascade = (record.outcome or {}).get("cascade")
-            conn.execute(
-                "UPDATE runs SET outcome_json = ?, escalated = ? WHERE id = ?",
-                (
-                    json.dumps(record.outcome) if record.outcome else None,
-                    None if cascade is None else int(bool(cascade.get("escalated"))),
-                    record.run_id,
-                ),
-            )
-            conn.execute(
-                "UPDATE runs SET status = ?, error = ?, ended_at = ?, final_text = ?, tokens_in = ?, "
-                "tokens_out = ?, cost_usd = ?, wall_s = ? WHERE id = ?",
-                (
-                    record.status,
-                    redact(record.error),
-                    record.ended_at,
-                    record.final_text,
-                    usage["tokens_in"],
-                    usage["tokens_out"],
-                    usage["cost_usd"],
-                    record.wall_s,
-                    record.run_id,
-                ),
-            )
+            self._finish_run(conn, record)
         _ACTIVE_RUNS.discard(record.run_id)
 
+    def _finish_run(self, conn: sqlite3.Connection, record: RunRecord) -> None:
+        usage = record.usage()
+        shares, novel_share = _shares(record)
+        for call in record.calls:
+            self._upsert_call(conn, record.run_id, call)
+        for (layer, index), (share, main) in shares.items():
+            conn.execute(
+                "UPDATE calls SET share = ?, main_source = ? WHERE run_id = ? AND layer = ? "
+                "AND role = 'proposer' AND idx = ?",
+                (share, main, record.run_id, layer, index),
+            )
+        conn.execute("UPDATE runs SET novel_share = ? WHERE id = ?", (novel_share, record.run_id))
+        cascade = (record.outcome or {}).get("cascade")
+        conn.execute(
+            "UPDATE runs SET outcome_json = ?, escalated = ? WHERE id = ?",
+            (
+                json.dumps(record.outcome) if record.outcome else None,
+                None if cascade is None else int(bool(cascade.get("escalated"))),
+                record.run_id,
+            ),
+        )
+        conn.execute(
+            "UPDATE runs SET status = ?, error = ?, ended_at = ?, final_text = ?, tokens_in = ?, "
+            "tokens_out = ?, cost_usd = ?, wall_s = ? WHERE id = ?",
+            (
+                record.status,
+                redact(record.error),
+                record.ended_at,
+                record.final_text,
+                usage["tokens_in"],
+                usage["tokens_out"],
+                usage["cost_usd"],
+                record.wall_s,
+                record.run_id,
+            ),
+        )
+        self._refresh_conversation(conn, record.conversation_id)
+
     def save_run(self, record: RunRecord) -> None:
-        """Write a whole finished run at once (imports, re-aggregation copies)."""
-        self.start_run(record)
-        self.finish_run(record)
+        """Write a whole finished run at once, in one transaction (imports)."""
+        with self._write() as conn:
+            self._insert_run(conn, record)
+            self._finish_run(conn, record)
+
+    def import_conversation(self, conv: Conversation) -> Conversation:
+        """Write an exported conversation, all or nothing; ConversationError if it clashes.
+
+        A branch whose parent is in this database keeps the link and brings only its own turns;
+        otherwise the turns it shared are imported as its own and it stands alone.
+        """
+        if self.conversation_summary(conv.id) is not None:
+            raise ConversationError(f"conversation {conv.id} is already in {self.path}")
+        linked = bool(conv.parent_id and self.conversation_summary(conv.parent_id))
+        runs = [r for r in conv.runs if not linked or r.conversation_id == conv.id]
+        for r in runs:
+            if self.get_run(r.run_id) is not None:
+                raise ConversationError(f"run {r.run_id} is already in {self.path}")
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO conversations (id, title, created_at, updated_at, n_turns, "
+                "parent_id, branch_turn) VALUES (?,?,?,?,0,?,?)",
+                (
+                    conv.id,
+                    conv.title,
+                    conv.created_at,
+                    conv.updated_at,
+                    conv.parent_id if linked else None,
+                    conv.branch_turn if linked else None,
+                ),
+            )
+            for r in runs:
+                r.conversation_id = conv.id
+                self._insert_run(conn, r)
+                self._finish_run(conn, r)
+        if not linked:
+            conv.parent_id = conv.branch_turn = None
+        return conv
 
     @staticmethod
     def _upsert_call(conn: sqlite3.Connection, run_id: str, call: CallRecord) -> None:
         conn.execute(
             "INSERT INTO calls (run_id, layer, role, idx, model, label, params_json, text, status, "
             "error, started_at, ended_at, start_s, latency_s, ttft_s, tokens_in, tokens_out, "
-            "cost_usd, attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "cost_usd, attempts, history_note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT (run_id, layer, role, idx) DO UPDATE SET model = excluded.model, "
             "label = excluded.label, params_json = excluded.params_json, text = excluded.text, "
             "status = excluded.status, error = excluded.error, started_at = excluded.started_at, "
             "ended_at = excluded.ended_at, start_s = excluded.start_s, "
             "latency_s = excluded.latency_s, ttft_s = excluded.ttft_s, "
             "tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out, "
-            "cost_usd = excluded.cost_usd, attempts = excluded.attempts",
+            "cost_usd = excluded.cost_usd, attempts = excluded.attempts, "
+            "history_note = excluded.history_note",
             (
                 run_id,
                 call.layer,
@@ -283,6 +414,7 @@ class Store:
                 call.tokens_out,
                 call.cost_usd,
                 call.attempts,
+                call.history_note,
             ),
         )
 
@@ -310,12 +442,69 @@ class Store:
                     "before the run finished' WHERE id = ?",
                     (rid,),
                 )
+                row = conn.execute("SELECT conversation_id FROM runs WHERE id = ?", (rid,))
+                self._refresh_conversation(conn, (row.fetchone() or [None])[0])
         return len(dead)
 
     def delete_run(self, run_id: str) -> bool:
+        """Delete one run; its conversation goes too when it was the last turn of it."""
         with self._write() as conn:
+            row = conn.execute(
+                "SELECT conversation_id FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
             conn.execute("DELETE FROM calls WHERE run_id = ?", (run_id,))
-            return conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
+            deleted = conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
+            if row and row[0]:
+                left = conn.execute(
+                    "SELECT count(*) FROM runs WHERE conversation_id = ?", (row[0],)
+                ).fetchone()[0]
+                branches = conn.execute(
+                    "SELECT count(*) FROM conversations WHERE parent_id = ?", (row[0],)
+                ).fetchone()[0]
+                if left == 0 and branches == 0:
+                    conn.execute("DELETE FROM conversations WHERE id = ?", (row[0],))
+                else:
+                    self._refresh_conversation(conn, row[0])
+            return deleted
+
+    def delete_conversation(self, conversation_id: str) -> int:
+        """Delete a conversation with all its runs; the number of runs deleted.
+
+        A conversation that branches share turns with is refused (ConversationError): deleting
+        it would take the branches' first turns with it.
+        """
+        with self._write() as conn:
+            branches = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM conversations WHERE parent_id = ?", (conversation_id,)
+                )
+            ]
+            if branches:
+                raise ConversationError(
+                    f"conversation {conversation_id} has {len(branches)} branch(es) that share "
+                    f"its turns ({', '.join(branches[:5])}); delete those first"
+                )
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM runs WHERE conversation_id = ?", (conversation_id,)
+                )
+            ]
+            for rid in ids:
+                conn.execute("DELETE FROM calls WHERE run_id = ?", (rid,))
+            conn.execute("DELETE FROM runs WHERE conversation_id = ?", (conversation_id,))
+            conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+            return len(ids)
+
+    def rename_conversation(self, conversation_id: str, title: str) -> None:
+        title = " ".join(title.split())[:200]
+        if not title:
+            raise ConversationError("the title is empty: type a name for the conversation")
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id)
+            )
 
     # ------------------------------------------------------------ reading
 
@@ -335,6 +524,8 @@ class Store:
             wall_s=r["wall_s"],
             pid=r["pid"],
             parent_run_id=r["parent_run_id"],
+            conversation_id=r.get("conversation_id"),
+            turn=r.get("turn") or 1,
             outcome=_outcome(r.get("outcome_json")),
         )
         for c in self.db.query(
@@ -343,6 +534,119 @@ class Store:
             c["index"], c["params"] = c["idx"], json.loads(c["params_json"] or "{}")
             record.calls.append(CallRecord.from_dict(c))
         return record
+
+    def resolve_conversation(self, some_id: str) -> str | None:
+        """A conversation id, or a run id meaning its conversation; None if neither exists."""
+        row = self.db.execute("SELECT id FROM conversations WHERE id = ?", [some_id]).fetchone()
+        if row:
+            return row[0]
+        row = self.db.execute("SELECT conversation_id FROM runs WHERE id = ?", [some_id]).fetchone()
+        return row[0] if row and row[0] else None
+
+    def conversation_summary(self, conversation_id: str) -> ConversationSummary | None:
+        row = self.db.execute(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", [conversation_id]
+        ).fetchone()
+        return ConversationSummary(*row) if row else None
+
+    def get_conversation(self, conversation_id: str) -> Conversation | None:
+        """The whole conversation: the turns it shares with its parent, then its own runs."""
+        summary = self.conversation_summary(conversation_id)
+        if summary is None:
+            return None
+        conv = Conversation(
+            id=summary.id,
+            title=summary.title,
+            created_at=summary.created_at,
+            updated_at=summary.updated_at,
+            parent_id=summary.parent_id,
+            branch_turn=summary.branch_turn,
+        )
+        if summary.parent_id and summary.branch_turn:
+            parent = self.get_conversation(summary.parent_id)
+            if parent is not None:
+                conv.runs = [r for r in parent.runs if r.turn < summary.branch_turn]
+        ids = self.db.execute(
+            "SELECT id FROM runs WHERE conversation_id = ? ORDER BY turn, rowid", [conversation_id]
+        ).fetchall()
+        conv.runs += [r for r in (self.get_run(i) for (i,) in ids) if r is not None]
+        return conv
+
+    def branches(self, conversation_id: str) -> list[ConversationSummary]:
+        rows = self.db.execute(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE parent_id = ? "
+            "ORDER BY created_at",
+            [conversation_id],
+        ).fetchall()
+        return [ConversationSummary(*r) for r in rows]
+
+    def search_conversations(
+        self,
+        query: str = "",
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        model: str | None = None,
+        status: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        name: str | None = None,
+        strategy: str | None = None,
+    ) -> list[ConversationSummary]:
+        """Conversations, latest activity first; with words or filters, those with a matching
+        turn, ordered by their newest matching turn.
+
+        The matching runs are read newest first and stop once a page of distinct conversations
+        is found, so a search stays as fast as the run search it is built on.
+        """
+        if not (fts_query(query) or model or status or since or until or name or strategy):
+            rows = self.db.execute(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
+                "ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                [limit, offset],
+            ).fetchall()
+            return [ConversationSummary(*r) for r in rows]
+        where, params = self.where_clause(query, model, status, since, until, name, strategy)
+        cursor = self.db.execute(
+            f"SELECT runs.conversation_id FROM {_source(query)}{where} ORDER BY {_order(query)} DESC",
+            params,
+        )
+        seen: dict[str, None] = {}
+        for (cid,) in cursor:
+            seen.setdefault(cid, None)
+            if len(seen) >= offset + limit:
+                break
+        cursor.close()
+        ids = list(seen)[offset:]
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id IN ({marks})", ids
+        ).fetchall()
+        by_id = {r[0]: ConversationSummary(*r) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def count_conversations(
+        self,
+        query: str = "",
+        *,
+        model: str | None = None,
+        status: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        name: str | None = None,
+        cap: int | None = 10_000,
+        strategy: str | None = None,
+    ) -> int:
+        """How many conversations match, counting at most `cap` (a pager shows "10,000+")."""
+        if not (fts_query(query) or model or status or since or until or name or strategy):
+            return self.db.execute("SELECT count(*) FROM conversations").fetchone()[0]
+        where, params = self.where_clause(query, model, status, since, until, name, strategy)
+        inner = f"SELECT DISTINCT runs.conversation_id FROM {_source(query)}{where}"
+        if cap is not None:
+            inner += f" LIMIT {int(cap) + 1}"
+        return self.db.execute(f"SELECT count(*) FROM ({inner})", params).fetchone()[0]
 
     def where_clause(
         self,
@@ -399,6 +703,18 @@ class Store:
             inner += f" LIMIT {int(cap) + 1}"
         sql = f"SELECT count(*) FROM ({inner})"
         return self.db.execute(sql, params).fetchone()[0]
+
+    def latest_strategies(self, conversation_ids: list[str]) -> dict[str, str]:
+        """Each conversation's latest turn's strategy label (for the History list)."""
+        if not conversation_ids:
+            return {}
+        marks = ",".join("?" * len(conversation_ids))
+        rows = self.db.execute(
+            f"SELECT conversation_id, strategy FROM runs WHERE conversation_id IN ({marks}) "
+            "ORDER BY turn, rowid",
+            conversation_ids,
+        ).fetchall()
+        return {cid: label for cid, label in rows if label}  # later turns overwrite earlier
 
     def strategies(self) -> list[str]:
         """Every strategy label that appears in the log, for the History filter."""

@@ -276,7 +276,9 @@ async def rank(runner: _Runner, candidates: Candidates) -> None:
         *(
             runner.call(
                 call,
-                prompts.ranking_messages(runner.prompt, [texts[k] for k in order]),
+                runner.with_history(
+                    call, prompts.ranking_messages(runner.prompt, [texts[k] for k in order])
+                ),
                 check=checker(order),
             )
             for call, order in zip(calls, orders, strict=True)
@@ -353,7 +355,8 @@ async def select(runner: _Runner, candidates: Candidates) -> None:
             call = CallRecord(layer, "selector", idx, sel.model, sel.display)
             runner.add_call(call, sel)
             runner.emit(CallQueued(record.run_id, call))
-        await runner.call(call, prompts.selection_messages(runner.prompt, texts), check=check)
+        messages = runner.with_history(call, prompts.selection_messages(runner.prompt, texts))
+        await runner.call(call, messages, check=check)
         tried.append(call)
         if call.status == "ok":
             pick, reason = prompts.parse_selection(call.text, n)
@@ -411,7 +414,10 @@ async def critique(runner: _Runner, candidates: Candidates) -> None:
         critic = next(c for c in record.calls if c.key == (layer, "critic", r))
         reviser = next(c for c in record.calls if c.key == (layer, "reviser", r))
         await runner.call(
-            critic, prompts.critique_messages(runner.prompt, texts, current.text, system)
+            critic,
+            runner.with_history(
+                critic, prompts.critique_messages(runner.prompt, texts, current.text, system)
+            ),
         )
         steps.append({"step": "critique", "call": list(critic.key)})
         if critic.status != "ok":
@@ -419,7 +425,10 @@ async def critique(runner: _Runner, candidates: Candidates) -> None:
             break
         await runner.call(
             reviser,
-            prompts.revision_messages(runner.prompt, texts, current.text, critic.text, system),
+            runner.with_history(
+                reviser,
+                prompts.revision_messages(runner.prompt, texts, current.text, critic.text, system),
+            ),
         )
         steps.append({"step": "revision", "call": list(reviser.key)})
         if reviser.status != "ok":

@@ -1,4 +1,5 @@
-"""MoA Studio, the History page: search the log, open a run, export, delete, re-aggregate, compare."""
+"""MoA Studio, the History page: search conversations, open one, export, delete, re-aggregate a
+turn, compare conversations turn by turn."""
 
 from __future__ import annotations
 
@@ -11,12 +12,20 @@ import streamlit as st
 
 from moa import engine
 from moa.config import STRATEGIES
-from moa.export import ImportError_, run_to_json, run_to_markdown
+from moa.conversation import Conversation
+from moa.export import (
+    ImportError_,
+    conversation_to_json,
+    conversation_to_markdown,
+    run_to_json,
+    run_to_markdown,
+)
 from moa.records import RUN_STATUSES, RunRecord
-from moa.report import run_to_html
-from moa.store import Store, StoreError
+from moa.report import conversation_to_html, run_to_html
+from moa.store import ConversationError, Store, StoreError
 from moa.ui import history as H
 from moa.ui import state as K
+from moa.ui.chat import conversation_header_html, draw_conversation
 from moa.ui.keys import activate as activate_session_keys
 from moa.ui.nav import page_nav
 from moa.ui.render import (
@@ -27,24 +36,35 @@ from moa.ui.render import (
     fmt_s,
     inject_css,
     markdown_escape,
-    render_run,
 )
 from moa.ui.resources import PAGE_ICON, copy_secrets_to_env, get_store
 
 RUN_ID = re.compile(r"[0-9a-f]{12,40}")
+CONVERSATION_ID = re.compile(r"c[0-9a-f]{12,40}")
 ALL = "All"
 CONFIRM = "hist_confirm_delete"
+CONFIRM_CONV = "hist_confirm_delete_conversation"
 MESSAGE = "hist_message"
 LAST_PICK = "hist_last_pick"
 LAST_TABLE_PICK = "hist_last_table_pick"
 
 
 def open_run(run_id: str | None) -> None:
+    """Open one turn (inside its conversation); None closes what is open."""
+    st.query_params.pop("conversation", None)
     if run_id:
         st.query_params["run"] = run_id
     else:
         st.query_params.pop("run", None)
     st.session_state.pop(CONFIRM, None)
+    st.session_state.pop(CONFIRM_CONV, None)
+
+
+def open_conversation(cid: str) -> None:
+    st.query_params.pop("run", None)
+    st.query_params["conversation"] = cid
+    st.session_state.pop(CONFIRM, None)
+    st.session_state.pop(CONFIRM_CONV, None)
 
 
 def filters(store: Store) -> dict:
@@ -67,21 +87,24 @@ def filters(store: Store) -> dict:
 
 def table(store: Store, f: dict) -> list:
     query = f.pop("query")
-    total = store.count_matching(query, cap=H.COUNT_CAP, **f)
+    total = store.count_conversations(query, cap=H.COUNT_CAP, **f)
     pages = max(1, math.ceil(min(total, H.COUNT_CAP) / H.PAGE_SIZE))
     left, right = st.columns([1, 4], vertical_alignment="bottom")
     if st.session_state.get("hist_page", 1) > pages:  # the filters shrank the result
         st.session_state["hist_page"] = pages
     page = left.number_input("Page", min_value=1, max_value=pages, key="hist_page")
-    right.caption(f"{H.fmt_count(total)} runs match · page {page} of {pages}")
-    runs = store.search_runs(query, limit=H.PAGE_SIZE, offset=(page - 1) * H.PAGE_SIZE, **f)
-    if not runs:
-        st.info("No runs match. Run a mixture on the Run page, or loosen the filters.")
-        return runs
+    noun = "conversation matches" if total == 1 else "conversations match"
+    right.caption(f"{H.fmt_count(total)} {noun} · page {page} of {pages}")
+    convs = store.search_conversations(
+        query, limit=H.PAGE_SIZE, offset=(page - 1) * H.PAGE_SIZE, **f
+    )
+    if not convs:
+        st.info("No conversations match. Run a mixture on the Run page, or loosen the filters.")
+        return convs
     event = st.dataframe(
-        H.table_rows(runs),
+        H.conversation_rows(convs, store.latest_strategies([c.id for c in convs])),
         # Keyed by the rows shown: a selection never carries over to other rows.
-        key="hist_table_" + hashlib.sha1("".join(r.id for r in runs).encode()).hexdigest()[:12],
+        key="hist_table_" + hashlib.sha1("".join(c.id for c in convs).encode()).hexdigest()[:12],
         on_select="rerun",
         selection_mode="single-row",
         hide_index=True,
@@ -89,69 +112,81 @@ def table(store: Store, f: dict) -> list:
         column_config={"id": None},
     )
     rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
-    picked = runs[rows[0]].id if rows and rows[0] < len(runs) else None
+    picked = convs[rows[0]].id if rows and rows[0] < len(convs) else None
     if picked and picked != st.session_state.get(LAST_TABLE_PICK):
         st.session_state[LAST_TABLE_PICK] = picked
-        open_run(picked)
+        open_conversation(picked)
     labels = {
-        r.id: f"{(r.created_at or '')[:19].replace('T', ' ')} · {H._short(r.prompt, 60)}"
-        for r in runs
+        c.id: f"{(c.updated_at or '')[:19].replace('T', ' ')} · {H._short(c.title, 60)}"
+        for c in convs
     }
     pick = st.selectbox(
-        "Open a run",
+        "Open a conversation",
         ["", *labels],
-        format_func=lambda rid: labels.get(rid, "—"),
+        format_func=lambda cid: labels.get(cid, "—"),
         key="hist_open",
     )
     if pick and pick != st.session_state.get(LAST_PICK):
         st.session_state[LAST_PICK] = pick
-        open_run(pick)
-    return runs
+        open_conversation(pick)
+    return convs
 
 
-def compare(store: Store, runs: list) -> None:
+def compare(store: Store, convs: list) -> None:
     labels = {
-        r.id: f"{(r.created_at or '')[:19].replace('T', ' ')} · {H._short(r.prompt, 40)}"
-        for r in runs
+        c.id: f"{(c.updated_at or '')[:19].replace('T', ' ')} · {H._short(c.title, 40)}"
+        for c in convs
     }
     ids = st.multiselect(
-        "Compare 2–4 runs of this page",
+        "Compare 2–4 conversations of this page, turn by turn",
         list(labels),
-        format_func=lambda rid: labels.get(rid, rid),
+        format_func=lambda cid: labels.get(cid, cid),
         max_selections=4,
         key="hist_compare",
     )
     if len(ids) < 2:
-        st.caption("Pick two to four runs to see their final answers side by side.")
+        st.caption("Pick two to four conversations to see their final answers side by side.")
         return
-    records = [r for r in (store.get_run(i) for i in ids) if r is not None]
-    if len(records) < 2:
-        st.warning("Some of these runs are gone from the log.")
+    found = [c for c in (store.get_conversation(i) for i in ids) if c is not None]
+    if len(found) < 2:
+        st.warning("Some of these conversations are gone from the log.")
         return
-    base = records[0].final_text or ""
-    for col, rec in zip(st.columns(len(records)), records, strict=True):
-        usage = rec.usage()
-        tokens = usage["tokens_in"] + usage["tokens_out"]
-        agg = rec.aggregator_call
-        body = (
-            esc(rec.final_text or "(no final answer)")
-            if rec is records[0]
-            else H.word_diff_html(base, rec.final_text or "")
-        )
-        attr, ids = attribution_for(rec)
-        shares = Kept(rec, attr, ids).legend_html(hint=False) if attr is not None else ""
-        col.html(
-            '<div style="border:1px solid #e2e8f0;border-radius:10px;padding:.7rem .8rem">'
-            f'<div style="font-weight:650">{esc(agg.label if agg else "—")}</div>'
-            f'<div style="color:#64748b;font-size:.8rem">{esc(rec.run_id)} · '
-            f"{esc((rec.created_at or '')[:19])}</div>"
-            f'<div style="font-size:.85rem;margin:.3rem 0">cost {esc(fmt_cost(usage["cost_usd"]))} · '
-            f"latency {esc(fmt_s(rec.wall_s))} · tokens {tokens:,}</div>{shares}"
-            f'<div style="white-space:pre-wrap;font-size:.9rem;margin-top:.4rem">{body}</div></div>'
-        )
+    n_turns = max(len(c.turns) for c in found)
+    for t in range(n_turns):
+        st.html(f'<div class="moa-turnhead" data-turn="{t + 1}"><b>Turn {t + 1}</b></div>')
+        records = [c.turns[t] if t < len(c.turns) else None for c in found]
+        base = next((r.final_text or "" for r in records if r is not None), "")
+        first = next((r for r in records if r is not None), None)
+        for col, rec in zip(st.columns(len(records)), records, strict=True):
+            if rec is None:
+                col.caption("(no such turn)")
+                continue
+            col.html(_compare_card(rec, base, rec is first))
     st.caption(
-        "Under each run: each candidate's share of its final answer and the share of new text. "
-        "Columns after the first show their differences from the first run's answer."
+        "Under each turn: each candidate's share of its final answer and the share of new text. "
+        "Columns after the first show their differences from the first column's answer."
+    )
+
+
+def _compare_card(rec: RunRecord, base: str, first: bool) -> str:
+    usage = rec.usage()
+    tokens = usage["tokens_in"] + usage["tokens_out"]
+    agg = rec.aggregator_call
+    body = (
+        esc(rec.final_text or "(no final answer)")
+        if first
+        else H.word_diff_html(base, rec.final_text or "")
+    )
+    attr, ids = attribution_for(rec)
+    shares = Kept(rec, attr, ids).legend_html(hint=False) if attr is not None else ""
+    return (
+        '<div style="border:1px solid #e2e8f0;border-radius:10px;padding:.7rem .8rem">'
+        f'<div style="font-weight:650">{esc(H._short(rec.prompt, 60))}</div>'
+        f'<div style="color:#64748b;font-size:.8rem">{esc(agg.label if agg else "—")} · '
+        f"{esc(rec.run_id)} · {esc((rec.created_at or '')[:19])}</div>"
+        f'<div style="font-size:.85rem;margin:.3rem 0">cost {esc(fmt_cost(usage["cost_usd"]))} · '
+        f"latency {esc(fmt_s(rec.wall_s))} · tokens {tokens:,}</div>{shares}"
+        f'<div style="white-space:pre-wrap;font-size:.9rem;margin-top:.4rem">{body}</div></div>'
     )
 
 
@@ -265,23 +300,125 @@ def actions(store: Store, record: RunRecord) -> None:
                 st.rerun()
 
 
-def show_open(store: Store, run_id: str) -> None:
+def conversation_actions(store: Store, conv: Conversation) -> None:
+    """Rename, continue on the Run page, export the whole conversation, delete it."""
+    cid = conv.id
+    c1, c2, c3, c4, c5 = st.columns(5)
+    if c1.button("Continue on the Run page", key="hist_continue", icon=":material/chat:"):
+        st.session_state[K.CONVERSATION] = cid
+        st.session_state[K.BRANCH_FROM] = st.session_state[K.EDITING] = None
+        st.switch_page("app.py")
+    c2.download_button(
+        "Conversation Markdown",
+        conversation_to_markdown(conv),
+        f"moa-{cid}.md",
+        "text/markdown",
+        key="dl_conv_md",
+        on_click="ignore",
+    )
+    c3.download_button(
+        "Conversation JSON",
+        json.dumps(conversation_to_json(conv), indent=2, ensure_ascii=False),
+        f"moa-{cid}.json",
+        "application/json",
+        key="dl_conv_json",
+        on_click="ignore",
+    )
+    c4.download_button(
+        "Conversation HTML",
+        conversation_to_html(conv),
+        f"moa-{cid}.html",
+        "text/html",
+        key="dl_conv_html",
+        on_click="ignore",
+    )
+    if c5.button("Delete conversation", key="hist_delete_conv", icon=":material/delete:"):
+        st.session_state[CONFIRM_CONV] = cid
+    if st.session_state.get(CONFIRM_CONV) == cid:
+        own = sum(1 for r in conv.runs if not conv.shared(r))
+        st.warning(
+            f"Delete this conversation and its {own} run(s) from the log? This cannot be undone."
+        )
+        y, n, _ = st.columns([1, 1, 4])
+        if y.button("Yes, delete", key="hist_delete_conv_yes", type="primary"):
+            try:
+                store.delete_conversation(cid)
+            except (StoreError, ConversationError) as e:
+                st.session_state.pop(CONFIRM_CONV, None)
+                st.error(markdown_escape(str(e)))
+                return
+            st.session_state[MESSAGE] = ("success", f"Conversation {cid} was deleted.")
+            open_run(None)
+            st.query_params.pop("conversation", None)
+            st.rerun()
+        if n.button("Cancel", key="hist_delete_conv_no"):
+            st.session_state.pop(CONFIRM_CONV, None)
+            st.rerun()
+    with st.form("hist_rename", border=False):
+        r1, r2 = st.columns([4, 1], vertical_alignment="bottom")
+        title = r1.text_input("Title", conv.title, key=f"hist_title_{cid}")
+        if r2.form_submit_button("Rename", key="hist_rename_go"):
+            try:
+                store.rename_conversation(cid, title)
+            except (StoreError, ConversationError) as e:
+                st.error(markdown_escape(str(e)))
+            else:
+                st.session_state[MESSAGE] = ("success", "Renamed.")
+                st.rerun()
+
+
+def show_open(store: Store, cid: str, focus: str | None) -> None:
+    """A whole conversation, with the actions of one of its turns (`focus`, or the latest)."""
     st.divider()
-    record = store.get_run(run_id) if RUN_ID.fullmatch(run_id) else None
-    if record is None:
-        st.error(markdown_escape(f"no run with id '{run_id[:64]}'"))
+    conv = store.get_conversation(cid) if CONVERSATION_ID.fullmatch(cid) else None
+    if conv is None or not conv.runs:
+        st.error(markdown_escape(f"no conversation with id '{cid[:64]}'"))
         return
+    st.html(conversation_header_html(conv))
+    branches = store.branches(cid)
+    if branches:
+        links = " · ".join(
+            f'<a href="?conversation={esc(b.id)}">{esc(H._short(b.title, 40))}</a> '
+            f"(from turn {b.branch_turn})"
+            for b in branches
+        )
+        st.html(f'<div class="moa-turnchange">branches: {links}</div>')
+    conversation_actions(store, conv)
+    turns = conv.turns
+    ids = [r.run_id for r in turns]
+    if focus not in ids:
+        attempt = next((r for r in conv.runs if r.run_id == focus), None)
+        focus = focus if attempt is not None else ids[-1]
+        if attempt is not None:
+            ids.append(focus)  # an earlier, retried attempt opened by its link
+    by_id = {r.run_id: r for r in conv.runs}
+    labels = {rid: f"Turn {by_id[rid].turn} · {H._short(by_id[rid].prompt, 60)}" for rid in ids}
+    picked = st.selectbox(
+        "Turn", ids, index=ids.index(focus), format_func=labels.get, key=f"hist_turn_{cid}"
+    )
+    record = by_id[picked]
     if record.parent_run_id:
         st.caption(markdown_escape(f"Re-aggregation of run {record.parent_run_id}"))
     actions(store, record)
-    render_run(record, *attribution_for(record), key=f"hist_{run_id}")
+    draw_conversation(conv, focus=picked)
+
+
+def show_run(store: Store, run_id: str) -> None:
+    """`?run=<id>`: that turn inside its conversation."""
+    cid = store.resolve_conversation(run_id) if RUN_ID.fullmatch(run_id) else None
+    if cid is None:
+        st.divider()
+        st.error(markdown_escape(f"no run with id '{run_id[:64]}'"))
+        return
+    show_open(store, cid, run_id)
 
 
 def importer(store: Store) -> None:
     # Open while a file is chosen: a rerun (the upload itself is one) must not fold the Import
     # button out of sight.
     with st.expander(
-        "Import a run (JSON export)", expanded=bool(st.session_state.get("hist_import"))
+        "Import a run or a conversation (JSON export)",
+        expanded=bool(st.session_state.get("hist_import")),
     ):
         up = st.file_uploader("JSON export", type=["json"], key="hist_import")
         if up is not None and st.button("Import", key="hist_import_go"):
@@ -290,8 +427,12 @@ def importer(store: Store) -> None:
             except (ImportError_, H.ImportRefused, StoreError) as e:
                 st.error(markdown_escape(str(e)))
             else:
-                st.session_state[MESSAGE] = ("success", f"Imported run {rec.run_id}.")
-                open_run(rec.run_id)
+                if isinstance(rec, Conversation):
+                    st.session_state[MESSAGE] = ("success", f"Imported conversation {rec.id}.")
+                    open_conversation(rec.id)
+                else:
+                    st.session_state[MESSAGE] = ("success", f"Imported run {rec.run_id}.")
+                    open_run(rec.run_id)
                 st.rerun()
 
 
@@ -316,14 +457,17 @@ def main() -> None:
     msg = st.session_state.pop(MESSAGE, None)
     if msg:
         st.success(markdown_escape(msg[1]))
-    runs = table(store, filters(store))
+    convs = table(store, filters(store))
     importer(store)
-    if runs:
-        with st.expander("Compare runs"):
-            compare(store, runs)
-    opened = st.query_params.get("run")
-    if opened:
-        show_open(store, opened)
+    if convs:
+        with st.expander("Compare conversations"):
+            compare(store, convs)
+    opened_run = st.query_params.get("run")
+    opened = st.query_params.get("conversation")
+    if opened_run:
+        show_run(store, opened_run)
+    elif opened:
+        show_open(store, opened, None)
 
 
 main()

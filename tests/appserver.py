@@ -116,7 +116,11 @@ def launch_chromium(playwright):
 
 
 def submit_prompt(page, prompt: str) -> None:
-    """Type `prompt` on the Run page and press Ctrl+Enter (st.form: it submits, i.e. Run)."""
+    """Start a new conversation with `prompt` on the Run page: New conversation if one is open,
+    then type it and press Ctrl+Enter (st.form: it submits, i.e. Run)."""
+    new = page.get_by_role("button", name="New conversation")
+    if new.count() and new.first.is_visible():
+        new.first.click()
     box = page.get_by_label("Prompt", exact=True)
     box.fill(prompt)
     box.press("Control+Enter")

@@ -69,6 +69,9 @@ def html(at: AppTest) -> str:
 
 
 def run(at: AppTest, prompt: str) -> AppTest:
+    """A new conversation's first turn, through the form (New conversation first if one is open)."""
+    if any(b.key == K.NEW_CONVERSATION for b in at.button):
+        at.button(key=K.NEW_CONVERSATION).click().run()
     at.text_area(key=K.PROMPT).input(prompt)
     at.button(key=K.RUN_BUTTON).click().run()
     assert not at.exception, at.exception
@@ -271,7 +274,10 @@ def test_a_run_streams_to_the_end_shows_what_was_kept_and_is_saved(loopback, db_
     # The form kept its values while the sidebar was locked during the run.
     assert at.selectbox(key=K.PRESET).value == "loop"
     assert len(at.session_state[K.PROPOSER_IDS]) == 3
-    assert at.button(key=K.RUN_BUTTON).disabled is False
+    # The page is now a conversation: a follow-up box, and New conversation brings back the form.
+    assert at.chat_input(key=K.FOLLOW_UP).disabled is False
+    conv_id = Store(db_path).get_run(runs[0].id).conversation_id
+    assert at.query_params["conversation"] in ([conv_id], conv_id)
     assert at.session_state[K.LIVE].running is False
 
 
@@ -306,8 +312,8 @@ def test_the_stored_run_view_draws_the_same_run(loopback, db_path):
     assert not at.exception
     stored_final = next(h.value for h in at.html if "moa-final" in h.value)
     assert stored_final == live_final  # the same renderer, the same markup
-    assert "How do plants grow?" in html(at)  # the prompt is shown in the read-only view
-    assert at.button(key=K.NEW_RUN_BUTTON)
+    assert "How do plants grow?" in html(at)  # the prompt is shown in the stored view
+    assert at.button(key=K.NEW_CONVERSATION)  # and it can be continued, or a new one started
 
 
 def test_an_unknown_run_id_is_an_error(loopback):
@@ -462,3 +468,135 @@ def test_history_reruns_a_run_and_opens_its_config_in_the_run_page(loopback, db_
     )
     assert config_mod.to_dict(again.config) == config_mod.to_dict(store.get_run(first.id).config)
     assert f'data-run="{again.run_id}"' in html(at)
+
+
+# ---------------------------------------------------------------- conversations
+
+
+def follow_up(at: AppTest, message: str) -> AppTest:
+    at.chat_input(key=K.FOLLOW_UP).set_value(message).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def conversation_id(at: AppTest) -> str:
+    value = at.query_params["conversation"]
+    return value[0] if isinstance(value, list) else value
+
+
+def test_a_follow_up_is_turn_two_and_is_sent_turn_one(loopback, db_path):
+    at = run(app(), "How do plants grow?")
+    cid = conversation_id(at)
+    loopback.requests.clear()
+    loopback.set("agg", text="Shorter: water, light, soil.")
+    follow_up(at, "Make it shorter.")
+    assert conversation_id(at) == cid
+    conv = Store(db_path).get_conversation(cid)
+    assert [(r.turn, r.prompt, r.status) for r in conv.runs] == [
+        (1, "How do plants grow?", "ok"),
+        (2, "Make it shorter.", "ok"),
+    ]
+    sent = loopback.requests_for("alpha")[0]["body"]["messages"]
+    assert sent[-3]["content"] == "How do plants grow?"
+    assert sent[-2] == {"role": "assistant", "content": conv.runs[0].final_text}
+    assert sent[-1] == {"role": "user", "content": "Make it shorter."}
+    page = html(at)
+    # Both turns are on the page: turn 1 folded to its final answer, turn 2 whole.
+    assert 'data-turn="1"' in page and 'data-turn="2"' in page
+    assert "moa-collapsed" in page and "Shorter: water, light, soil." in page
+    assert page.count('data-status="ok"') >= 5  # turn 1's final + turn 2's four calls
+    # The same conversation opened by its link draws the same turns.
+    again = AppTest.from_file(APP, default_timeout=30)
+    again.query_params["conversation"] = cid
+    again.run()
+    assert not again.exception
+    finals = [h.value for h in at.html if "moa-final" in h.value]
+    assert [h.value for h in again.html if "moa-final" in h.value] == finals
+    # ?run=<turn 1> opens the same conversation with turn 1 drawn whole.
+    turn1 = AppTest.from_file(APP, default_timeout=30)
+    turn1.query_params["run"] = conv.runs[0].run_id
+    turn1.run()
+    assert not turn1.exception
+    shown = html(turn1)
+    assert f'data-conversation="{cid}"' in shown and 'data-turn="2"' in shown
+    assert shown.index(f'data-run="{conv.runs[0].run_id}" data-run-status') < shown.index(
+        'data-turn="2"'
+    )
+
+
+def test_retry_runs_a_failed_turn_again_in_its_place(loopback, db_path):
+    at = run(app(), "How do plants grow?")
+    loopback.set("agg", fault="empty")
+    follow_up(at, "And trees?")
+    cid = conversation_id(at)
+    assert "the model returned an empty answer" in html(at)
+    loopback.requests.clear()
+    loopback.set("agg", text="Trees need the same, at a larger scale.")
+    at.button(key=K.RETRY_BUTTON).click().run()
+    assert not at.exception
+    conv = Store(db_path).get_conversation(cid)
+    assert [(r.turn, r.status) for r in conv.runs] == [(1, "ok"), (2, "failed"), (2, "ok")]
+    # The retry was sent turn 1 only, not the failed attempt.
+    sent = str(loopback.requests_for("alpha")[0]["body"]["messages"])
+    assert "How do plants grow?" in sent and sent.count("And trees?") == 1
+    page = html(at)
+    assert "earlier attempt(s) at this turn" in page and "larger scale" in page
+
+
+def test_continue_from_here_and_edit_start_branches(loopback, db_path):
+    at = run(app(), "How do plants grow?")
+    follow_up(at, "And trees?")
+    cid = conversation_id(at)
+    store = Store(db_path)
+    first, second = store.get_conversation(cid).turns
+    # Continue from turn 1: the next message starts a branch sharing turn 1.
+    at.button(key=f"branch-{first.run_id}").click().run()
+    assert 'data-turn="2"' not in html(at) and at.info
+    loopback.requests.clear()
+    follow_up(at, "And cacti?")
+    branch_id = conversation_id(at)
+    assert branch_id != cid
+    branch = store.get_conversation(branch_id)
+    assert [r.prompt for r in branch.turns] == ["How do plants grow?", "And cacti?"]
+    assert (branch.parent_id, branch.branch_turn) == (cid, 2)
+    assert "branched from" in html(at)
+    assert "And trees?" not in str(loopback.requests_for("alpha")[0]["body"]["messages"])
+    # Edit and re-run turn 2 of the original: another branch; the original is untouched.
+    at.query_params.clear()
+    at.query_params["conversation"] = cid
+    at.run()
+    at.button(key=f"edit-{second.run_id}").click().run()
+    at.text_area(key=K.EDIT_TEXT).input("And shrubs?")
+    at.button(key="run_edited").click().run()
+    assert not at.exception
+    edited = store.get_conversation(conversation_id(at))
+    assert [r.prompt for r in edited.turns] == ["How do plants grow?", "And shrubs?"]
+    assert [r.prompt for r in store.get_conversation(cid).turns] == [
+        "How do plants grow?",
+        "And trees?",
+    ]
+    assert {b.id for b in store.branches(cid)} == {branch_id, edited.id}
+
+
+def test_new_conversation_brings_back_the_form_and_history_round_trip(loopback, db_path):
+    at = run(app(), "How do plants grow?")
+    cid = conversation_id(at)
+    at.button(key=K.NEW_CONVERSATION).click().run()
+    assert "conversation" not in at.query_params
+    assert at.text_area(key=K.PROMPT) and not at.chat_input
+    # Back to the conversation by session state: another page visit keeps it (address too).
+    at.session_state[K.CONVERSATION] = cid
+    at.run()
+    assert conversation_id(at) == cid and at.chat_input(key=K.FOLLOW_UP)
+
+
+def test_an_unknown_conversation_id_is_an_error(loopback):
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params["conversation"] = "c0123456789abcdef0123"
+    at.run()
+    assert not at.exception
+    assert errors(at) == ["no conversation with id 'c0123456789abcdef0123'"]
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params["conversation"] = "<script>"
+    at.run()
+    assert errors(at) == ["no conversation with id '<script>'"]

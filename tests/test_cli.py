@@ -79,7 +79,8 @@ def test_run_json_prints_the_documented_object(fake, config_file, db_path):
     shown = json.loads(moa("show", out["run_id"], "--json", "--db", str(db_path)).stdout)
     assert shown["final"]["text"] == out["final"]["text"]
     hist = moa("history", "--search", "meat", "--db", str(db_path), "--json")
-    assert [r["id"] for r in json.loads(hist.stdout)] == [out["run_id"]]
+    assert [r["conversation_id"] for r in json.loads(hist.stdout)] == [out["conversation_id"]]
+    assert out["turn"] == 1
 
 
 def test_run_exits_1_when_every_proposer_fails(fake, config_file, db_path):
@@ -177,7 +178,7 @@ def test_bad_config_files_name_the_problem(case, tmp_path, db_path, capsys):
         ),
         (["run", "hi", "--preset", "no-such-preset"], "no preset named 'no-such-preset'"),
         (["run", "hi", "--config", "a.toml", "--preset", "b"], "not allowed with argument"),
-        (["show", "nope"], "no run with id 'nope'"),
+        (["show", "nope"], "no conversation or run with id 'nope'"),
         (["history", "--limit", "0"], "--limit must be 1 or more"),
         (["frobnicate"], "invalid choice"),
     ],

@@ -179,6 +179,38 @@ def test_the_canary_session_key_is_redacted_from_errors_db_and_exports(keyed_pre
     assert core.encode() not in db_bytes(db_path)
 
 
+def test_the_canary_key_is_absent_from_a_whole_conversation(keyed_preset, db_path):
+    """Two turns (the second is sent the first as history), a provider echoing the key: the key
+    is in neither turn's record, the conversation exports, the page nor the database files."""
+    from moa.export import conversation_to_json, conversation_to_markdown
+    from moa.report import conversation_to_html
+
+    fake = keyed_preset
+    fake.set("k2", fault="500", echo_auth=True)
+    key, core = canary()
+    at = _enter_key(AppTest.from_file(APP, default_timeout=30).run(), SESSION_VAR, key)
+    run(at, "Leak test, please.")
+    at.chat_input(key=K.FOLLOW_UP).set_value("And a second turn?").run()
+    assert not at.exception
+    shown = html(at) + "\n".join(errors(at)) + "\n".join(w.value for w in at.warning)
+    assert "upstream k2 exploded" in shown and core not in shown
+    store = Store(db_path)
+    (summary,) = store.search_conversations()
+    conv = store.get_conversation(summary.id)
+    assert [r.turn for r in conv.runs] == [1, 2]
+    assert sum(auth_header(r) == f"Bearer {key}" for r in fake.requests) >= 4  # both turns keyed
+    exported = "\n".join(
+        [
+            json.dumps(conversation_to_json(conv)),
+            conversation_to_markdown(conv),
+            conversation_to_html(conv),
+        ]
+    )
+    assert "[REDACTED]" in exported and core not in exported
+    store.close()
+    assert core.encode() not in db_bytes(db_path)
+
+
 # ---------------------------------------------------------------- a real server, a browser, the CLI
 
 LINK = "() => document.querySelector('.moa-runhead a')?.getAttribute('href') ?? null"

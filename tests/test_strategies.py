@@ -625,3 +625,38 @@ def test_evaluate_contenders_take_a_strategy_and_report_the_escalation_rate(fake
     assert by["panel@synthesize+cascade"].escalation_rate == 0.0  # a and b agree on 391
     assert by["panel@vote"].score == 1.0
     assert fake.requests_for("agg") == []  # vote had a majority, the cascade agreed
+
+
+def test_a_strategy_inside_a_conversation_turn_sends_the_earlier_turns(fake, db_path):
+    from moa import conversation
+
+    store = Store(db_path)
+    script(fake, **{m: {RANK: "FINAL RANKING: 1 > 2 > 3"} for m in "abc"})
+    fake.set("agg", text="Turn one says 391.", when={CRITIC: "- fine", REVISE: "Revised."})
+    first = engine.run_sync(
+        make_config(fake, ["a", "b", "c"]), "What is 17*23?", on_event=StoreWriter(store)
+    )
+    conv = store.get_conversation(first.conversation_id)
+    plan = conversation.plan_turn(conv, "And 17*24?")
+    cfg = make_config(fake, ["a", "b", "c"], strategy="rank")
+    n_before = len(fake.requests)
+    second = engine.run_sync(
+        cfg,
+        "And 17*24?",
+        on_event=StoreWriter(store),
+        history=plan.history,
+        conversation_id=plan.conversation_id,
+        turn=plan.turn,
+    )
+    assert second.status == "ok" and second.turn == 2
+    assert second.conversation_id == first.conversation_id
+    rankers = [r for r in fake.requests[n_before:] if RANK in system_msg(r)]
+    assert len(rankers) == 3
+    for req in rankers:
+        msgs = [(m["role"], m["content"]) for m in req["body"]["messages"]]
+        # system, then turn 1 (the user's message and its final answer), then the ranking task.
+        assert msgs[1] == ("user", "What is 17*23?")
+        assert msgs[2] == ("assistant", "Turn one says 391.")
+        assert "And 17*24?" in msgs[-1][1] and "<candidate id=" in msgs[-1][1]
+    stored = store.get_run(second.run_id)
+    assert stored.outcome["ranking"]["n_parsed"] == 3 and stored.turn == 2

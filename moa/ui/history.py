@@ -8,10 +8,11 @@ import html
 import re
 from dataclasses import replace
 
-from moa import engine
-from moa.export import load_json_export
+from moa import conversation, engine
+from moa.conversation import Conversation
+from moa.export import load_export
 from moa.records import RunRecord
-from moa.store import RunSummary, Store, StoreWriter
+from moa.store import ConversationError, ConversationSummary, RunSummary, Store, StoreWriter
 from moa.ui.render import fmt_cost
 
 PAGE_SIZE = 50
@@ -86,17 +87,51 @@ def word_diff_html(base: str, other: str) -> str:
     return " ".join(out)
 
 
+def conversation_rows(
+    convs: list[ConversationSummary], strategies: dict[str, str] | None = None
+) -> list[dict[str, object]]:
+    """One dict per conversation, short columns first so they stay on screen; shown as text."""
+    rows = []
+    for c in convs:
+        tokens = (
+            None
+            if c.tokens_in is None and c.tokens_out is None
+            else ((c.tokens_in or 0) + (c.tokens_out or 0))
+        )
+        rows.append(
+            {
+                "status": c.last_status or "—",
+                "turns": c.n_turns,
+                "strategy": (strategies or {}).get(c.id, "synthesize"),
+                "cost": fmt_cost(c.cost_usd),
+                "tokens": "unknown" if tokens is None else f"{tokens:,}",
+                "last activity": (c.updated_at or "")[:19].replace("T", " "),
+                "title": _short(c.title),
+                "models": c.models,
+                "branch of": c.parent_id or "",
+                "id": c.id,
+            }
+        )
+    return rows
+
+
 class ImportRefused(ValueError):
-    """The file is valid but cannot be imported (its run id is already in the log)."""
+    """The file is valid but cannot be imported (its id is already in the log)."""
 
 
-def import_json(store: Store, data: bytes | str) -> RunRecord:
-    """Parse an export and save it; ImportError_ for a bad file, ImportRefused for a known id."""
-    record = load_json_export(data)
-    if store.get_run(record.run_id) is not None:
-        raise ImportRefused(f"run {record.run_id} is already in the log; nothing was imported")
-    store.save_run(record)
-    return record
+def import_json(store: Store, data: bytes | str) -> RunRecord | Conversation:
+    """Parse an export (a run or a whole conversation) and save it, all or nothing;
+    ImportError_ for a bad file, ImportRefused for an id already in the log."""
+    found = load_export(data)
+    if isinstance(found, Conversation):
+        try:
+            return store.import_conversation(found)
+        except ConversationError as e:
+            raise ImportRefused(f"{e}; nothing was imported") from None
+    if store.get_run(found.run_id) is not None:
+        raise ImportRefused(f"run {found.run_id} is already in the log; nothing was imported")
+    store.save_run(found)
+    return found
 
 
 def reaggregate(
@@ -109,7 +144,9 @@ def reaggregate(
 ) -> RunRecord:
     """A new run reusing `record`'s candidates, only the (new) aggregator called; saved.
 
-    Raises engine.InputError (before any call) when the inputs cannot work.
+    The new run is a branch of `record`'s conversation that ends at it: it shares the turns
+    before `record` and is sent them as history, as `record` was. Raises engine.InputError
+    (before any call) when the inputs cannot work.
     """
     model = (model or "").strip()
     if not model:
@@ -124,7 +161,16 @@ def reaggregate(
         api_key_env=old.api_key_env if api_base == old.api_base else None,
     )
     cfg = engine.reaggregate_config(record, spec, synthesis_prompt, strategy)
-    engine.check(cfg, record.prompt, record.system_prompt, reuse=record)
+    conv = store.get_conversation(record.conversation_id) if record.conversation_id else None
+    plan = None
+    if conv is not None:
+        plan = conversation.plan_branch(conv, record.turn, edit=True)
+    history = plan.history if plan is not None else []
+    engine.check(cfg, record.prompt, record.system_prompt, reuse=record, history=history)
+    if plan is not None:
+        store.create_conversation(
+            plan.conversation_id, plan.title, plan.parent_id, plan.branch_turn
+        )
     return engine.run_sync(
         cfg,
         record.prompt,
@@ -132,4 +178,7 @@ def reaggregate(
         reuse=record,
         checked=True,
         on_event=StoreWriter(store),
+        history=history,
+        conversation_id=plan.conversation_id if plan is not None else None,
+        turn=plan.turn if plan is not None else 1,
     )

@@ -25,6 +25,7 @@ from moa.events import (
 from moa.records import CallRecord, RunRecord, new_run_id
 
 if TYPE_CHECKING:
+    from moa.conversation import TurnPlan
     from moa.store import Store
 
 # A click on Stop (or any widget) makes Streamlit interrupt the script and run it again, so the
@@ -49,8 +50,11 @@ class LiveRun:
         system_prompt: str | None = None,
         run_id: str | None = None,
         keys: Mapping[str, str] | None = None,
+        plan: TurnPlan | None = None,
     ) -> None:
         self.run_id = run_id or new_run_id()
+        # Where the run goes in a conversation (None: the first turn of a new one).
+        self.plan = plan
         # The browser session's own API keys (moa.ui.keys): handed to the engine thread's
         # context, never to os.environ, and dropped when the run ends.
         self._keys = dict(keys or {})
@@ -67,6 +71,8 @@ class LiveRun:
         # only ever reads copies taken here under the lock, so a card never shows a half-update.
         self._record = RunRecord(run_id=self.run_id, config=config, prompt=prompt)
         self._record.system_prompt = system_prompt
+        if plan is not None:
+            self._record.conversation_id, self._record.turn = plan.conversation_id, plan.turn
         self._calls: dict[CallKey, CallRecord] = {}
         self._versions: dict[CallKey, int] = {}
         self._notes: dict[CallKey, str] = {}
@@ -78,6 +84,11 @@ class LiveRun:
         from moa.store import StoreWriter
 
         writer = StoreWriter(store)
+        plan = self.plan
+        if plan is not None and plan.new and plan.parent_id:
+            store.create_conversation(
+                plan.conversation_id, plan.title, plan.parent_id, plan.branch_turn
+            )
 
         def save(event: Event) -> None:
             # A database that refuses a write must not kill the run on screen; the page says so.
@@ -101,6 +112,9 @@ class LiveRun:
                         cancel=self.cancel,
                         run_id=self.run_id,
                         checked=True,
+                        history=plan.history if plan is not None else (),
+                        conversation_id=plan.conversation_id if plan is not None else None,
+                        turn=plan.turn if plan is not None else 1,
                     )
                 )
             except BaseException as e:  # a bug in the engine: show it instead of hanging

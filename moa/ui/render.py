@@ -211,6 +211,18 @@ CSS = """
 .moa-welcome{border:1px dashed #cbd5e1;border-radius:14px;padding:1.1rem 1.3rem;color:#475569;
   background:linear-gradient(180deg,#f8fafc,#fff);font-size:.9rem;line-height:1.6}
 .moa-welcome b{color:#0f172a}
+.moa-convhead{display:flex;flex-wrap:wrap;gap:.35rem .6rem;font-size:.86rem;color:#334155;
+  margin:.2rem 0 .4rem}
+.moa-convhead .moa-runname{font-weight:700;color:#0f172a}
+.moa-convhead .moa-sep,.moa-turnhead .moa-sep{color:#cbd5e1;margin:0 .3rem}
+.moa-convhead a{color:#2563eb;text-decoration:none;font-weight:600}
+.moa-turnhead{margin:1.1rem 0 .2rem;padding-top:.5rem;border-top:2px solid #e2e8f0;
+  font-size:.8rem;color:#64748b}
+.moa-turnhead b{color:#0f172a}
+.moa-turnchange{font-size:.78rem;color:#b45309;margin:.15rem 0}
+.moa-turnchange a{color:#2563eb}
+.moa-runhead.moa-collapsed{padding:.3rem .7rem;margin-bottom:.4rem;font-size:.78rem}
+.moa-history-note{color:#b45309}
 </style>
 """
 
@@ -354,6 +366,8 @@ def call_card(
         quiet = " moa-quiet" if call.status == "cancelled" else ""
         error = f'<div class="moa-error{quiet}">{esc(call.error)}</div>'
     note_html = f'<div class="moa-note">{esc(note)}</div>' if note else ""
+    if call.history_note:  # earlier conversation turns this model's window could not hold
+        note_html += f'<div class="moa-note moa-history-note">{esc(call.history_note)}</div>'
     if call.status != "running":
         note_html += cut_note(len(call.text))
     name = call.label or call.model
@@ -423,8 +437,12 @@ def run_header(
     )
 
 
+def prompt_box(text: str) -> str:
+    return f'<div class="moa-prompt"><small>Prompt</small>{esc(text)}</div>'
+
+
 def prompt_html(record: RunRecord) -> str:
-    parts = [f'<div class="moa-prompt"><small>Prompt</small>{esc(record.prompt)}</div>']
+    parts = [prompt_box(record.prompt)]
     if record.system_prompt:
         parts.append(
             f'<div class="moa-prompt" style="margin-top:.35rem"><small>System prompt</small>'

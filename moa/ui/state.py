@@ -13,6 +13,9 @@ PRESET_MESSAGE = "moa_preset_message"  # ("success" | "error", text) after a sav
 FORM_VALUES = "moa_form_values"  # the sidebar's settings, kept apart from widget state
 RESTORE_FORM = "moa_restore_form"  # a run hid the sidebar: send FORM_VALUES back to the browser
 PENDING = "moa_pending"  # a config (and prompt) sent from History: load it, maybe run it
+CONVERSATION = "moa_conversation"  # id of the conversation on the Run page (None: a new one)
+BRANCH_FROM = "moa_branch_from"  # (conversation id, turn): the next message starts a branch there
+EDITING = "moa_editing"  # (conversation id, turn) whose user message is being edited
 
 # Widgets (keys double as handles for AppTest and Playwright)
 PRESET = "preset"
@@ -30,6 +33,11 @@ RUN_BUTTON = "run"
 STOP_BUTTON = "stop"
 NEW_RUN_BUTTON = "new_run"
 RUN_FORM = "run_form"
+FOLLOW_UP = "follow_up"  # the chat input at the bottom of a conversation
+NEW_CONVERSATION = "new_conversation"
+RETRY_BUTTON = "retry_turn"
+EDIT_TEXT = "edit_text"
+CANCEL_BRANCH = "cancel_branch"
 
 AGGREGATOR_SLOT = "agg"
 FALLBACK_SLOT = "fb"  # the optional fallback aggregator; `fb.enabled` turns it on
