@@ -449,6 +449,9 @@ def test_outcome_survives_the_store_and_the_json_export(fake, db_path):
         row = store.search_runs(strategy=cfg.strategy_label)[0]
         assert row.id == record.run_id and row.strategy == cfg.strategy_label
     assert store.strategies() == ["critique", "rank", "vote+cascade"]
+    (conv,) = store.search_conversations(strategy="rank")  # History's strategy filter
+    assert store.count_conversations(strategy="rank") == 1
+    assert store.latest_strategies([conv.id]) == {conv.id: "rank"}
     md = export.run_to_markdown(store.get_run(record.run_id))
     assert "cascade: answered without the panel" in md
 

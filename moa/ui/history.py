@@ -102,9 +102,9 @@ def conversation_rows(
             {
                 "status": c.last_status or "—",
                 "turns": c.n_turns,
-                "strategy": (strategies or {}).get(c.id, "synthesize"),
                 "cost": fmt_cost(c.cost_usd),
                 "tokens": "unknown" if tokens is None else f"{tokens:,}",
+                "strategy": (strategies or {}).get(c.id, "synthesize"),
                 "last activity": (c.updated_at or "")[:19].replace("T", " "),
                 "title": _short(c.title),
                 "models": c.models,
