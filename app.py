@@ -453,6 +453,17 @@ def sidebar(live: LiveRun | None, running: bool) -> None:
             render_keys(cfg)
 
 
+def keep_prompt() -> None:
+    """Keep the form's prompt and system prompt apart from widget state, and put them back when
+    a visit to another page dropped them (Streamlit forgets the state of widgets that are not
+    on the page)."""
+    ss = st.session_state
+    if K.PROMPT in ss or K.SYSTEM in ss:
+        ss[K.PROMPT_KEPT] = (ss.get(K.PROMPT) or "", ss.get(K.SYSTEM) or "")
+    elif ss.get(K.PROMPT_KEPT):
+        ss[K.PROMPT], ss[K.SYSTEM] = ss[K.PROMPT_KEPT]
+
+
 def run_form(running: bool) -> None:
     # st.form: Ctrl/Cmd+Enter in its text areas submits it, i.e. presses Run.
     with st.form(K.RUN_FORM, border=False):
@@ -488,6 +499,7 @@ def main() -> None:
     activate_session_keys()
     inject_css()
     init_state()
+    keep_prompt()
     take_pending()
     live: LiveRun | None = st.session_state.get(K.LIVE)
     running = live is not None and live.running

@@ -44,6 +44,7 @@ CONVERSATION_ID = re.compile(r"c[0-9a-f]{12,40}")
 ALL = "All"
 CONFIRM = "hist_confirm_delete"
 CONFIRM_CONV = "hist_confirm_delete_conversation"
+REAGGREGATE = "hist_reaggregate_request"  # (run id, model, api_base, prompt) from the form
 MESSAGE = "hist_message"
 LAST_PICK = "hist_last_pick"
 LAST_TABLE_PICK = "hist_last_table_pick"
@@ -198,7 +199,9 @@ def to_run_page(record: RunRecord, *, run: bool) -> None:
         "system": record.system_prompt,
         "run": run,
     }
-    st.switch_page("app.py")
+    # query_params={} gives the Run page a clean address: it shows what is in its form, not
+    # this page's ?run= (and a reload lands on the same thing).
+    st.switch_page("app.py", query_params={})
 
 
 def actions(store: Store, record: RunRecord) -> None:
@@ -248,19 +251,10 @@ def actions(store: Store, record: RunRecord) -> None:
     if st.session_state.get(CONFIRM) == rid:
         st.warning("Delete this run and all its calls from the log? This cannot be undone.")
         y, n, _ = st.columns([1, 1, 4])
-        if y.button("Yes, delete", key="hist_delete_yes", type="primary"):
-            try:
-                store.delete_run(rid)
-            except StoreError as e:  # e.g. a read-only database: nothing was deleted
-                st.session_state.pop(CONFIRM, None)
-                st.error(markdown_escape(str(e)))
-                return
-            st.session_state[MESSAGE] = ("success", f"Run {rid} was deleted.")
-            open_run(None)
-            st.rerun()
-        if n.button("Cancel", key="hist_delete_no"):
-            st.session_state.pop(CONFIRM, None)
-            st.rerun()
+        y.button(
+            "Yes, delete", key="hist_delete_yes", type="primary", on_click=_delete_run, args=(rid,)
+        )
+        n.button("Cancel", key="hist_delete_no", on_click=_cancel_confirm)
 
     with st.expander("Re-aggregate with another aggregator, synthesis prompt or strategy"):
         st.caption(
@@ -268,36 +262,108 @@ def actions(store: Store, record: RunRecord) -> None:
         )
         with st.form("hist_reagg", border=False):
             agg = record.config.aggregator
-            model = st.text_input("Aggregator model (litellm id)", agg.model, key=f"re_model_{rid}")
-            api_base = st.text_input(
-                "api_base (optional)", agg.api_base or "", key=f"re_base_{rid}"
-            )
-            prompt = st.text_area(
+            # Read by the submit button's callback, from session state.
+            st.text_input("Aggregator model (litellm id)", agg.model, key=f"re_model_{rid}")
+            st.text_input("api_base (optional)", agg.api_base or "", key=f"re_base_{rid}")
+            st.text_area(
                 "Synthesis prompt (empty: the default)",
                 record.config.aggregator_prompt or "",
                 key=f"re_prompt_{rid}",
             )
-            strategy = st.selectbox(
+            st.selectbox(
                 "Strategy",
                 STRATEGIES,
                 index=STRATEGIES.index(record.config.strategy),
                 key=f"re_strategy_{rid}",
                 help="Re-combine the same candidates another way: rank, select, vote, critique.",
             )
-            go = st.form_submit_button("Re-aggregate", type="primary", key="re_go")
-        if go:
-            try:
-                store.check_writable()  # before any call: a read-only log cannot keep the result
-                with st.spinner("Calling the aggregator…"):
-                    new = H.reaggregate(store, record, model, api_base, prompt, strategy)
-            except (engine.InputError, StoreError) as e:
-                st.error(markdown_escape(str(e)))
-            except Exception as e:
-                st.error(markdown_escape(f"re-aggregation failed: {type(e).__name__}: {e}"))
-            else:
-                st.session_state[MESSAGE] = ("success", f"New run {new.run_id} ({new.status}).")
-                open_run(new.run_id)
-                st.rerun()
+            st.form_submit_button(
+                "Re-aggregate",
+                type="primary",
+                key="re_go",
+                on_click=_request_reaggregation,
+                args=(rid,),
+            )
+
+
+# Every action that changes what is open does its work in a callback (or, for a slow call, at
+# the top of the next script run) and sets the address there, never right before st.rerun():
+# Streamlit can leave the browser's address bar behind when a rerun follows a change of
+# st.query_params (streamlit issue #7961), and a reload then landed on the old run.
+
+
+def _message(kind: str, text: str) -> None:
+    st.session_state[MESSAGE] = (kind, text)
+
+
+def _cancel_confirm() -> None:
+    st.session_state.pop(CONFIRM, None)
+    st.session_state.pop(CONFIRM_CONV, None)
+
+
+def _delete_run(rid: str) -> None:
+    try:
+        get_store().delete_run(rid)
+    except StoreError as e:  # e.g. a read-only database: nothing was deleted
+        _message("error", str(e))
+        _cancel_confirm()
+        return
+    _message("success", f"Run {rid} was deleted.")
+    open_run(None)
+
+
+def _delete_conversation(cid: str) -> None:
+    try:
+        get_store().delete_conversation(cid)
+    except (StoreError, ConversationError) as e:
+        _message("error", str(e))
+        _cancel_confirm()
+        return
+    _message("success", f"Conversation {cid} was deleted.")
+    open_run(None)
+
+
+def _rename(cid: str) -> None:
+    try:
+        get_store().rename_conversation(cid, st.session_state.get(f"hist_title_{cid}") or "")
+    except (StoreError, ConversationError) as e:
+        _message("error", str(e))
+    else:
+        _message("success", "Renamed.")
+
+
+def _request_reaggregation(rid: str) -> None:
+    ss = st.session_state
+    ss[REAGGREGATE] = (
+        rid,
+        ss.get(f"re_model_{rid}") or "",
+        ss.get(f"re_base_{rid}") or "",
+        ss.get(f"re_prompt_{rid}") or "",
+        ss.get(f"re_strategy_{rid}"),
+    )
+
+
+def run_requested_reaggregation(store: Store) -> None:
+    """A Re-aggregate click: call the aggregator (with a spinner), then open the new run."""
+    request = st.session_state.pop(REAGGREGATE, None)
+    if request is None:
+        return
+    rid, model, api_base, prompt, strategy = request
+    record = store.get_run(rid)
+    if record is None:
+        st.error(markdown_escape(f"no run with id '{rid}'"))
+        return
+    try:
+        store.check_writable()  # before any call: a read-only log cannot keep the result
+        with st.spinner("Calling the aggregator…"):
+            new = H.reaggregate(store, record, model, api_base, prompt, strategy)
+    except (engine.InputError, StoreError) as e:
+        st.error(markdown_escape(str(e)))
+    except Exception as e:
+        st.error(markdown_escape(f"re-aggregation failed: {type(e).__name__}: {e}"))
+    else:
+        st.success(markdown_escape(f"New run {new.run_id} ({new.status})."))
+        open_run(new.run_id)  # no rerun follows: this script run draws it, below
 
 
 def conversation_actions(store: Store, conv: Conversation) -> None:
@@ -307,7 +373,7 @@ def conversation_actions(store: Store, conv: Conversation) -> None:
     if c1.button("Continue on the Run page", key="hist_continue", icon=":material/chat:"):
         st.session_state[K.CONVERSATION] = cid
         st.session_state[K.BRANCH_FROM] = st.session_state[K.EDITING] = None
-        st.switch_page("app.py")
+        st.switch_page("app.py", query_params={"conversation": cid})
     c2.download_button(
         "Conversation Markdown",
         conversation_to_markdown(conv),
@@ -340,31 +406,18 @@ def conversation_actions(store: Store, conv: Conversation) -> None:
             f"Delete this conversation and its {own} run(s) from the log? This cannot be undone."
         )
         y, n, _ = st.columns([1, 1, 4])
-        if y.button("Yes, delete", key="hist_delete_conv_yes", type="primary"):
-            try:
-                store.delete_conversation(cid)
-            except (StoreError, ConversationError) as e:
-                st.session_state.pop(CONFIRM_CONV, None)
-                st.error(markdown_escape(str(e)))
-                return
-            st.session_state[MESSAGE] = ("success", f"Conversation {cid} was deleted.")
-            open_run(None)
-            st.query_params.pop("conversation", None)
-            st.rerun()
-        if n.button("Cancel", key="hist_delete_conv_no"):
-            st.session_state.pop(CONFIRM_CONV, None)
-            st.rerun()
+        y.button(
+            "Yes, delete",
+            key="hist_delete_conv_yes",
+            type="primary",
+            on_click=_delete_conversation,
+            args=(cid,),
+        )
+        n.button("Cancel", key="hist_delete_conv_no", on_click=_cancel_confirm)
     with st.form("hist_rename", border=False):
         r1, r2 = st.columns([4, 1], vertical_alignment="bottom")
-        title = r1.text_input("Title", conv.title, key=f"hist_title_{cid}")
-        if r2.form_submit_button("Rename", key="hist_rename_go"):
-            try:
-                store.rename_conversation(cid, title)
-            except (StoreError, ConversationError) as e:
-                st.error(markdown_escape(str(e)))
-            else:
-                st.session_state[MESSAGE] = ("success", "Renamed.")
-                st.rerun()
+        r1.text_input("Title", conv.title, key=f"hist_title_{cid}")
+        r2.form_submit_button("Rename", key="hist_rename_go", on_click=_rename, args=(cid,))
 
 
 def show_open(store: Store, cid: str, focus: str | None) -> None:
@@ -421,19 +474,25 @@ def importer(store: Store) -> None:
         expanded=bool(st.session_state.get("hist_import")),
     ):
         up = st.file_uploader("JSON export", type=["json"], key="hist_import")
-        if up is not None and st.button("Import", key="hist_import_go"):
-            try:
-                rec = H.import_json(store, up.getvalue())
-            except (ImportError_, H.ImportRefused, StoreError) as e:
-                st.error(markdown_escape(str(e)))
-            else:
-                if isinstance(rec, Conversation):
-                    st.session_state[MESSAGE] = ("success", f"Imported conversation {rec.id}.")
-                    open_conversation(rec.id)
-                else:
-                    st.session_state[MESSAGE] = ("success", f"Imported run {rec.run_id}.")
-                    open_run(rec.run_id)
-                st.rerun()
+        if up is not None:
+            st.button("Import", key="hist_import_go", on_click=_import)
+
+
+def _import() -> None:
+    up = st.session_state.get("hist_import")
+    if up is None:
+        return
+    try:
+        rec = H.import_json(get_store(), up.getvalue())
+    except (ImportError_, H.ImportRefused, StoreError) as e:
+        _message("error", str(e))
+        return
+    if isinstance(rec, Conversation):
+        _message("success", f"Imported conversation {rec.id}.")
+        open_conversation(rec.id)
+    else:
+        _message("success", f"Imported run {rec.run_id}.")
+        open_run(rec.run_id)
 
 
 def main() -> None:
@@ -456,7 +515,8 @@ def main() -> None:
         )
     msg = st.session_state.pop(MESSAGE, None)
     if msg:
-        st.success(markdown_escape(msg[1]))
+        (st.error if msg[0] == "error" else st.success)(markdown_escape(msg[1]))
+    run_requested_reaggregation(store)
     convs = table(store, filters(store))
     importer(store)
     if convs:

@@ -600,3 +600,32 @@ def test_an_unknown_conversation_id_is_an_error(loopback):
     at.query_params["conversation"] = "<script>"
     at.run()
     assert errors(at) == ["no conversation with id '<script>'"]
+
+
+def test_run_history_run_keeps_the_prompt_the_modified_hint_and_the_conversation(loopback):
+    at = app()
+    at.number_input(key="agg.max_tokens").set_value(77).run()
+    assert any("modified" in c.value for c in at.caption)
+    # A prompt submitted but refused (a bad api_base): it stays in the form.
+    at.text_input(key="p0.api_base").input("not a url").run()
+    at.text_area(key=K.PROMPT).input("A prompt typed, not yet run")
+    at.button(key=K.RUN_BUTTON).click().run()
+    assert any("api_base" in e for e in errors(at))
+    at.switch_page("pages/1_History.py").run()
+    assert not at.exception
+    at.switch_page("app.py").run()
+    assert not at.exception
+    assert at.text_area(key=K.PROMPT).value == "A prompt typed, not yet run"
+    assert at.text_input(key="p0.api_base").value == "not a url"
+    at.text_input(key="p0.api_base").input(loopback.base_url).run()
+    assert at.number_input(key="agg.max_tokens").value == 77
+    assert any("modified" in c.value for c in at.caption)
+    assert at.selectbox(key=K.PRESET).value == "loop"
+    # After a run the Run page is its conversation, and comes back to it.
+    run(at, "How do plants grow?")
+    assert not errors(at), errors(at)
+    cid = conversation_id(at)
+    at.switch_page("pages/1_History.py").run()
+    at.switch_page("app.py").run()
+    assert not at.exception
+    assert conversation_id(at) == cid and 'data-turn="1"' in html(at)

@@ -287,7 +287,8 @@ def test_a_read_only_database_on_the_run_and_history_pages(filled, fake, db_path
         assert not hist.exception
         warning = " ".join(plain(w.value) for w in hist.warning)
         assert f"the database {db_path} is read-only" in warning
-        assert set(table_ids(hist)) == {plants.run_id, cooking.run_id}  # still browsable
+        # still browsable (each run logged alone is a one-turn conversation)
+        assert set(table_ids(hist)) == {plants.conversation_id, cooking.conversation_id}
         hist.query_params["run"] = plants.run_id
         hist.run()
         hist.button(key="hist_delete").click().run()
@@ -397,14 +398,14 @@ def test_history_search_box_takes_any_text(filled, query):
     at = AppTest.from_file(HISTORY, default_timeout=30).run()
     at.text_input(key="hist_search").input(query).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert at.dataframe or any("No runs match" in i.value for i in at.info)
+    assert at.dataframe or any("No conversations match" in i.value for i in at.info)
 
 
 def test_history_search_with_quotes_still_finds_the_words(filled):
     _, plants, _ = filled
     at = AppTest.from_file(HISTORY, default_timeout=30).run()
     at.text_input(key="hist_search").input('"sunflowers" AND (').run()
-    assert not at.exception and table_ids(at) == [plants.run_id]
+    assert not at.exception and table_ids(at) == [plants.conversation_id]
 
 
 # ---------------------------------------------------------------- Evaluate: an uploaded file

@@ -456,3 +456,45 @@ def test_model_spec_history_key_is_validated():
     )
     assert config_mod.loads(config_mod.dumps(cfg)).history == "own"
     assert ModelSpec(model="x").max_tokens == 512
+
+
+def test_chat_ctrl_c_cancels_the_turn_and_a_second_one_exits(fake, config_file, db_path):
+    import signal
+    import time
+
+    fake.set("a", delay_s=30)  # the turn hangs in its proposer stage
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "moa",
+            "chat",
+            "--config",
+            str(config_file),
+            "--json",
+            "--db",
+            str(db_path),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdin.write("a slow question\n")
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not fake.requests_for("a"):
+        time.sleep(0.1)
+    assert fake.requests_for("a"), "the turn never started"
+    proc.send_signal(signal.SIGINT)  # first: cancel the running turn, keep chatting
+    line = proc.stdout.readline()
+    turn = json.loads(line)
+    assert (turn["status"], turn["turn"]) == ("cancelled", 1)
+    assert proc.poll() is None  # still waiting for the next message
+    proc.send_signal(signal.SIGINT)  # second, with no turn running: exit
+    assert proc.wait(30) == 130
+    err = proc.stderr.read()
+    assert "cancelling this turn" in err and "Traceback" not in err
+    conv = Store(db_path).get_conversation(turn["conversation_id"])
+    assert [r.status for r in conv.runs] == ["cancelled"]

@@ -15,6 +15,7 @@ RESTORE_FORM = "moa_restore_form"  # a run hid the sidebar: send FORM_VALUES bac
 PENDING = "moa_pending"  # a config (and prompt) sent from History: load it, maybe run it
 CONVERSATION = "moa_conversation"  # id of the conversation on the Run page (None: a new one)
 BRANCH_FROM = "moa_branch_from"  # (conversation id, turn): the next message starts a branch there
+PROMPT_KEPT = "moa_prompt_kept"  # (prompt, system prompt) kept apart from widget state
 EDITING = "moa_editing"  # (conversation id, turn) whose user message is being edited
 
 # Widgets (keys double as handles for AppTest and Playwright)
