@@ -92,7 +92,8 @@ def report(results: ev.EvalResults, preset: str, n: int, wall: float) -> list[st
         lo, hi = ev.wilson(right, len(mine))
         score, ci = f"{right / len(mine):.0%} ({right}/{len(mine)})", f"{lo:.0%}–{hi:.0%}"
         cost = "unknown" if c.cost_usd is None else f"${c.cost_usd:.2f}"
-        latency = "-" if c.latency_s is None else f"{c.latency_s:.1f}"
+        times = [i.latency_s for i in mine if i is not None and i.latency_s is not None]
+        latency = f"{sum(times) / len(times):.1f}" if times else "-"
         esc = "-" if c.escalation_rate is None else f"{c.escalation_rate:.0%}"
         delta = "-"
         if base is not None and c is not base:
@@ -113,9 +114,26 @@ def report(results: ev.EvalResults, preset: str, n: int, wall: float) -> list[st
             f"| {c.name} | **{score}** | {ci} | {delta} | {cost} | {latency} | {c.tokens_out} "
             f"| {esc} | {c.n_failed} |"
         )
-    for x in ("cost", "latency"):
-        front = results.pareto_front(x)
-        lines += ["", f"Pareto front, quality vs {x}: " + ", ".join(c.name for c in front) + "."]
+    # The fronts from the same numbers as the table (a failed answer is wrong and its time
+    # counts), not from the scored answers only: a strategy that fails often is not cheap.
+    points = []
+    for c in results.contenders:
+        mine = [results.item(q.id, c.name) for q in results.questions]
+        right = sum(1 for i in mine if i is not None and (i.score or 0) >= 1) / len(mine)
+        times = [i.latency_s for i in mine if i is not None and i.latency_s is not None]
+        tokens = sum(i.tokens_out or 0 for i in mine if i is not None)
+        points.append((c.name, right, sum(times) / len(times) if times else None, tokens))
+    for label, k in (("mean latency", 2), ("tokens out (cost is $0 on local models)", 3)):
+        front = [
+            p
+            for p in points
+            if p[k] is not None
+            and not any(
+                o[k] is not None and o[1] >= p[1] and o[k] <= p[k] and (o[1] > p[1] or o[k] < p[k])
+                for o in points
+            )
+        ]
+        lines += ["", f"Pareto front, accuracy vs {label}: " + ", ".join(p[0] for p in front) + "."]
     return lines
 
 
