@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from bench.results import write_section  # noqa: E402
-from bench.store import ensure_db  # noqa: E402
+from bench.store import DEFAULT_DB, ensure_db  # noqa: E402
 from tests.appserver import AppServer, launch_chromium  # noqa: E402
 
 TARGET_S = 1.5
@@ -32,7 +32,7 @@ TITLE = "History page at 100,000 runs (bench/history_page.py)"
 
 
 def caption(page) -> str:
-    return page.locator("text=/runs match · page/").first.inner_text()
+    return page.locator("text=/match · page/").first.inner_text()
 
 
 def shown(page) -> str:
@@ -59,7 +59,7 @@ def until_changed(page, before: str, timeout_s: float = 30) -> None:
 def open_page(page, url: str) -> float:
     t = time.perf_counter()
     page.goto(url)
-    page.locator("text=/runs match · page/").first.wait_for(timeout=60_000)
+    page.locator("text=/match · page/").first.wait_for(timeout=60_000)
     page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
     return time.perf_counter() - t
 
@@ -96,7 +96,7 @@ def open_run(page, url: str, run_id: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=100_000)
-    ap.add_argument("--db", default="/tmp/moa-bench-100k.db")
+    ap.add_argument("--db", default=DEFAULT_DB)
     ap.add_argument("--write", action="store_true", help=f"write bench/RESULTS.md § {TITLE}")
     args = ap.parse_args()
     path = Path(args.db)

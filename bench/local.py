@@ -1,10 +1,14 @@
-"""Tokens/s of the embedded models through our litellm provider vs raw llama-cpp-python.
+"""Embedded models: batched vs sequential proposers, our provider vs raw llama-cpp-python, runs.
 
-Same prompt, seed, temperature 0 and max_tokens on both sides, alternating in one process; the
-KV cache is reset before every call so each side evaluates the full prompt. Target: ours >= 0.95
-of raw. Then times whole `local-quick` and `local-demo` runs through `moa.engine`.
+1. The `local-quick` preset's proposer stage (three SmolLM2 samples) with the local calls
+   decoded together in one batch (the default) against one at a time (`local` limit 1),
+   alternating in one process: prints the ratio (target <= 0.5).
+2. Tokens/s of one call through our litellm provider vs raw llama-cpp-python: same prompt,
+   seed, temperature 0 and max_tokens on both sides, alternating (target: ours >= 0.95 of raw).
+3. Whole `local-quick` and `local-demo` runs through `moa.engine`, with the moment each card's
+   first token arrived.
 
-    .venv/bin/python bench/local.py [--write] [--rounds N]
+    .venv/bin/python bench/local.py [--write] [--rounds N] [--ab-rounds N] [--ab-only]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from bench.results import write_section  # noqa: E402
 from moa import local  # noqa: E402
+from moa import local_weights as lw  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Explain how a bicycle gear system works, step by step."}]
 MAX_TOKENS, SEED = 128, 1234
@@ -156,6 +161,111 @@ def join_line(model_id: str) -> str:
     )
 
 
+def _missing(cfg) -> str | None:
+    for spec in cfg.models():
+        try:
+            lw._find_pieces(local.resolve(spec.model))
+        except local.LocalModelError as e:
+            return e.message
+    return None
+
+
+def _first_tokens(record) -> list[float]:
+    """Seconds from the run's start to each proposer's first token (None: it sent none)."""
+    return [
+        round(c.start_s + c.ttft_s, 2)
+        for c in record.calls
+        if c.role == "proposer" and c.ttft_s is not None
+    ]
+
+
+def _stage(record) -> tuple[float, int]:
+    """Wall time of the proposer stage (first call start to last call end) and its tokens."""
+    calls = [c for c in record.calls if c.role == "proposer"]
+    start = min(c.start_s for c in calls)
+    end = max(c.start_s + c.latency_s for c in calls)
+    return end - start, sum(c.tokens_out or 0 for c in calls)
+
+
+def batched_vs_sequential(rounds: int) -> list[str]:
+    """The local-quick proposer stage, batched (default limits) vs one call at a time."""
+    from moa import config, engine
+    from moa import events as ev
+
+    cfg = config.load_preset("local-quick")
+    for spec in cfg.models():
+        local.get_llama(spec.model)
+    modes = {
+        "batched": engine.Limits(),
+        "sequential": engine.Limits(per_provider={"local": 1}),
+    }
+    engine.run_sync(cfg, RUN_PROMPT, limits=modes["batched"])  # warm-up
+    stage: dict[str, list[float]] = {m: [] for m in modes}
+    cpu_per_token: dict[str, list[float]] = {m: [] for m in modes}
+    per_token: dict[str, list[float]] = {m: [] for m in modes}
+    last_first: dict[str, list[float]] = {m: [] for m in modes}
+    tokens: dict[str, list[int]] = {m: [] for m in modes}
+    ratios = []
+    for i in range(rounds):
+        order = list(modes) if i % 2 == 0 else list(reversed(modes))
+        seconds = {}
+        for mode in order:
+            cpu: list[float] = []  # process CPU time at the run's start and at layer 1's end
+
+            def clock(event, cpu=cpu) -> None:
+                if isinstance(event, ev.RunStarted | ev.LayerFinished):
+                    cpu.append(time.process_time())
+
+            record = engine.run_sync(cfg, RUN_PROMPT, limits=modes[mode], on_event=clock)
+            if record.status != "ok":
+                print(f"warning: {mode} run {record.status}: {record.error}", file=sys.stderr)
+            wall, n = _stage(record)
+            seconds[mode] = wall
+            stage[mode].append(wall)
+            tokens[mode].append(n)
+            per_token[mode].append(wall / max(n, 1))
+            cpu_per_token[mode].append((cpu[1] - cpu[0]) / max(n, 1))
+            last_first[mode].append(max(_first_tokens(record), default=float("nan")))
+        ratios.append(seconds["batched"] / seconds["sequential"])
+        print(
+            f"round {i + 1}: batched {seconds['batched']:.2f} s, sequential "
+            f"{seconds['sequential']:.2f} s, ratio {ratios[-1]:.3f}"
+        )
+    med = statistics.median
+    ratio = med(stage["batched"]) / med(stage["sequential"])
+    token_ratio = med(per_token["batched"]) / med(per_token["sequential"])
+    cpu_ratio = med(cpu_per_token["batched"]) / med(cpu_per_token["sequential"])
+    print(f"local-quick proposer stage: batched/sequential = {ratio:.3f} (target <= 0.5)")
+    rows = [
+        f"| {mode} | {med(stage[mode]):.2f} ({min(stage[mode]):.2f}-{max(stage[mode]):.2f}) "
+        f"| {med(tokens[mode]):.0f} | {1000 * med(per_token[mode]):.1f} "
+        f"| {1000 * med(cpu_per_token[mode]):.1f} | {med(last_first[mode]):.2f} |"
+        for mode in modes
+    ]
+    return [
+        f"`local-quick`'s proposer stage (three SmolLM2 135M samples, temperatures 0.2/0.7/1.0, "
+        f"max_tokens 120) through `moa.engine.run_sync`, prompt {RUN_PROMPT!r}: the three calls "
+        "decoded together in one llama.cpp batch (the default) vs one at a time (`local` "
+        f"limit 1, as before); {rounds} rounds in alternating order, one process, models "
+        "loaded first. Stage = first proposer call's start to the last one's end.",
+        "",
+        "| mode | proposer stage (s) | tokens out | ms per token | CPU ms per token "
+        "| last card's first token (s) |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Batched / sequential, median stage time: **{ratio:.3f}** (per round: "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}; target <= 0.5); per output token: "
+        f"**{token_ratio:.3f}** (the samples are random, so their lengths vary a little); "
+        f"process CPU time per output token: **{cpu_ratio:.3f}** (what other processes on the "
+        f"machine disturb least). Load average during the A/B: {_load()}.",
+    ]
+
+
+def _load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1/5/15 min, 2 cores)"
+
+
 def whole_run(preset: str) -> str | None:
     try:
         from moa import config, engine
@@ -163,14 +273,9 @@ def whole_run(preset: str) -> str | None:
         print(f"skipping the {preset} run: {e}", file=sys.stderr)
         return None
     cfg = config.load_preset(preset)
-    missing = []
-    for spec in cfg.models():
-        try:
-            local._find_pieces(local.resolve(spec.model))
-        except local.LocalModelError as e:
-            missing.append(e.message)
+    missing = _missing(cfg)
     if missing:
-        print(f"skipping the {preset} run: {missing[0]}", file=sys.stderr)
+        print(f"skipping the {preset} run: {missing}", file=sys.stderr)
         return None
     for spec in cfg.models():
         local.get_llama(spec.model)  # load first: time the run, not the loading
@@ -178,26 +283,39 @@ def whole_run(preset: str) -> str | None:
     calls = record.calls
     tokens = sum(c.tokens_out or 0 for c in calls)
     failed = [f"{c.label}: {c.error}" for c in calls if c.status != "ok"]
-    print(f"{preset}: {record.status} in {record.wall_s:.1f} s, {tokens} tokens out {failed or ''}")
+    firsts = _first_tokens(record)
+    print(
+        f"{preset}: {record.status} in {record.wall_s:.1f} s, {tokens} tokens out, "
+        f"first tokens at {firsts} s {failed or ''}"
+    )
+    families = sorted({local.MODELS[c.model].family for c in calls if c.role == "proposer"})
     return (
-        f"| `{preset}` | {len(cfg.proposers)} + 1 | {record.status} | {record.wall_s:.1f} "
-        f"| {tokens} |"
+        f"| `{preset}` | {len(cfg.proposers)} + 1 | {', '.join(families)} | {record.status} "
+        f"| {record.wall_s:.1f} | {_stage(record)[0]:.1f} "
+        f"| {', '.join(f'{t:.2f}' for t in firsts)} | {tokens} |"
     )
 
 
 def main() -> None:
     rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 7
+    ab_rounds = int(sys.argv[sys.argv.index("--ab-rounds") + 1]) if "--ab-rounds" in sys.argv else 4
     import litellm
 
     litellm.suppress_debug_info = True
     local.register(litellm)
     models = ["local/smollm2-135m"]
     try:
-        local._find_pieces(local.MODELS["local/qwen2.5-coder-0.5b"])
+        lw._find_pieces(local.MODELS["local/qwen2.5-coder-0.5b"])
         models.append("local/qwen2.5-coder-0.5b")
     except local.LocalModelError as e:
         print(f"skipping Qwen 0.5B: {e.message}", file=sys.stderr)
 
+    ab = batched_vs_sequential(ab_rounds)
+    print("\n".join(ab))
+    if "--write" in sys.argv:
+        write_section("Local batching (bench/local.py)", "\n".join(ab))
+    if "--ab-only" in sys.argv:
+        return
     lines = [
         f"Streaming through litellm (`local/...` provider) vs `Llama.create_chat_completion` on "
         f"the same loaded model: temperature 0, seed {SEED}, max_tokens {MAX_TOKENS}, KV cache "
@@ -221,7 +339,7 @@ def main() -> None:
 
     smol = local.weights_path("local/smollm2-135m")
     started = time.perf_counter()
-    local._sha256_file(smol)  # what a first start (or a changed file) pays before loading
+    lw._sha256_file(smol)  # what a first start (or a changed file) pays before loading
     hash_s = time.perf_counter() - started
     lines += [
         "",
@@ -239,15 +357,16 @@ def main() -> None:
         "busied the 2 cores (SmolLM2 at 2-5 instead of 25-30 tok/s at load average 5).",
     ]
 
-    runs = [r for r in (whole_run("local-quick"), whole_run("local-demo")) if r]
+    runs = [r for r in map(whole_run, ("local-quick", "local-demo", "local-families")) if r]
     if runs:
         lines += [
             "",
             f"Whole runs through `moa.engine.run_sync` (models already loaded), prompt "
             f"{RUN_PROMPT!r}:",
             "",
-            "| preset | calls | status | wall (s) | tokens out |",
-            "|---|---|---|---|---|",
+            "| preset | calls | proposer families | status | wall (s) | proposer stage (s) "
+            "| each card's first token (s after start) | tokens out |",
+            "|---|---|---|---|---|---|---|---|",
             *runs,
         ]
     load = os.getloadavg()

@@ -98,8 +98,25 @@ MODELS = [
 ]
 
 
+DEFAULT_DB = "/tmp/moa-bench-100k-conversations.db"
+
+
 def sentence(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def conversation_plan(n_runs: int) -> tuple[list[int], list[int]]:
+    """Which conversation (an index) and turn each run is: conversations of 1–5 turns, ~2.5 on
+    average, their turns consecutive (as people chat: a few follow-ups, then something new)."""
+    rng = random.Random(7)
+    conv_of, turn_of = [], []
+    conv = 0
+    while len(conv_of) < n_runs:
+        for t in range(1, rng.randint(1, 4) + 1):
+            conv_of.append(conv)
+            turn_of.append(t)
+        conv += 1
+    return conv_of[:n_runs], turn_of[:n_runs]
 
 
 def generate(path: Path, n_runs: int) -> None:
@@ -108,10 +125,13 @@ def generate(path: Path, n_runs: int) -> None:
     conn = store.db.conn
     t0 = time.monotonic()
     start = time.time() - 365 * 86400
+    conv_of, turn_of = conversation_plan(n_runs)
+    conv_ids: dict[int, str] = {}
     for batch in range(0, n_runs, 5000):
         runs, calls = [], []
         for i in range(batch, min(batch + 5000, n_runs)):
             rid = f"{int((start + i * 300) * 1000):012x}{i:08x}"
+            cid = conv_ids.setdefault(conv_of[i], "c" + rid)
             created = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(start + i * 300))
             props = rng.sample(MODELS, 3)
             agg = rng.choice(MODELS)
@@ -143,6 +163,8 @@ def generate(path: Path, n_runs: int) -> None:
                         }
                     ),
                     0,
+                    cid,
+                    turn_of[i],
                 )
             )
             for j, m in enumerate(props):
@@ -200,7 +222,7 @@ def generate(path: Path, n_runs: int) -> None:
         conn.executemany(
             "INSERT INTO runs (id, created_at, ended_at, name, prompt, status, layers, n_proposers, "
             "proposers, aggregator, final_text, tokens_in, tokens_out, cost_usd, wall_s, "
-            "config_json, pid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "config_json, pid, conversation_id, turn) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             runs,
         )
         conn.executemany(
@@ -210,13 +232,32 @@ def generate(path: Path, n_runs: int) -> None:
             calls,
         )
         conn.execute("COMMIT")
+    # The conversation list's rows, as the store keeps them (title = the first turn's prompt).
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(
+        "INSERT INTO conversations (id, title, created_at, updated_at, n_turns, last_status, "
+        "models, tokens_in, tokens_out, cost_usd) "
+        "SELECT conversation_id, (SELECT substr(prompt, 1, 200) FROM runs f WHERE "
+        "f.conversation_id = r.conversation_id AND f.turn = 1), min(created_at), "
+        "max(coalesce(ended_at, created_at)), count(*), (SELECT status FROM runs l WHERE "
+        "l.conversation_id = r.conversation_id ORDER BY turn DESC LIMIT 1), "
+        "(SELECT proposers || ', ' || aggregator FROM runs l WHERE l.conversation_id = "
+        "r.conversation_id ORDER BY turn DESC LIMIT 1), sum(tokens_in), sum(tokens_out), "
+        "sum(cost_usd) FROM runs r GROUP BY conversation_id"
+    )
+    conn.execute("COMMIT")
     conn.execute("ANALYZE")
     print(f"generated {n_runs:,} runs in {time.monotonic() - t0:.1f} s", file=sys.stderr)
 
 
+def _has_conversations(path: Path) -> bool:
+    """Made by this generator (runs grouped in conversations), not by one before m006."""
+    return Store(path).db.execute("SELECT max(turn) FROM runs").fetchone()[0] > 1
+
+
 def ensure_db(path: Path, n_runs: int) -> Store:
     """The generated database at `path`, made (again) unless it already holds `n_runs` runs."""
-    if not path.exists() or Store(path).count_runs() != n_runs:
+    if not path.exists() or Store(path).count_runs() != n_runs or not _has_conversations(path):
         path.unlink(missing_ok=True)
         generate(path, n_runs)
     return Store(path)
@@ -235,7 +276,7 @@ def timed(fn, repeats: int = 7) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=100_000)
-    ap.add_argument("--db", default="/tmp/moa-bench-100k.db")
+    ap.add_argument("--db", default=DEFAULT_DB)
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     path = Path(args.db)

@@ -13,6 +13,8 @@ from typing import Any
 
 from rapidfuzz import fuzz
 
+from moa import embeddings, semantic
+
 # --------------------------------------------------------------------------------------------
 # Segmentation: Markdown text -> sentence-level units with exact character offsets
 # --------------------------------------------------------------------------------------------
@@ -489,6 +491,8 @@ class Attribution:
     main_source: int | None  # the candidate with the largest share, None if nothing was kept
     agreement: list[list[float]]  # symmetric, 1.0 on the diagonal
     threshold: float
+    matcher: str = "lexical"  # the matcher that produced these highlights
+    notice: str | None = None  # why it is not the one asked for (e.g. embeddings not installed)
 
     def to_json(self, candidate_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """The JSON contract: [{"sentence", "sources": [{"candidate", "score"}], "novel"}].
@@ -518,7 +522,10 @@ class Attribution:
 # attribute(): the algorithm, top to bottom
 # --------------------------------------------------------------------------------------------
 
-MATCHERS = ("lexical",)
+MATCHERS = ("lexical", "semantic")
+# The semantic matcher becomes the default only if it beats lexical on held-out data (see
+# bench/RESULTS.md); it falls back to lexical, with a notice, when its package is missing.
+DEFAULT_MATCHER = "semantic"
 # Only this many leading characters of the final answer and of each candidate are attributed
 # (~12k tokens; typical answers are far shorter). A runaway model repeating itself makes the
 # matching quadratic: 1 MB final and candidate took over 5 minutes, 100k characters each 3-15 s,
@@ -532,7 +539,7 @@ def attribute(
     candidates: Sequence[str],
     *,
     threshold: float = DEFAULT_THRESHOLD,
-    matcher: str = "lexical",
+    matcher: str = DEFAULT_MATCHER,
 ) -> Attribution:
     """Attribute each segment of `final` to the candidate answer(s) it was kept from.
 
@@ -540,8 +547,10 @@ def attribute(
     kept from every candidate whose best score reaches `threshold` and is within TIE_MARGIN of
     the top one; when one candidate segment explains only part of it and a second segment
     (from any candidate) explains most of the rest, it is a merge and credits both. Otherwise
-    it is novel. `matcher` names the scoring method; "lexical" is the only one. Texts longer
-    than ATTRIBUTION_MAX_CHARS are attributed up to that length.
+    it is novel. `matcher` "semantic" then re-judges, with sentence embeddings, the segments
+    lexical overlap cannot settle (see moa.semantic); without its package it stays lexical and
+    says so in `Attribution.notice`. Texts longer than ATTRIBUTION_MAX_CHARS are attributed up
+    to that length.
     """
     if matcher not in MATCHERS:
         raise ValueError(f"unknown matcher {matcher!r}; choose one of {', '.join(MATCHERS)}")
@@ -572,6 +581,27 @@ def attribute(
         attributed.append(result)
         used.append(parts)
 
+    used_matcher, notice = "lexical", None
+    if matcher == "semantic":
+        try:
+            embedder = embeddings.get_embedder()
+        except embeddings.EmbeddingsUnavailable as exc:
+            notice = f"Semantic matcher unavailable, highlights are lexical: {exc}"
+        else:
+            _semantic_pass(
+                final_segments,
+                final_features,
+                candidate_segs,
+                index,
+                attributed,
+                used,
+                scores,
+                threshold,
+                embedder.encode,
+                embedder.has,
+            )
+            used_matcher = "semantic"
+
     columns = _candidate_columns(candidate_segs, cand_features, final_features, used, scores)
     share, novel_share = _shares(attributed, len(candidates))
     best = max(range(len(share)), key=lambda i: (share[i], -i), default=None)
@@ -583,7 +613,85 @@ def attribute(
         main_source=best if best is not None and share[best] > 0 else None,
         agreement=_agreement(cand_features),
         threshold=threshold,
+        matcher=used_matcher,
+        notice=notice,
     )
+
+
+def _semantic_pass(
+    final_segments: list[Segment],
+    final_features: list[_Features],
+    candidate_segs: list[list[Segment]],
+    index: _Index,
+    attributed: list[AttributedSegment],
+    used: list[list[tuple[int, int]]],
+    scores: dict[tuple[int, int, int], float],
+    threshold: float,
+    encode,
+    cached=None,
+) -> None:
+    """Re-judge, with embeddings, the final segments lexical overlap did not settle."""
+    targets, queries = [], []
+    cand_texts = [[semantic.clean(s.text) for s in segs] for segs in candidate_segs]
+    lexical: dict[int, dict[int, tuple[float, int]]] = defaultdict(dict)
+    for (fi, ci, j), v in scores.items():
+        if ci not in lexical[fi] or v > lexical[fi][ci][0]:
+            lexical[fi][ci] = (v, j)
+    for fi, (seg, q) in enumerate(zip(final_segments, final_features, strict=True)):
+        a = attributed[fi]
+        if q.code or q.n_tokens <= SHORT_TOKENS or a.merged:
+            continue  # code is kept whole or not; short ones and lexical merges are settled
+        credited: dict[int, tuple[float, int]] = {}
+        if not a.novel and a.score >= semantic.SETTLED:
+            # Settled; but did another candidate say the same thing in other words?
+            credited = {src.candidate: (src.score, src.segment_index) for src in a.sources}
+            others = [
+                (ci, j)
+                for ci, (v, j) in lexical[fi].items()
+                if ci not in credited and v >= threshold
+            ]
+            if not others:
+                continue
+            text = semantic.clean(seg.text)
+            pool = [(ci, j) for ci, (_, j) in credited.items()] + others
+            queries.append(semantic.Query(text, lexical[fi], pool, credited=credited))
+            targets.append(fi)
+            continue
+        pool: list[tuple[int, int]] = []
+        ranked = sorted(index.shared_words(q.content).items(), key=_most_shared_first)
+        for ci, segs in enumerate(candidate_segs):
+            if len(segs) <= semantic.POOL_ALL:
+                pool += [(ci, j) for j, s in enumerate(segs) if s.kind != "code"]
+            else:
+                mine = [key for key, _ in ranked if key[0] == ci][: semantic.POOL_K]
+                pool += [key for key in mine if candidate_segs[ci][key[1]].kind != "code"]
+        text = semantic.clean(seg.text)
+        queries.append(semantic.Query(text, lexical[fi], pool, semantic.clauses(text)))
+        targets.append(fi)
+    # Unsettled segments first: the budget goes to them before the "said it too" checks.
+    order = sorted(range(len(queries)), key=lambda k: bool(queries[k].credited))
+    queries, targets = [queries[k] for k in order], [targets[k] for k in order]
+    for fi, verdict in zip(
+        targets, semantic.judge(queries, cand_texts, encode, cached), strict=True
+    ):
+        if verdict is None:
+            continue
+        old = attributed[fi]
+        if not verdict.sources:
+            attributed[fi] = AttributedSegment(old.segment, [], novel=True, score=verdict.score)
+            used[fi] = []
+            continue
+        sources = sorted(
+            (Source(ci, s, j) for ci, (s, j) in verdict.sources.items()),
+            key=lambda src: (-src.score, src.candidate),
+        )
+        attributed[fi] = AttributedSegment(
+            old.segment, sources, novel=False, score=verdict.score, merged=verdict.merged
+        )
+        used[fi] = [(src.candidate, src.segment_index) for src in sources]
+        for src in sources:
+            key = (fi, src.candidate, src.segment_index)
+            scores[key] = max(scores.get(key, 0.0), src.score)
 
 
 def _attribute_segment(

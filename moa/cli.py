@@ -172,7 +172,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     live = not args.json and sys.stdout.isatty() and strategies.streams_final(cfg)
     record = _run_turn(store, cfg, prompt, plan, cancel, live, system=args.system)
     if args.json:
-        print(json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2))
+        from moa import analysis
+
+        # The store writer cached the run's analysis as it finished: read, not recomputed.
+        found = analysis.for_run(record, store)
+        print(json.dumps(export.run_to_json(record, found), ensure_ascii=False, indent=2))
     elif not live and record.final_text:
         print(record.final_text)
     return {"ok": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(record.status, EXIT_FAILED)
@@ -367,7 +371,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from moa.conversation import Conversation
     from moa.store import Store
 
-    found = _stored(Store(args.db), args.run_id)
+    store = Store(args.db)
+    found = _stored(store, args.run_id)
     if isinstance(found, Conversation):
         if args.json:
             print(json.dumps(export.conversation_to_json(found), ensure_ascii=False, indent=2))
@@ -382,7 +387,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         return EXIT_OK
     record = found
     if args.json:
-        print(json.dumps(export.run_to_json(record), ensure_ascii=False, indent=2))
+        from moa import analysis
+
+        cached = analysis.for_run(record, store)  # the store's copy: the same highlights
+        print(json.dumps(export.run_to_json(record, cached), ensure_ascii=False, indent=2))
         return EXIT_OK
     print(
         f"run {record.run_id} · {record.created_at} · {record.status}"
@@ -479,7 +487,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         if m["installed"] and m["verified"] is None:
             state = "installed (verified on first load)"
         size = f"{m['size_bytes'] / 1e6:,.0f} MB"
-        print(f"  {m['id']:<28} {state:<36} {size:>8}")
+        about = f"{m['family']}, {m['licence']}"
+        if not m["instruction_tuned"]:
+            about += ", pretrained (not instruction-tuned)"
+        print(f"  {m['id']:<28} {state:<36} {size:>8}  {about}")
         if m["error"]:
             print(f"      {m['error']}")
     print("Provider keys (names only):")

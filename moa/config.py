@@ -9,7 +9,7 @@ import re
 import stat
 import tomllib
 import urllib.parse
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,9 @@ class RunConfig:
     aggregator_prompt: str | None = None
     # Called only if the aggregator fails (after its retries): same prompt, same candidates.
     fallback_aggregator: ModelSpec | None = None
+    # The most calls at once per provider (`local`) or per api_base URL, across every run and
+    # evaluation in this process: a server that serves one request at a time needs 1.
+    concurrency: dict[str, int] = field(default_factory=dict)
     # What proposers see of earlier conversation turns: every turn's agreed final answer
     # ("final", the reference MoA bot's convention) or each proposer's own earlier answer ("own").
     history: str = "final"
@@ -150,6 +153,7 @@ _RUN_KEYS: dict[str, tuple[type, ...]] = {
     "aggregator": (dict,),
     "fallback_aggregator": (dict,),
     "proposers": (list,),
+    "concurrency": (dict,),
     "history": (str,),
     "strategy": (str,),
     "judge": (str, dict),
@@ -159,6 +163,7 @@ _RUN_KEYS: dict[str, tuple[type, ...]] = {
     "cascade_model": (str, dict),
     "cascade_agreement": (int, float),
 }
+CONCURRENCY_RANGE = (1, 64)
 HISTORY_MODES = ("final", "own")
 # Strategy models may be written as a model id string or as a full model table.
 _STRATEGY_MODELS = ("judge", "critic", "cascade_model")
@@ -290,6 +295,7 @@ def from_dict(d: Any) -> RunConfig:
         proposer_timeout_s=float(d.get("proposer_timeout_s", 120.0)),
         max_cost_usd=None if d.get("max_cost_usd") is None else float(d["max_cost_usd"]),
         aggregator_prompt=d.get("aggregator_prompt"),
+        concurrency=dict(d.get("concurrency") or {}),
         history=d.get("history", "final"),
         strategy=d.get("strategy", "synthesize"),
         critique_rounds=d.get("critique_rounds", 1),
@@ -342,7 +348,58 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name, spec in where:
         if spec is not None:
             check_api_base(f"{name}.api_base", spec.api_base)
+    cfg.concurrency = check_concurrency(cfg.concurrency)
     return cfg
+
+
+def endpoint_key(api_base: str) -> str:
+    """An api_base as a [concurrency] key: no trailing '/', scheme and host in lower case."""
+    parts = urllib.parse.urlsplit(api_base.strip())
+    return urllib.parse.urlunsplit(
+        (parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), "", "")
+    )
+
+
+def check_concurrency(table: Any) -> dict[str, int]:
+    """[concurrency]: provider name or api_base URL → the most calls at once (1..64)."""
+    _check_type("concurrency", table, (dict,))
+    lo, hi = CONCURRENCY_RANGE
+    out: dict[str, int] = {}
+    for key, value in table.items():
+        where = f"concurrency.{json.dumps(key)}"
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(
+                f"{where}: a key must name a provider (e.g. local) or an api_base URL"
+            )
+        if "://" in key:
+            check_api_base(where, key)
+            name = endpoint_key(key)
+        elif re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key.strip()):
+            name = key.strip()  # a provider; one nobody uses yet is fine (it limits nothing)
+        else:
+            raise ConfigError(
+                f"{where}: not a provider name (like local or openai) nor an http(s) api_base "
+                f"URL ({_API_BASE_FORM})"
+            )
+        _check_type(where, value, (int,))
+        if not lo <= value <= hi:
+            raise ConfigError(
+                f"{where} = {value} is out of range: the most calls at once, {lo}..{hi}"
+            )
+        out[name] = value
+    return out
+
+
+def concurrency_for(cfg: RunConfig, spec: ModelSpec) -> tuple[str, int] | None:
+    """The [concurrency] entry that limits `spec`'s calls: its api_base's, else its provider's."""
+    if spec.api_base:
+        key = endpoint_key(spec.api_base)
+        if key in cfg.concurrency:
+            return key, cfg.concurrency[key]
+    provider = spec.provider or spec.model
+    if provider in cfg.concurrency:
+        return provider, cfg.concurrency[provider]
+    return None
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -380,6 +437,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
         if getattr(cfg, key) is not None:
             out[key] = model(getattr(cfg, key))
     out["proposers"] = [model(p) for p in cfg.proposers]
+    if cfg.concurrency:
+        out["concurrency"] = dict(cfg.concurrency)
     return out
 
 
@@ -434,11 +493,15 @@ def _toml_value(v: Any) -> str:
 
 def dumps(cfg: RunConfig) -> str:
     d = to_dict(cfg)
-    tables = ("aggregator", "fallback_aggregator", *_STRATEGY_MODELS, "proposers")
+    tables = ("aggregator", "fallback_aggregator", *_STRATEGY_MODELS, "proposers", "concurrency")
     lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if k not in tables]
-    for table in tables[:-1]:
+    for table in ("aggregator", "fallback_aggregator", *_STRATEGY_MODELS):
         if table in d:
             lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in d[table].items()]
+    if "concurrency" in d:
+        # Keys are quoted: an api_base URL is not a bare TOML key.
+        lines += ["", "[concurrency]"]
+        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in d["concurrency"].items()]
     for p in d["proposers"]:
         lines += ["", "[[proposers]]"] + [f"{k} = {_toml_value(v)}" for k, v in p.items()]
     return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from moa import conversation, llm, prompts, strategies
-from moa.config import ConfigError, ModelSpec, RunConfig
+from moa.config import ConfigError, ModelSpec, RunConfig, concurrency_for, endpoint_key
 from moa.conversation import HistoryTurn
 from moa.events import (
     CallFailed,
@@ -48,7 +48,8 @@ class InputError(ValueError):
 class Limits:
     """How many calls may run at once per provider, and how failed calls are retried."""
 
-    per_provider: dict[str, int] = field(default_factory=lambda: {"local": 1})
+    # Local calls go to one decoder that batches them (moa.local.SEQUENCES per model).
+    per_provider: dict[str, int] = field(default_factory=lambda: {"local": 4})
     default: int = 16
     max_retries: int = 3
     backoff_base_s: float = 0.5
@@ -108,12 +109,12 @@ def estimate_cost(
     some out).
     """
     usd, unknown = 0.0, []
-    base_in = llm.count_tokens(
-        config.aggregator.model, prompts.proposer_messages(prompt, system_prompt)
-    ) + conversation.history_tokens(config.aggregator.model, history)
+    base_in = _LazyTokens(
+        config.aggregator.model, prompts.proposer_messages(prompt, system_prompt), history
+    )
     if single:
         spec = config.proposers[0]
-        cost = llm.cost_usd(spec.model, base_in, spec.max_tokens)
+        cost = _cost(spec.model, base_in, spec.max_tokens)
         return Estimate(usd=cost or 0.0, unknown_models=[] if cost is not None else [spec.model])
     prev_out = 0  # tokens of the previous layer's answers, which later calls read
     if reuse is not None:
@@ -121,7 +122,7 @@ def estimate_cost(
         prev_out = llm.count_tokens(config.aggregator.model, text="\n".join(texts))
     for _layer in range(0 if reuse is not None else config.layers):
         for spec in config.proposers:
-            cost = llm.cost_usd(spec.model, base_in + prev_out + 200, spec.max_tokens)
+            cost = _cost(spec.model, base_in, spec.max_tokens, prev_out + 200)
             if cost is None:
                 unknown.append(spec.model)
             else:
@@ -129,13 +130,38 @@ def estimate_cost(
         prev_out = sum(p.max_tokens for p in config.proposers)
     # The fallback aggregator runs only if the aggregator fails, but an upper bound counts it.
     for agg in filter(None, (config.aggregator, config.fallback_aggregator)):
-        cost = llm.cost_usd(agg.model, base_in + prev_out + 400, agg.max_tokens)
+        cost = _cost(agg.model, base_in, agg.max_tokens, prev_out + 400)
         if cost is None:
             unknown.append(agg.model)
         else:
             usd += cost
     extra_usd, extra_unknown = strategies.estimate_extra(config, base_in, prev_out)
     return Estimate(usd=usd + extra_usd, unknown_models=unknown + extra_unknown)
+
+
+class _LazyTokens:
+    """The prompt's token count, counted only if a priced model needs it: loading a tokenizer
+    costs ~0.4 s the first time in a process, before the first request could leave."""
+
+    def __init__(
+        self, model: str, messages: list[dict[str, str]], history: Sequence[HistoryTurn] = ()
+    ) -> None:
+        self.model, self.messages, self.history, self.n = model, messages, history, None
+
+    def __int__(self) -> int:
+        if self.n is None:
+            self.n = llm.count_tokens(self.model, self.messages)
+            self.n += conversation.history_tokens(self.model, self.history)
+        return self.n
+
+
+def _cost(model: str, prompt: _LazyTokens, tokens_out: int, extra_in: int = 0) -> float | None:
+    """The upper-bound cost of one call; None when the model's price is unknown."""
+    if model.startswith("local/"):
+        return 0.0
+    if not llm.has_price(model):
+        return None
+    return llm.cost_usd(model, int(prompt) + extra_in, tokens_out)
 
 
 def check(
@@ -492,6 +518,9 @@ class _Runner:
         return self._with_history(call, prompts.layer_messages(self.prompt, previous, system))
 
     def _semaphore(self, spec: ModelSpec) -> asyncio.Semaphore | _ProcessSlot:
+        limit = concurrency_for(self.config, spec)  # the config's [concurrency] table first
+        if limit is not None:
+            return _ProcessSlot.for_provider(*limit)
         provider = spec.provider or spec.model
         if provider in self.limits.per_provider:
             # Shared by every run in this process (other threads, other event loops): two
@@ -519,9 +548,10 @@ class _Runner:
             start = time.monotonic()
             call.start_s = round(start - self.t0, 4)
             self.emit(CallStarted(run_id, call))
+            flight = _Flight.enter(spec)
             try:
                 async with asyncio.timeout(timeout):
-                    await self._stream_with_retries(call, spec, messages, timeout, start)
+                    ended = await self._stream_with_retries(call, spec, messages, timeout, start)
             except TimeoutError:
                 call.status = "timeout"
                 call.error = f"no complete answer within {timeout:g} s (timeout_s)"
@@ -533,13 +563,17 @@ class _Runner:
             except Exception as e:  # the provider's own message, keys redacted
                 call.status, call.error = "failed", llm.classify(e).message
             else:
-                if call.text.strip():
+                if ended is not None and ended.finish_reason is None and flight.overlapped:
+                    call.status, call.error = "failed", _cut_off_message(spec, call)
+                elif call.text.strip():
                     call.status = "ok"
                     problem = check(call.text) if check is not None else None
                     if problem:
                         call.status, call.error = "failed", problem
                 else:
                     call.status, call.error = "failed", "the model returned an empty answer"
+            finally:
+                flight.leave()
             self._finish(call, start, messages)
             self.emit(
                 CallFinished(run_id, call) if call.status == "ok" else CallFailed(run_id, call)
@@ -552,21 +586,24 @@ class _Runner:
         messages: list[dict[str, str]],
         timeout: float,
         start: float,
-    ) -> None:
+    ) -> llm.Chunk | None:
+        """The stream's closing chunk (its finish_reason), or None if the cap cut it short."""
         while True:
             call.attempts += 1
             try:
                 # aclosing: leaving the loop early (the cap) closes the stream at once.
                 async with contextlib.aclosing(llm.astream(spec, messages, timeout)) as stream:
                     async for chunk in stream:
+                        if chunk.end:
+                            return chunk
                         if chunk.text:
                             if call.ttft_s is None:
                                 call.ttft_s = round(time.monotonic() - start, 4)
                             if self._append(call, chunk.text):
-                                return  # cut at MAX_ANSWER_CHARS: read no further
+                                return None  # cut at MAX_ANSWER_CHARS: read no further
                         if chunk.tokens_out is not None:
                             call.tokens_in, call.tokens_out = chunk.tokens_in, chunk.tokens_out
-                return
+                return None
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -606,28 +643,84 @@ class _Runner:
 
 
 class _ProcessSlot:
-    """A per-provider limit shared across threads and event loops (asyncio locks are not)."""
+    """A per-provider (or per-api_base) limit shared across threads and event loops (asyncio
+    locks are not). One slot per name: runs that give the same server different limits share
+    it, and the limit is the one the latest of them asked for."""
 
-    _all: dict[tuple[str, int], _ProcessSlot] = {}
+    _all: dict[str, _ProcessSlot] = {}
     _guard = threading.Lock()
 
     def __init__(self, n: int) -> None:
-        self._sem = threading.BoundedSemaphore(n)
+        self.limit, self.active = n, 0
 
     @classmethod
     def for_provider(cls, provider: str, n: int) -> _ProcessSlot:
         with cls._guard:
-            return cls._all.setdefault((provider, n), cls(n))
+            slot = cls._all.setdefault(provider, cls(n))
+            slot.limit = n
+            return slot
+
+    def _try_acquire(self) -> bool:
+        with self._guard:
+            if self.active < self.limit:
+                self.active += 1
+                return True
+            return False
 
     async def __aenter__(self) -> None:
         # Polling keeps the wait cancellable (a thread blocked in acquire() could not be).
-        delay = 0.005
-        while not self._sem.acquire(blocking=False):
+        delay = 0.002
+        while not self._try_acquire():
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.02)
 
     async def __aexit__(self, *exc: object) -> None:
-        self._sem.release()
+        with self._guard:
+            self.active -= 1
+
+
+class _Flight:
+    """A call in flight to an api_base, process-wide: did another call to it overlap this one?
+
+    A server that serves one request at a time (llama-cpp-python's) ends the stream in progress
+    when a second request arrives, without a finish_reason; the overlap is how we can tell.
+    """
+
+    _open: dict[str, set[_Flight]] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key
+        self.overlapped = False
+
+    @classmethod
+    def enter(cls, spec: ModelSpec) -> _Flight:
+        flight = cls(endpoint_key(spec.api_base) if spec.api_base else None)
+        if flight.key is not None:
+            with cls._guard:
+                others = cls._open.setdefault(flight.key, set())
+                for other in others:
+                    other.overlapped = True
+                flight.overlapped = bool(others)
+                others.add(flight)
+        return flight
+
+    def leave(self) -> None:
+        if self.key is not None:
+            with self._guard:
+                self._open.get(self.key, set()).discard(self)
+
+
+def _cut_off_message(spec: ModelSpec, call: CallRecord) -> str:
+    base = endpoint_key(spec.api_base or "")
+    got = f"after {len(call.text):,} characters" if call.text else "before any text"
+    return (
+        f"the stream from {base} ended {got} without a finish_reason, while another call to the "
+        "same server was in flight: the server probably serves one request at a time and cut "
+        "this one off (llama-cpp-python's server does). Let its calls take turns: add "
+        f'`[concurrency]` with `"{base}" = 1` to the config, or set "Calls at once" for this '
+        "server in the sidebar"
+    )
 
 
 def _join(*parts: str | None) -> str | None:

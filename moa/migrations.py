@@ -242,6 +242,33 @@ def m006_conversations(db: sqlite_utils.Database) -> None:
 
 
 @migration
+def m007_run_process_start(db: sqlite_utils.Database) -> None:
+    # When the process that owns a `running` run or evaluation started (clock ticks since boot,
+    # from /proc/<pid>/stat): a live process holding the same pid later is told apart by it.
+    for table in ("runs", "evals"):
+        if db[table].exists() and "pid_start" not in db[table].columns_dict:
+            db[table].add_column("pid_start", int)
+
+
+@migration
+def m010_attribution_cache(db: sqlite_utils.Database) -> None:
+    # A run's attribution and panel analysis as computed when it finished, so a stored run opens
+    # with the same highlights without recomputing them (moa/analysis.py). `fingerprint` covers
+    # the texts and the matcher version: a stale row is recomputed, never shown.
+    if not db["attribution_cache"].exists():
+        db["attribution_cache"].create(
+            {
+                "run_id": str,
+                "fingerprint": str,
+                "matcher": str,
+                "analysis_json": str,
+                "created_at": str,
+            },
+            pk="run_id",
+        )
+
+
+@migration
 def m009_strategy(db: sqlite_utils.Database) -> None:
     # The run's strategy as History filters it ("vote", "synthesize+cascade"; runs from before
     # strategies existed synthesised), what the strategy produced (ranking, vote table,

@@ -22,10 +22,39 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id still exists (no signal is sent)."""
+def process_start(pid: int | None) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux /proc), or None if unknown.
+
+    Stored beside a pid, it tells the process that wrote a row from an unrelated one that was
+    given the same pid later.
+    """
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count from the last ")".
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])  # field 22, starttime; `fields` begins at field 3
+    except (IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: int | None, started: int | None = None) -> bool:
+    """Whether a process with this id still exists (no signal is sent).
+
+    With `started` (its `process_start` when it was recorded), a live process whose start time
+    differs is another process that reuses the pid: the recorded one is gone.
+    """
     if not pid:
         return False
+    if started is not None:
+        now = process_start(pid)
+        if now is not None:
+            return now == started
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -106,6 +135,7 @@ class RunRecord:
     wall_s: float | None = None
     calls: list[CallRecord] = field(default_factory=list)
     pid: int = field(default_factory=os.getpid)
+    pid_start: int | None = field(default_factory=lambda: process_start(os.getpid()))
     parent_run_id: str | None = None  # set when candidates were reused from another run
     conversation_id: str | None = None  # the conversation this run is a turn of
     turn: int = 1  # its position in the conversation, 1-based (a retry takes the same position)
@@ -148,6 +178,15 @@ class RunRecord:
     @property
     def last_layer(self) -> int:
         return max((c.layer for c in self.proposer_calls), default=0)
+
+    def attributed_candidates(self) -> list[tuple[int, CallRecord]]:
+        """The candidates the final answer is attributed to: those the aggregator saw, or only
+        the one a strategy returned verbatim (select, a vote majority, a cascade's answer)."""
+        seen = self.aggregated_candidates()
+        chosen = self.final_call
+        if chosen is not None and chosen.role not in ("aggregator", "reviser"):
+            return [(pos, c) for pos, c in seen if c is chosen]
+        return seen
 
     def aggregated_candidates(self) -> list[tuple[int, CallRecord]]:
         """The candidates the aggregator saw, as (position in proposer_calls, call)."""

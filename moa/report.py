@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from moa import config as config_mod
 from moa import strategy_html
-from moa.export import attribution
 from moa.palette import NOVEL, colour, tint
 from moa.records import CallRecord, RunRecord
 
@@ -239,9 +238,9 @@ def _strategy_section(record: RunRecord) -> str:
     return f"<h2>Strategy: {esc(record.config.strategy_label)}</h2>{markup}"
 
 
-def run_to_html(record: RunRecord) -> str:
+def run_to_html(record: RunRecord, analysis=None) -> str:
     title = _short(record.prompt, 80)
-    return _document(f"MoA run: {title}", f"<h1>{esc(title)}</h1>\n{_run_body(record)}")
+    return _document(f"MoA run: {title}", f"<h1>{esc(title)}</h1>\n{_run_body(record, analysis)}")
 
 
 def conversation_to_html(conv: Conversation) -> str:
@@ -259,8 +258,19 @@ def conversation_to_html(conv: Conversation) -> str:
     return _document(f"MoA conversation: {title}", head + turns)
 
 
-def _run_body(record: RunRecord) -> str:
-    attr, ids = attribution(record)
+def _run_body(record: RunRecord, analysis=None) -> str:
+    from moa import analysis as analysis_mod
+    from moa import panel_view
+
+    if analysis is None:
+        analysis = analysis_mod.compute(record)
+    attr, ids = analysis.attribution, analysis.candidate_ids
+    panel_section = ""
+    if attr is not None:
+        panel_section = (
+            f"<h2>The panel</h2>{panel_view.matcher_line(analysis)}"
+            f"{panel_view.panel_html(record, analysis)}"
+        )
     usage = record.usage()
     calls = record.proposer_calls
     legend = "".join(
@@ -298,6 +308,7 @@ layer(s) → {esc(record.config.aggregator.display)} · {esc(record.created_at)}
 <p class="muted">Tinted sentences were kept from the candidate of that colour (hover for the match and
 its score); dashed ones are new.</p>
 {_shares_html(record, attr, ids)}
+{panel_section}
 <h2>Candidates</h2><div class="cards">{cards}</div>
 {_timeline_html(record)}
 <h2>Config</h2><pre>{esc(config_mod.dumps(record.config))}</pre>

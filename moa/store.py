@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,10 @@ class Store:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA foreign_keys = ON")
+            # WAL + NORMAL: a commit no longer waits for an fsync (~6 ms each on this disk, and
+            # a run's events are written on its event loop: ~60 ms between layers). A killed
+            # process loses nothing committed; only a power cut can lose the last commits.
+            conn.execute("PRAGMA synchronous = NORMAL")
             db = self._local.db = sqlite_utils.Database(conn)
         return db
 
@@ -207,7 +212,7 @@ class Store:
         conn.execute(
             "INSERT OR REPLACE INTO runs (id, created_at, name, prompt, system_prompt, status, "
             "layers, n_proposers, proposers, aggregator, config_json, pid, parent_run_id, "
-            "conversation_id, turn) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "conversation_id, turn, pid_start) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 record.run_id,
                 record.created_at,
@@ -224,6 +229,7 @@ class Store:
                 record.parent_run_id,
                 record.conversation_id,
                 record.turn,
+                record.pid_start,
             ),
         )
         conn.execute(
@@ -298,13 +304,33 @@ class Store:
             )
 
     def finish_run(self, record: RunRecord) -> None:
-        with self._write() as conn:
-            self._finish_run(conn, record)
-        _ACTIVE_RUNS.discard(record.run_id)
+        from moa import analysis as analysis_mod
 
-    def _finish_run(self, conn: sqlite3.Connection, record: RunRecord) -> None:
+        analysis = analysis_mod.compute(record)  # before the write lock: embedding takes a while
+        with self._write() as conn:
+            self._finish_run(conn, record, analysis)
+        _ACTIVE_RUNS.discard(record.run_id)
+        self._cache_analysis(record, analysis)
+
+    def _cache_analysis(self, record: RunRecord, analysis) -> None:
+        from moa import analysis as analysis_mod
+
+        if analysis.attribution is not None:
+            self.save_analysis(
+                record.run_id,
+                analysis_mod.fingerprint(record),
+                analysis.attribution.matcher,
+                analysis_mod.to_json(analysis),
+            )
+
+    def _finish_run(self, conn: sqlite3.Connection, record: RunRecord, analysis=None):
+        """Write the finished run; returns its moa.analysis.RunAnalysis (for the cache)."""
+        from moa import analysis as analysis_mod  # the matcher loads only when a run finishes
+
         usage = record.usage()
-        shares, novel_share = _shares(record)
+        if analysis is None:
+            analysis = analysis_mod.compute(record)
+        shares, novel_share = _shares(record, analysis.attribution, analysis.candidate_ids)
         for call in record.calls:
             self._upsert_call(conn, record.run_id, call)
         for (layer, index), (share, main) in shares.items():
@@ -339,6 +365,7 @@ class Store:
             ),
         )
         self._refresh_conversation(conn, record.conversation_id)
+        return analysis
 
     def save_run(self, record: RunRecord) -> None:
         """Write a whole finished run at once, in one transaction (imports)."""
@@ -420,13 +447,16 @@ class Store:
 
     def recover_interrupted(self) -> int:
         """Runs left `running` by a process that is gone become `interrupted`, keeping their calls."""
-        rows = self.db.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
+        rows = self.db.execute(
+            "SELECT id, pid, pid_start FROM runs WHERE status = 'running'"
+        ).fetchall()
         # Our own pid on a run we are not writing is an earlier process that had the same pid
-        # (a container restarted: the app is pid 1 again), so it is dead too.
+        # (a container restarted: the app is pid 1 again), so it is dead too. Another live
+        # process on the run's pid is someone else if it started at another time.
         dead = [
             rid
-            for rid, pid in rows
-            if rid not in _ACTIVE_RUNS and (pid == os.getpid() or not pid_alive(pid))
+            for rid, pid, started in rows
+            if rid not in _ACTIVE_RUNS and (pid == os.getpid() or not pid_alive(pid, started))
         ]
         if not dead:
             return 0
@@ -453,6 +483,7 @@ class Store:
                 "SELECT conversation_id FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
             conn.execute("DELETE FROM calls WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM attribution_cache WHERE run_id = ?", (run_id,))
             deleted = conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
             if row and row[0]:
                 left = conn.execute(
@@ -493,6 +524,7 @@ class Store:
             ]
             for rid in ids:
                 conn.execute("DELETE FROM calls WHERE run_id = ?", (rid,))
+                conn.execute("DELETE FROM attribution_cache WHERE run_id = ?", (rid,))
             conn.execute("DELETE FROM runs WHERE conversation_id = ?", (conversation_id,))
             conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
             return len(ids)
@@ -506,34 +538,58 @@ class Store:
                 "UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id)
             )
 
+    def save_analysis(self, run_id: str, fingerprint: str, matcher: str | None, data: str) -> None:
+        """Cache a run's attribution + panel (moa.analysis); a read-only store just skips it."""
+        if self.read_only:
+            return
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO attribution_cache (run_id, fingerprint, matcher, "
+                    "analysis_json, created_at) VALUES (?,?,?,?,?)",
+                    (run_id, fingerprint, matcher, data, _dt.datetime.now(_dt.UTC).isoformat()),
+                )
+        except StoreError:
+            pass  # a cache: the run itself is intact, the next open recomputes
+
+    def load_analysis(self, run_id: str, fingerprint: str) -> str | None:
+        try:
+            row = next(
+                self.db.query(
+                    "SELECT analysis_json FROM attribution_cache "
+                    "WHERE run_id = ? AND fingerprint = ?",
+                    [run_id, fingerprint],
+                ),
+                None,
+            )
+        except sqlite3.OperationalError:
+            return None  # a read-only log not yet migrated to m010: computed instead
+        return row["analysis_json"] if row else None
+
     # ------------------------------------------------------------ reading
 
     def get_run(self, run_id: str) -> RunRecord | None:
         r = next(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]), None)
         if r is None:
             return None
-        record = RunRecord(
-            run_id=r["id"],
-            config=_stored_config(r),
-            prompt=r["prompt"],
-            system_prompt=r["system_prompt"],
-            status=r["status"],
-            error=r["error"],
-            created_at=r["created_at"],
-            ended_at=r["ended_at"],
-            wall_s=r["wall_s"],
-            pid=r["pid"],
-            parent_run_id=r["parent_run_id"],
-            conversation_id=r.get("conversation_id"),
-            turn=r.get("turn") or 1,
-            outcome=_outcome(r.get("outcome_json")),
+        return _record(
+            r,
+            self.db.query(
+                "SELECT * FROM calls WHERE run_id = ? ORDER BY layer, role DESC, idx", [run_id]
+            ),
         )
+
+    def _records(self, where: str, params: list[Any]) -> list[RunRecord]:
+        """The runs matching `where` (over `runs`), each with its calls: two queries in all."""
+        rows = list(self.db.query(f"SELECT * FROM runs WHERE {where} ORDER BY turn, rowid", params))
+        calls: dict[str, list[dict[str, Any]]] = {r["id"]: [] for r in rows}
         for c in self.db.query(
-            "SELECT * FROM calls WHERE run_id = ? ORDER BY layer, role DESC, idx", [run_id]
+            f"SELECT * FROM calls WHERE run_id IN (SELECT id FROM runs WHERE {where}) "
+            "ORDER BY layer, role DESC, idx",
+            params,
         ):
-            c["index"], c["params"] = c["idx"], json.loads(c["params_json"] or "{}")
-            record.calls.append(CallRecord.from_dict(c))
-        return record
+            calls[c["run_id"]].append(c)
+        return [_record(r, calls[r["id"]]) for r in rows]
 
     def resolve_conversation(self, some_id: str) -> str | None:
         """A conversation id, or a run id meaning its conversation; None if neither exists."""
@@ -566,10 +622,8 @@ class Store:
             parent = self.get_conversation(summary.parent_id)
             if parent is not None:
                 conv.runs = [r for r in parent.runs if r.turn < summary.branch_turn]
-        ids = self.db.execute(
-            "SELECT id FROM runs WHERE conversation_id = ? ORDER BY turn, rowid", [conversation_id]
-        ).fetchall()
-        conv.runs += [r for r in (self.get_run(i) for (i,) in ids) if r is not None]
+        # Two queries for the whole conversation (one per run made 101 for 50 turns).
+        conv.runs += self._records("conversation_id = ?", [conversation_id])
         return conv
 
     def branches(self, conversation_id: str) -> list[ConversationSummary]:
@@ -768,6 +822,31 @@ def _outcome(text: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _record(r: dict[str, Any], call_rows: Iterable[dict[str, Any]]) -> RunRecord:
+    """A stored run (a `runs` row) and its calls (rows of `calls`, in order) as a RunRecord."""
+    record = RunRecord(
+        run_id=r["id"],
+        config=_stored_config(r),
+        prompt=r["prompt"],
+        system_prompt=r["system_prompt"],
+        status=r["status"],
+        error=r["error"],
+        created_at=r["created_at"],
+        ended_at=r["ended_at"],
+        wall_s=r["wall_s"],
+        pid=r["pid"],
+        pid_start=r.get("pid_start"),
+        parent_run_id=r["parent_run_id"],
+        conversation_id=r.get("conversation_id"),
+        turn=r.get("turn") or 1,
+        outcome=_outcome(r.get("outcome_json")),
+    )
+    for c in call_rows:
+        c["index"], c["params"] = c["idx"], json.loads(c["params_json"] or "{}")
+        record.calls.append(CallRecord.from_dict(c))
+    return record
+
+
 def _stored_config(row: dict[str, Any]) -> RunConfig:
     """The run's config; if the stored JSON is unusable (hand-edited file), rebuilt from columns."""
     try:
@@ -782,11 +861,10 @@ def _stored_config(row: dict[str, Any]) -> RunConfig:
         )
 
 
-def _shares(record: RunRecord) -> tuple[dict[tuple[int, int], tuple[float, int]], float | None]:
+def _shares(
+    record: RunRecord, attr, ids: list[int]
+) -> tuple[dict[tuple[int, int], tuple[float, int]], float | None]:
     """Each aggregated candidate's share of the final answer, and whether it was the main one."""
-    from moa.export import attribution
-
-    attr, ids = attribution(record)
     if attr is None:
         return {}, None
     calls = record.proposer_calls
@@ -838,6 +916,10 @@ class StoreWriter:
             case CallFinished(run_id=run_id, call=call) | CallFailed(run_id=run_id, call=call):
                 self._last_flush.pop((run_id, *call.key), None)
                 self.store.save_call(run_id, call)
+                if call.role == "proposer" and call.status == "ok":
+                    from moa import analysis  # its vectors are ready when the run finishes
+
+                    analysis.prewarm(call.text)
             case RunFinished(record=record):
                 self.store.finish_run(record)
 

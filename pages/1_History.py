@@ -169,6 +169,13 @@ def compare(store: Store, convs: list) -> None:
     )
 
 
+def panel_summary(rec: RunRecord) -> str:
+    from moa.panel_view import summary_text
+    from moa.ui.panel import analysis_for
+
+    return summary_text(analysis_for(rec)) if rec.final_text else ""
+
+
 def _compare_card(rec: RunRecord, base: str, first: bool) -> str:
     usage = rec.usage()
     tokens = usage["tokens_in"] + usage["tokens_out"]
@@ -180,6 +187,7 @@ def _compare_card(rec: RunRecord, base: str, first: bool) -> str:
     )
     attr, ids = attribution_for(rec)
     shares = Kept(rec, attr, ids).legend_html(hint=False) if attr is not None else ""
+    shares += f'<div style="color:#64748b;font-size:.8rem">{esc(panel_summary(rec))}</div>'
     return (
         '<div style="border:1px solid #e2e8f0;border-radius:10px;padding:.7rem .8rem">'
         f'<div style="font-weight:650">{esc(H._short(rec.prompt, 60))}</div>'
@@ -369,6 +377,8 @@ def run_requested_reaggregation(store: Store) -> None:
 def conversation_actions(store: Store, conv: Conversation) -> None:
     """Rename, continue on the Run page, export the whole conversation, delete it."""
     cid = conv.id
+    # The exports are made when their button is clicked (a callable): making all three on every
+    # redraw computed every turn's attribution again, seconds for a long conversation.
     c1, c2, c3, c4, c5 = st.columns(5)
     if c1.button("Continue on the Run page", key="hist_continue", icon=":material/chat:"):
         st.session_state[K.CONVERSATION] = cid
@@ -376,7 +386,7 @@ def conversation_actions(store: Store, conv: Conversation) -> None:
         st.switch_page("app.py", query_params={"conversation": cid})
     c2.download_button(
         "Conversation Markdown",
-        conversation_to_markdown(conv),
+        lambda: conversation_to_markdown(conv),
         f"moa-{cid}.md",
         "text/markdown",
         key="dl_conv_md",
@@ -384,7 +394,7 @@ def conversation_actions(store: Store, conv: Conversation) -> None:
     )
     c3.download_button(
         "Conversation JSON",
-        json.dumps(conversation_to_json(conv), indent=2, ensure_ascii=False),
+        lambda: json.dumps(conversation_to_json(conv), indent=2, ensure_ascii=False),
         f"moa-{cid}.json",
         "application/json",
         key="dl_conv_json",
@@ -392,7 +402,7 @@ def conversation_actions(store: Store, conv: Conversation) -> None:
     )
     c4.download_button(
         "Conversation HTML",
-        conversation_to_html(conv),
+        lambda: conversation_to_html(conv),
         f"moa-{cid}.html",
         "text/html",
         key="dl_conv_html",

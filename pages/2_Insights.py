@@ -163,6 +163,43 @@ def main() -> None:
         st.caption("No failed calls in this range.")
     st.subheader("Per model")
     st.dataframe(stats_rows(ins), hide_index=True, width="stretch")
+    panel_section(store, since, until, None if preset == ALL else preset)
+
+
+def panel_section(store, since, until, preset) -> None:
+    """Per aggregator model: unique points dropped, sides taken in contradictions."""
+    from moa import panel_insights
+
+    rows = panel_insights.compute(store, since, until, preset)
+    st.subheader("Aggregators and the panel")
+    if not rows:
+        st.caption(
+            "No run with a panel analysis in this range yet (a run gets one as it finishes)."
+        )
+        return
+    st.dataframe(
+        [
+            {
+                "aggregator": r.model,
+                "runs": r.runs,
+                "unique points": r.unique,
+                "dropped": r.unique_dropped,
+                "drop rate": None if r.drop_rate is None else round(r.drop_rate * 100, 1),
+                "contradictions": r.contradictions,
+                "sided with majority": r.took_majority,
+                "sided with minority": r.took_minority,
+                "tie": r.took_tie,
+                "no clear side": r.took_neither,
+            }
+            for r in rows
+        ],
+        hide_index=True,
+        width="stretch",
+    )
+    st.caption(
+        "Unique point: only one proposer made it. Drop rate: the share of them the final answer "
+        "left out. A side is the group of proposers that made one of two contradicting statements."
+    )
 
 
 main()

@@ -37,7 +37,10 @@ class Behaviour:
     huge_chars: int = HUGE_CHARS  # huge: the answer's length (`text`, or sentences, repeated)
     # Answer by role: the first key found in the request's system message picks the answer
     # (a proposer that also ranks: {"strict reviewer": "FINAL RANKING: 1 > 2"}).
-    when: dict[str, str] | None = None
+    when_system: dict[str, str] | None = None
+    # Like llama-cpp-python's server (one request at a time): a request arriving while this
+    # answer streams ends it at once with [DONE] and no finish_reason.
+    one_at_a_time: bool = False
 
 
 def huge_text(seed: str, n: int) -> str:
@@ -119,18 +122,22 @@ class FakeServer:
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _record(self, headers: dict[str, str], body: dict[str, Any]) -> int:
+    def _record(self, headers: dict[str, str], body: dict[str, Any]) -> tuple[int, int]:
+        """Log a request; returns how many this model had so far and its place in the log."""
         with self._lock:
             model = body.get("model", "")
             self.counts[model] += 1
+            # t: arrival; t_end: the response's last byte (set when the handler is done).
             self.requests.append({"headers": headers, "body": body, "t": time.monotonic()})
             self.active += 1
             self.max_active = max(self.max_active, self.active)
-            return self.counts[model]
+            return self.counts[model], len(self.requests) - 1
 
-    def _done(self) -> None:
+    def _done(self, n_request: int) -> None:
         with self._lock:
             self.active -= 1
+            if n_request < len(self.requests):
+                self.requests[n_request]["t_end"] = time.monotonic()
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -167,14 +174,14 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             self._json(400, {"error": {"message": "request body is not JSON"}})
             return
-        n = self.fake._record(dict(self.headers), body)
+        n, n_request = self.fake._record(dict(self.headers), body)
         try:
             self._answer(body, n)
         except (BrokenPipeError, ConnectionResetError):
             with self.fake._lock:  # the client went away (cancel, timeout, cap): fine
                 self.fake.aborted[body.get("model", "")] += 1
         finally:
-            self.fake._done()
+            self.fake._done(n_request)
 
     def _answer(self, body: dict[str, Any], n: int) -> None:
         model = body.get("model", "")
@@ -203,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
             for m in body.get("messages", [])
             if m.get("role") == "system"
         )
-        for key, answer in (b.when or {}).items():
+        for key, answer in (b.when_system or {}).items():
             if key in system:
                 text = answer
                 break
@@ -262,7 +269,12 @@ class _Handler(BaseHTTPRequestHandler):
             }
 
         self._sse(chunk({"role": "assistant", "content": ""}))
+        arrived = len(self.fake.requests)
         for i, word in enumerate(words):
+            if b.one_at_a_time and len(self.fake.requests) > arrived:
+                self._chunk(b"data: [DONE]\n\n")  # cut off by a newer request
+                self._chunk(b"")
+                return
             if b.fault in ("hang", "reset", "malformed") and i == b.fault_after_words:
                 if b.fault == "hang":
                     release = self.fake._release

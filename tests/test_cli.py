@@ -213,10 +213,14 @@ def test_models_lists_local_models_and_key_names_never_values(monkeypatch, capsy
         "local/smollm2-135m",
         "local/qwen2.5-coder-0.5b",
         "local/qwen2.5-coder-1.5b",
+        "local/gemma3-270m",
     }
+    gemma = next(m for m in out["local"] if m["id"] == "local/gemma3-270m")
+    assert gemma["licence"] == "Gemma Terms of Use" and gemma["instruction_tuned"] is False
     assert cli.main(["models"]) == 0
     text = capsys.readouterr().out
     assert "OPENAI_API_KEY" in text and "sk-secret" not in text
+    assert "Gemma Terms of Use, pretrained (not instruction-tuned)" in text
 
 
 def test_piped_stdout_gets_only_the_fallbacks_answer(fake, tmp_path, db_path):

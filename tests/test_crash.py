@@ -224,7 +224,7 @@ def test_app_killed_mid_run_shows_the_run_interrupted_after_a_restart(tmp_path, 
             second = AppServer(env).start()
             second.wait_healthy(60)
             page.goto(second.url + "History")
-            page.get_by_text(re.compile(r"\b1 runs? match")).wait_for(timeout=60_000)
+            page.get_by_text(re.compile(r"\b1 conversation matches")).wait_for(timeout=60_000)
             page.goto(second.url + f"History?run={seen.run_id}")
             page.locator(".moa-runhead .moa-interrupted").wait_for(timeout=60_000)
             fast = page.locator(".moa-card[data-call='1-proposer-0']")

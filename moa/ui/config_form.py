@@ -11,6 +11,7 @@ from moa import config as config_mod
 from moa import llm
 from moa.config import LIMITS, ConfigError, ModelSpec, RunConfig
 from moa.prompts import DEFAULT_AGGREGATOR_PROMPT
+from moa.ui import concurrency as concurrency_ui
 from moa.ui import state as K
 from moa.ui import strategy_form
 from moa.ui.picker import keyed_providers, model_picker
@@ -98,6 +99,7 @@ def load_into_state(cfg: RunConfig, preset: str | None = None) -> None:
     ss[K.SYNTHESIS] = cfg.aggregator_prompt or DEFAULT_AGGREGATOR_PROMPT
     ss[K.CONFIG_NAME] = cfg.name
     strategy_form.load_into_state(cfg)
+    concurrency_ui.load_into_state(cfg)
     ss[K.LOADED] = config_mod.to_dict(cfg)
     if preset is not None:
         ss[K.PRESET] = preset
@@ -123,6 +125,7 @@ def _form_keys() -> list[str]:
     slots = [K.proposer_slot(i) for i in st.session_state.get(K.PROPOSER_IDS, [])]
     slots += [K.AGGREGATOR_SLOT, K.FALLBACK_SLOT]
     fields = [K.field_key(slot, f) for slot in slots for f in K.MODEL_FIELDS]
+    fields += concurrency_ui.widget_keys()
     return [
         K.PRESET,
         FALLBACK_ON,
@@ -248,7 +251,14 @@ def config_from_state() -> RunConfig:
     if synthesis.strip() and synthesis.strip() != DEFAULT_AGGREGATOR_PROMPT.strip():
         d["aggregator_prompt"] = synthesis
     d.update(strategy_form.from_state())
+    concurrency = concurrency_ui.table_from_state(_specs_in_use(d))
+    if concurrency:
+        d["concurrency"] = concurrency
     return config_mod.from_dict(d)
+
+
+def _specs_in_use(d: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*d["proposers"], d["aggregator"], *filter(None, [d.get("fallback_aggregator")])]
 
 
 def _on_add() -> None:
@@ -448,10 +458,22 @@ def render_sidebar() -> RunConfig | ConfigError:
             on_click=_on_reset_synthesis,
             icon=":material/restart_alt:",
         )
+    concurrency_ui.render(_specs_in_use(_form_specs()))
     keys = [name for name, is_set in llm.keys_set().items() if is_set]
     st.caption("Provider keys set: " + (", ".join(keys) if keys else "none (local models only)"))
     remember_form()
     return cfg
+
+
+def _form_specs() -> dict[str, Any]:
+    ss = st.session_state
+    d = {
+        "aggregator": _spec_dict(K.AGGREGATOR_SLOT),
+        "proposers": [_spec_dict(K.proposer_slot(i)) for i in ss.get(K.PROPOSER_IDS, [])],
+    }
+    if ss.get(FALLBACK_ON):
+        d["fallback_aggregator"] = _spec_dict(K.FALLBACK_SLOT)
+    return d
 
 
 def _heading(title: str, sub: str) -> str:

@@ -2,83 +2,37 @@
 
 from __future__ import annotations
 
-import html
-import re
 from collections.abc import Iterable, Sequence
 
 import streamlit as st
 
-from moa import export, palette, strategy_html
+from moa import strategy_html
 from moa.attribution import Attribution
 from moa.records import CallRecord, RunRecord
+from moa.ui.style import (  # noqa: F401  (re-exported: pages import these from the renderer)
+    AGGREGATOR_COLOUR,
+    NOVEL_COLOUR,
+    PALETTE,
+    call_colour,
+    esc,
+    fmt_cost,
+    fmt_s,
+    fmt_tokens,
+    markdown_escape,
+    proposer_colour,
+    rgba,
+)
 
 # Every piece of model text, prompt, label, model id and error message is untrusted: it reaches
 # the page only through esc() (html.escape with quotes) inside markup written here, and that
 # markup goes through st.html, which Streamlit sanitises again with DOMPurify.
 
-# One colour per proposer position (the same proposer keeps it across layers, columns, legend
-# and charts): Tableau-10 hues, distinct for up to 8 proposers and readable as light tints.
-PALETTE = palette.COLOURS
-AGGREGATOR_COLOUR = palette.AGGREGATOR
-NOVEL_COLOUR = palette.NOVEL
 CARD_TEXT_LIMIT = 200  # characters of a matched counterpart shown in a hover
 CallKey = tuple[int, str, int]
 LIVE_TAIL_CHARS = 4000  # of a streaming answer, drawn while it streams (the card shows ~800)
 # Of a finished answer, at most this much is drawn (as much as is attributed): the engine keeps
 # up to 1,000,000 characters of an answer, and a megabyte card would freeze the browser.
 RENDER_MAX_CHARS = 50_000
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
-
-
-def esc(text: object) -> str:
-    """Escape untrusted text for HTML content and attribute values alike."""
-    return html.escape("" if text is None else str(text), quote=True)
-
-
-def markdown_escape(text: str) -> str:
-    """Escape text for st.markdown/st.error, so a message cannot smuggle links or formatting."""
-    return _MD_SPECIAL.sub(r"\\\1", text)
-
-
-def proposer_colour(index: int) -> str:
-    return PALETTE[index % len(PALETTE)]
-
-
-def call_colour(call: CallRecord) -> str:
-    # Rankers are proposers judging (their colour); the aggregator's own calls share its colour.
-    if call.role in ("aggregator", "selector", "critic", "reviser"):
-        return AGGREGATOR_COLOUR
-    return proposer_colour(call.index)
-
-
-def rgba(hex_colour: str, alpha: float) -> str:
-    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"
-
-
-# ---------------------------------------------------------------- formatting
-
-
-def fmt_s(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def fmt_cost(usd: float | None) -> str:
-    """A price; None is "unknown" (a model litellm has no price for), never $0."""
-    if usd is None:
-        return "unknown"
-    if usd == 0:
-        return "$0"
-    if usd < 0.01:
-        return f"${usd:.6f}".rstrip("0")
-    return f"${usd:.4f}"
-
-
-def fmt_tokens(n: int | None) -> str:
-    return "—" if n is None else f"{n:,}"
 
 
 # Call status → (css class, chip text). "running" splits on whether a token has arrived.
@@ -222,6 +176,10 @@ CSS = """
 .moa-turnchange{font-size:.78rem;color:#b45309;margin:.15rem 0}
 .moa-turnchange a{color:#2563eb}
 .moa-runhead.moa-collapsed{padding:.3rem .7rem;margin-bottom:.4rem;font-size:.78rem}
+.moa-oldturn{margin:.4rem 0 .6rem 2.6rem}
+.moa-oldturn .moa-prompt{margin-bottom:.5rem}
+.moa-openturn{display:inline-block;margin:.1rem 0 .2rem;font-size:.8rem;color:#2563eb;
+  text-decoration:none}
 .moa-history-note{color:#b45309}
 </style>
 """
@@ -541,24 +499,20 @@ class Kept:
             '<span class="moa-key"><span class="moa-swatch moa-new"></span>'
             f"<b>new</b> {self.attr.novel_share:.0%}</span>"
         )
+        matcher = getattr(self.attr, "matcher", "lexical")
+        keys.append(f'<span class="moa-hint">{esc(matcher)} matcher</span>')
         if hint:
             keys.append('<span class="moa-hint">hover a sentence for its source and score</span>')
         return f'<div class="moa-legend">{"".join(keys)}</div>'
 
 
-def _fingerprint(record: RunRecord) -> tuple:
-    return (
-        record.run_id,
-        record.status,
-        record.final_text,
-        tuple((c.key, c.status, c.text) for c in record.proposer_calls),
-    )
-
-
-@st.cache_data(show_spinner=False, max_entries=64, hash_funcs={RunRecord: _fingerprint})
 def attribution_for(record: RunRecord) -> tuple[Attribution | None, list[int]]:
-    """`moa.export.attribution`, cached per run content: (Attribution or None, candidate ids)."""
-    return export.attribution(record)
+    """(Attribution or None, candidate ids) of the run, from its cached analysis
+    (moa.ui.panel.analysis_for: the store's copy for a stored run, else computed once)."""
+    from moa.ui.panel import analysis_for
+
+    found = analysis_for(record)
+    return found.attribution, found.candidate_ids
 
 
 # ---------------------------------------------------------------- the renderer
@@ -724,6 +678,7 @@ def render_run(
     *,
     show_prompt: bool = True,
     show_charts: bool = True,
+    show_panel: bool = True,
     key: str | None = None,
 ) -> RunView:
     """Draw a finished (or stored) run: cards per call, the highlighted final answer, charts.
@@ -765,6 +720,10 @@ def render_run(
             cut = cut_text(len(record.final_text))
             if cut:
                 st.caption(cut)
+    if attribution is not None and show_panel:
+        from moa.ui.panel import analysis_for, render_panel
+
+        render_panel(record, analysis_for(record))
     if show_charts:
         _charts(record, attribution, candidate_ids, key or record.run_id)
     return view

@@ -1,0 +1,163 @@
+"""The semantic matcher's judgement: sentence embeddings decide what lexical overlap cannot.
+
+attribution.attribute() settles most final segments lexically (copied and lightly edited ones
+score high). The rest, paraphrases, clause-level merges and the aggregator's own words, come
+here as `Query`s: the segment's text, its clauses, its lexical score per candidate and a pool of
+candidate segments worth comparing. One embedding per distinct text (moa.embeddings caches them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# Tuned on tests/data/attribution_cases.json only (bench/attribution.py --tune), then frozen
+# before the held-out set tests/data/attribution_heldout.json was written.
+SETTLED = 0.75  # a lexical score at or above this is trusted as it is: no embedding needed
+W_COS = 0.75  # combined = max(lexical, W_COS * cosine + (1 - W_COS) * lexical)
+KEEP = 0.56  # a candidate is credited when its combined score reaches this
+MARGIN = 0.08  # ...and is within this of the best candidate's: both said the same thing
+CLAUSE_KEEP = 0.58  # a clause is explained by a candidate segment at this cosine
+CLAUSE_COVER = 0.7  # a merge needs clauses holding this share of the words explained
+POOL_K = 3  # candidate segments per candidate compared, those sharing the most words...
+POOL_ALL = 8  # ...unless the candidate has at most this many: then all of them
+# Speed, not quality: at most this many distinct texts are embedded per attribution (~3 ms each
+# on 2 idle cores). Unsettled segments are served in order, then the settled ones' "did another
+# candidate say this too?" check; what does not fit keeps its lexical verdict.
+EMBED_BUDGET = 48
+
+_MARKUP = re.compile(r"^[ \t]*(?:>[ \t]*)*(?:[-*+][ \t]+|\d{1,3}[.)][ \t]+|#{1,6}[ \t]*)?")
+_EMPHASIS = re.compile(r"[*_`|]+")
+# An aggregator's framing ("Here's a combined answer:") says nothing about where content came from.
+_OPENER = re.compile(
+    r"^(?:here(?:'s| is| are)\b[^:]{0,60}:\s*|(?:in summary|overall|to sum up|in short|"
+    r"combining (?:the|these|all) (?:answers|responses)),\s*)",
+    re.I,
+)
+_CLAUSE_SPLIT = re.compile(
+    r";\s+|:\s+| [—–] |,\s+(?=(?:and|but|while|whereas|so|although|though|because|since|"
+    r"which|whereas|yet)\b)|\s+and\s+(?=(?:the|a|an|it|they|you|its|their|this|that)\b)",
+    re.I,
+)
+_WORD = re.compile(r"\w+")
+
+
+def clean(text: str) -> str:
+    """A unit's text as prose: no list marker, heading hashes, emphasis or table pipes."""
+    text = " ".join(_EMPHASIS.sub(" ", _MARKUP.sub("", text)).split())
+    return _OPENER.sub("", text) or text
+
+
+def clauses(text: str) -> list[str]:
+    """The clauses of a sentence worth matching alone (at least 3 words each), or []."""
+    parts = [p.strip(" ,.;:") for p in _CLAUSE_SPLIT.split(text)]
+    parts = [p for p in parts if len(_WORD.findall(p)) >= 3]
+    return parts if len(parts) >= 2 else []
+
+
+@dataclass
+class Query:
+    """One final segment the lexical matcher could not settle."""
+
+    text: str  # cleaned
+    lexical: dict[int, tuple[float, int]]  # candidate -> (best lexical score, its segment)
+    pool: list[tuple[int, int]]  # candidate segments (candidate, segment) to compare with
+    clause_texts: list[str] = field(default_factory=list)
+    # Candidates the lexical matcher already credits (a settled segment asking only whether
+    # other candidates said the same thing); empty for an unsettled one.
+    credited: dict[int, tuple[float, int]] = field(default_factory=dict)
+
+
+@dataclass
+class Verdict:
+    sources: dict[int, tuple[float, int]]  # candidate -> (score, segment); empty: novel
+    score: float  # the best combined score (the union's for a merge)
+    merged: bool = False
+
+
+def judge(
+    queries: Sequence[Query],
+    candidate_texts: Sequence[Sequence[str]],
+    encode,
+    cached=None,
+) -> list[Verdict | None]:
+    """Decide each query from its lexical scores and the cosine to its pool (None: over the
+    embedding budget, the lexical verdict stands).
+
+    `encode(texts)` returns one L2-normalised row per text (moa.embeddings.Embedder.encode);
+    `cached(text)` says whether a text's vector is already there (it then costs nothing
+    against EMBED_BUDGET: candidates embedded while the aggregator was still writing).
+    """
+    texts: dict[str, int] = {}
+    served: list[Query] = []
+    cost = 0
+    for q in queries:
+        needed = [q.text, *q.clause_texts, *(candidate_texts[ci][j] for ci, j in q.pool)]
+        fresh = {t for t in needed if t not in texts and not (cached and cached(t))}
+        if cost + len(fresh) > EMBED_BUDGET:
+            continue
+        cost += len(fresh)
+        served.append(q)
+        for t in needed:
+            texts.setdefault(t, len(texts))
+    if not texts:
+        return [None] * len(queries)
+    vectors = encode(list(texts))
+    verdicts: dict[int, Verdict] = {}
+    for q in served:
+        v = vectors[texts[q.text]]
+        pool_rows = [texts[candidate_texts[ci][j]] for ci, j in q.pool]
+        sims = vectors[pool_rows] @ v if pool_rows else []
+        best_cos: dict[int, tuple[float, int]] = {}
+        for (ci, j), s in zip(q.pool, sims, strict=True):
+            s = float(s)
+            if ci not in best_cos or s > best_cos[ci][0]:
+                best_cos[ci] = (s, j)
+        if q.credited:
+            # Settled lexically: also credit candidates that said the same thing in other words.
+            bar = max((best_cos.get(ci, (0.0, -1))[0] for ci in q.credited), default=1.0)
+            sources = dict(q.credited)
+            for ci, (cos, cj) in best_cos.items():
+                if ci not in sources and cos >= max(bar - MARGIN, CLAUSE_KEEP):
+                    sources[ci] = (cos, cj)
+            verdicts[id(q)] = Verdict(sources, max(s for s, _ in q.credited.values()))
+            continue
+        combined: dict[int, tuple[float, int]] = {}
+        for ci in set(best_cos) | set(q.lexical):
+            lex, lj = q.lexical.get(ci, (0.0, -1))
+            cos, cj = best_cos.get(ci, (0.0, -1))
+            mix = W_COS * cos + (1 - W_COS) * lex
+            combined[ci] = (lex, lj) if lex >= mix else (mix, cj)
+        top = max((s for s, _ in combined.values()), default=0.0)
+        sources = {ci: (s, j) for ci, (s, j) in combined.items() if s >= KEEP and s >= top - MARGIN}
+        merged = False
+        if q.clause_texts and pool_rows:
+            # Clause-level merge: the clauses (most of the words) explained by two or more
+            # candidate segments, of one candidate or several.
+            found: dict[int, tuple[float, int]] = {}
+            parts: set[tuple[int, int]] = set()
+            covered = total = 0
+            for c in q.clause_texts:
+                words = len(_WORD.findall(c))
+                total += words
+                sims_c = vectors[pool_rows] @ vectors[texts[c]]
+                k = int(sims_c.argmax())
+                if float(sims_c[k]) < CLAUSE_KEEP:
+                    continue
+                covered += words
+                ci, j = q.pool[k]
+                parts.add((ci, j))
+                if ci not in found or float(sims_c[k]) > found[ci][0]:
+                    found[ci] = (float(sims_c[k]), j)
+            if (
+                covered >= CLAUSE_COVER * total
+                and len(parts) >= 2
+                and not (sources and set(found) <= set(sources))
+            ):
+                for ci, sj in found.items():
+                    sources.setdefault(ci, sj)
+                merged = True
+                top = max(top, min(s for s, _ in found.values()))
+        verdicts[id(q)] = Verdict(sources, top, merged)
+    return [verdicts.get(id(q)) for q in queries]
