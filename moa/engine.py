@@ -135,7 +135,9 @@ def estimate_cost(
             unknown.append(agg.model)
         else:
             usd += cost
-    extra_usd, extra_unknown = strategies.estimate_extra(config, base_in, prev_out)
+    extra_usd, extra_unknown = strategies.estimate_extra(
+        config, lambda model, out, extra: _cost(model, base_in, out, extra), prev_out
+    )
     return Estimate(usd=usd + extra_usd, unknown_models=unknown + extra_unknown)
 
 

@@ -100,35 +100,38 @@ def plan(runner: _Runner) -> None:
             runner.add_call(CallRecord(layer, "reviser", r, agg.model, agg.display), agg)
 
 
-def estimate_extra(config: RunConfig, base_in: int, prev_out: int) -> tuple[float, list[str]]:
+def estimate_extra(
+    config: RunConfig, cost: Callable[[str, int, int], float | None], prev_out: int
+) -> tuple[float, list[str]]:
     """Upper bound of the strategy's calls beyond one aggregator (and its fallback).
 
+    `cost(model, tokens_out, tokens_in_beyond_the_prompt)` is the engine's bound of one call.
     select and vote call a selector no dearer than the aggregator already counted; rank adds
     its rankers, critique its critic and reviser per round, a cascade_model its two samples.
     """
     usd, unknown = 0.0, []
 
-    def add(spec: ModelSpec, tokens_in: int, tokens_out: int | None = None) -> None:
+    def add(spec: ModelSpec, extra_in: int) -> None:
         nonlocal usd
-        cost = llm.cost_usd(spec.model, tokens_in, tokens_out or spec.max_tokens)
-        if cost is None:
+        c = cost(spec.model, spec.max_tokens, extra_in)
+        if c is None:
             unknown.append(spec.model)
         else:
-            usd += cost
+            usd += c
 
     n = len(config.proposers)
     if config.strategy == "rank":
         for spec in rankers(config):
-            add(_ranker_spec(spec, n), base_in + prev_out + 300)
+            add(_ranker_spec(spec, n), prev_out + 300)
     if config.strategy == "critique":
         agg = config.aggregator
         for _ in range(config.critique_rounds):
             critic = config.critic or agg
-            add(critic, base_in + prev_out + agg.max_tokens + 300)
-            add(agg, base_in + prev_out + agg.max_tokens + critic.max_tokens + 400)
+            add(critic, prev_out + agg.max_tokens + 300)
+            add(agg, prev_out + agg.max_tokens + critic.max_tokens + 400)
     if config.cascade and config.cascade_model is not None:
         for _ in range(2):
-            add(config.cascade_model, base_in)
+            add(config.cascade_model, 0)
     return usd, unknown
 
 
