@@ -18,13 +18,17 @@ from moa.ui.chat import (
 )
 from moa.ui.config_form import (
     config_from_state,
+    current_run_error,
     forget_form,
+    form_error_elsewhere,
     hold_form,
     init_state,
     load_into_state,
     render_locked,
     render_sidebar,
+    set_run_error,
 )
+from moa.ui.fieldnames import humanize
 from moa.ui.keys import activate as activate_session_keys
 from moa.ui.keys import render_keys, session_keys
 from moa.ui.live import LiveRun, follow
@@ -65,7 +69,7 @@ def _start_turn(prompt: str, system: str | None, make_plan) -> None:
     from moa.store import StoreError  # not at import time: it pulls in pandas (~0.8 s)
 
     ss = st.session_state
-    ss[K.RUN_ERROR] = None
+    set_run_error(None)
     activate_session_keys()  # callbacks may run in another thread than the last script run
     live = ss.get(K.LIVE)
     if live is not None and live.running:
@@ -76,10 +80,10 @@ def _start_turn(prompt: str, system: str | None, make_plan) -> None:
         plan = make_plan(store)
         engine.check(cfg, prompt, system, history=plan.history)
     except (engine.InputError, ConfigError, StoreError, ValueError) as e:
-        ss[K.RUN_ERROR] = str(e)  # shown under the input; nothing was called or saved
+        set_run_error(str(e))  # shown under the input and at its field; nothing was called
         return
     except Exception as e:  # a check that crashed must still read as a message, not a traceback
-        ss[K.RUN_ERROR] = f"could not check the run: {type(e).__name__}: {e}"
+        set_run_error(f"could not check the run: {type(e).__name__}: {e}")
         return
     hold_form()
     ss[K.LIVE] = LiveRun(cfg, prompt, system, keys=session_keys(), plan=plan).start(store)
@@ -183,7 +187,7 @@ def _on_new_conversation() -> None:
     if live is not None and not live.running:
         ss[K.LIVE] = None
     ss[K.CONVERSATION] = ss[K.BRANCH_FROM] = ss[K.EDITING] = None
-    ss[K.RUN_ERROR] = None
+    set_run_error(None)
     st.query_params.clear()
 
 
@@ -206,7 +210,7 @@ def take_pending() -> None:
     if not pending["run"]:
         return
     if live is not None and live.running:
-        ss[K.RUN_ERROR] = "A run is still going: its config is loaded; press Run when it ends."
+        set_run_error("A run is still going: its config is loaded; press Run when it ends.")
         return
     _on_run()
 
@@ -217,10 +221,19 @@ def _on_stop() -> None:
         live.stop()
 
 
+def _on_aggregate_now() -> None:
+    live = st.session_state.get(K.LIVE)
+    if live is not None:
+        live.aggregate_now()
+
+
 def estimate_text(cfg: RunConfig | ConfigError) -> tuple[str, str]:
     """(kind, text) for the sidebar: the cost estimate, "estimating…", or why not."""
     if isinstance(cfg, ConfigError):
-        return "error", str(cfg)
+        elsewhere = form_error_elsewhere(cfg)
+        if elsewhere is None:  # shown in red at its field above
+            return "error", "Estimated cost: — fix the setting marked in red above"
+        return "error", elsewhere
     if not litellm_ready():
         return "info", "Estimated cost: estimating… (loading the model catalogue)"
     ss = st.session_state
@@ -265,7 +278,10 @@ def welcome() -> None:
 
 def show_live(live: LiveRun) -> None:
     """Draw the run as it streams until it is done, then rerun to draw the finished page."""
-    left, right = st.columns([1, 5], vertical_alignment="center")
+    # The engine emits RunStarted within milliseconds; its record lays out the cards.
+    while not live.started.wait(0.05):
+        _ = K.LIVE in st.session_state  # a rerun request may interrupt here
+    left, middle, right = st.columns([1, 1.4, 4], vertical_alignment="center")
     left.button(
         "Stopping…" if live.stopping else "Stop",
         key=K.STOP_BUTTON,
@@ -274,10 +290,20 @@ def show_live(live: LiveRun) -> None:
         disabled=live.stopping,
         width="stretch",
     )
-    right.caption("Stop cancels the calls still running; what arrived is kept and saved.")
-    # The engine emits RunStarted within milliseconds; its record lays out the cards.
-    while not live.started.wait(0.05):
-        _ = K.LIVE in st.session_state  # a rerun request may interrupt here
+    middle.button(
+        "Aggregating…" if live.aggregating_early else "Aggregate now",
+        key=K.AGGREGATE_NOW_BUTTON,
+        on_click=_on_aggregate_now,
+        icon=":material/call_merge:",
+        disabled=not live.can_aggregate_now,
+        width="stretch",
+        help="Stop waiting for slow proposers: cancel those still running and let the "
+        "aggregator write the answer from the candidates that have arrived (as soon as one has).",
+    )
+    right.caption(
+        "Stop cancels the calls still running; what arrived is kept and saved. Aggregate now "
+        "cancels only the proposers still running and goes on to the final answer."
+    )
     view = RunView(live.record(), show_prompt=False)
 
     def header() -> None:
@@ -397,8 +423,9 @@ def show_conversation(cid: str, focus: str | None, live: LiveRun | None, running
         stored = conv is not None and any(r.run_id == live.run_id for r in conv.runs)
         if not stored:  # the store refused it: still show what ran
             render_run(live.record(), *attribution_for(live.record()), show_prompt=True)
-    if st.session_state.get(K.RUN_ERROR):
-        st.error(markdown_escape(st.session_state[K.RUN_ERROR]))
+    run_error = current_run_error()
+    if run_error:
+        st.error(markdown_escape(humanize(run_error)))
 
 
 def follow_up_input(running: bool) -> None:
@@ -489,8 +516,9 @@ def run_form(running: bool) -> None:
             on_click=_on_run,
             disabled=running,
         )
-    if st.session_state.get(K.RUN_ERROR):
-        st.error(markdown_escape(st.session_state[K.RUN_ERROR]))
+    run_error = current_run_error()
+    if run_error:
+        st.error(markdown_escape(humanize(run_error)))
 
 
 def main() -> None:

@@ -117,6 +117,7 @@ def attribution_from_dict(d: dict[str, Any]) -> Attribution:
                 s["novel"],
                 s["score"],
                 s["merged"],
+                Source(**s["closest"]) if s.get("closest") else None,
             )
             for s in d["segments"]
         ],

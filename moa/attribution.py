@@ -464,6 +464,7 @@ class AttributedSegment:
     novel: bool  # no candidate explains it: the aggregator's own words
     score: float  # how well the sources explain it (for a merge: all of them together)
     merged: bool = False  # built from two candidate segments (possibly of different candidates)
+    closest: Source | None = None  # novel: the candidate segment that came closest, if any
 
 
 @dataclass
@@ -678,7 +679,9 @@ def _semantic_pass(
             continue
         old = attributed[fi]
         if not verdict.sources:
-            attributed[fi] = AttributedSegment(old.segment, [], novel=True, score=verdict.score)
+            attributed[fi] = AttributedSegment(
+                old.segment, [], novel=True, score=verdict.score, closest=old.closest
+            )
             used[fi] = []
             continue
         sources = sorted(
@@ -713,7 +716,8 @@ def _attribute_segment(
     merge = _find_merge(q, index, top_ci, top_j, top_score, threshold)
     if merge is None:
         if top_score < threshold:
-            return AttributedSegment(seg, [], novel=True, score=top_score), []
+            closest = Source(top_ci, top_score, top_j)
+            return AttributedSegment(seg, [], novel=True, score=top_score, closest=closest), []
         # Everyone who said (nearly) the same thing gets credit.
         chosen = {
             ci: (s, j)

@@ -165,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = conversation.plan_turn(_conversation(store, args.continue_id), prompt)
 
     cancel = engine.Cancel()
-    signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    signal.signal(signal.SIGINT, _interrupt_handler(cancel))
     signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
     # On a terminal the final answer streams as it is written; piped, stdout gets only the
     # finished answer (a failed aggregator's partial text must not precede its fallback's).
@@ -242,6 +242,7 @@ def _run_turn(
     _err(
         f"{record.status}: {record.wall_s:.2f} s, {usage['tokens_in']}+{usage['tokens_out']} "
         f"tokens, cost {cost}, run id {record.run_id}"
+        + (" (aggregated early)" if record.aggregated_early else "")
         + (f"\n{record.error}" if record.error else "")
     )
     for c in record.calls:
@@ -331,6 +332,44 @@ def cmd_chat(args: argparse.Namespace) -> int:
         _err("\n(exit)")
         return EXIT_CANCELLED
     return worst
+
+
+class _Answered(Exception):
+    """A second Ctrl+C while the aggregate-now question waits for its answer."""
+
+
+def _interrupt_handler(cancel: Any, stdin: Any = None, stderr: Any = None):
+    """Ctrl+C during a run. The first one while proposers are still answering asks, on a
+    terminal, whether to aggregate what has arrived (Enter or y: yes; n: stop the run); any
+    other Ctrl+C (a second one, later stages, no terminal) stops the run."""
+    asked = {"done": False, "asking": False}
+
+    def handle(*_: Any) -> None:
+        tty_in = stdin or sys.stdin
+        tty_err = stderr or sys.stderr
+        if asked["asking"]:
+            cancel.cancel()
+            raise _Answered
+        interactive = tty_in.isatty() and tty_err.isatty()
+        if asked["done"] or cancel.stage != "proposers" or not interactive:
+            cancel.cancel()
+            return
+        asked["done"] = asked["asking"] = True
+        try:
+            tty_err.write("\naggregate what has arrived? [Y/n] ")
+            tty_err.flush()
+            answer = tty_in.readline()
+        except (_Answered, OSError):
+            return
+        finally:
+            asked["asking"] = False
+        if answer.strip().lower() in ("", "y", "yes"):
+            _err("aggregating the answers that have arrived (Ctrl+C again stops the run)")
+            cancel.aggregate_now()
+        else:
+            cancel.cancel()
+
+    return handle
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -523,6 +562,7 @@ class _ProgressPrinter:
                 _err(
                     f"  ✓ {_name(c)} {c.latency_s:.2f}s (first token {c.ttft_s or 0:.2f}s), "
                     f"{c.tokens_out} tokens, {cost}"
+                    + (" (stopped at max_tokens: probably cut off)" if c.cut_at_max_tokens else "")
                 )
             case ev.CallFailed(call=c):
                 if self.stream_final and c.role == "aggregator" and c.text:
@@ -571,6 +611,14 @@ def _eval_parser(sub: Any) -> None:
     ev.add_argument(
         "--limit", type=int, metavar="N", help="N questions, spread over the categories"
     )
+    ev.add_argument(
+        "--turns",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="2 (default): also ask each question's second turn where it has one (MT-Bench "
+        "style, judged); 1: first turns only",
+    )
     ev.add_argument("--concurrency", type=int, default=4, metavar="N", help="answers in flight")
     ev.add_argument("--max-cost", type=float, metavar="USD", help="refuse if the estimate is over")
     ev.add_argument(
@@ -588,6 +636,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     try:
         questions = load_question_set(args.questions, args.limit)
+        if args.turns == 1:
+            questions = questions.first_turns()
         contenders = []
         for text in args.contender:
             c = ev.parse_contender(text)
@@ -607,8 +657,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (QuestionFileError, ev.EvalInputError) as e:
         raise BadInput(str(e)) from None
     plan = prepared.plan
+    followups = plan.questions.n_followups
     _err(
-        f"eval: {len(plan.questions.questions)} questions ({plan.questions.name}) × "
+        f"eval: {len(plan.questions.questions)} questions ({plan.questions.name})"
+        + (f", {followups} with a second turn," if followups else "")
+        + " × "
         f"{len(plan.contenders)} contenders ({', '.join(c.name for c in plan.contenders)}) · "
         f"scoring {plan.scoring}" + (f" by {plan.judge.model}" if plan.judge else "")
     )
@@ -644,6 +697,9 @@ def _print_eval_table(results: Any) -> None:
     unit = {"match": "accuracy %", "judge": "rating 1-10", "pairwise": "win rate %"}[
         results.scoring
     ]
+    if results.n_turns > 1:
+        _print_turns_table(results, scale, unit)
+        print("both turns together:")
     print(
         f"{'contender':<32} {unit:>12} {'95% CI':>15} {'cost $':>10} {'latency s':>10} "
         f"{'tokens':>7} {'ok':>4} {'failed':>6}"
@@ -670,6 +726,19 @@ def _print_eval_table(results: Any) -> None:
     head = results.headline()
     if head is not None:
         print(head.describe())
+
+
+def _print_turns_table(results: Any, scale: int, unit: str) -> None:
+    """Two-turn questions: each contender's score on turn 1 and on turn 2 (MT-Bench's columns)."""
+    views = [results.for_turn(1), results.for_turn(2)]
+    print(f"{'contender':<32} {'turn 1 ' + unit:>20} {'turn 2 ' + unit:>20}")
+    for c in results.contenders:
+        cells = []
+        for view in views:
+            r = next(x for x in view.contenders if x.name == c.name)
+            cells.append("-" if r.score is None else f"{r.score * scale:.1f} (n={r.n_scored})")
+        print(f"{c.name[:32]:<32} {cells[0]:>20} {cells[1]:>20}")
+    print()
 
 
 COMMANDS = {

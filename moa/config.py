@@ -25,9 +25,12 @@ LIMITS = {
     "timeout_s": (1.0, 3600.0),
     "proposer_timeout_s": (1.0, 3600.0),
     "max_cost_usd": (0.0, 10_000.0),
+    "input_cost_per_mtok": (0.0, 100_000.0),
+    "output_cost_per_mtok": (0.0, 100_000.0),
     "critique_rounds": (1, 3),
     "cascade_agreement": (0.0, 1.0),
 }
+PRICE_KEYS = ("input_cost_per_mtok", "output_cost_per_mtok")
 # How the candidates of the last proposer layer become the final answer (moa/strategies.py).
 STRATEGIES = ("synthesize", "rank", "select", "vote", "critique")
 _PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -49,6 +52,9 @@ class ModelSpec:
     system_prompt: str | None = None
     timeout_s: float | None = None
     api_key_env: str | None = None  # env var holding the key for api_base (never the key itself)
+    # USD per million tokens; set both to price a model litellm does not know (0: self-hosted).
+    input_cost_per_mtok: float | None = None
+    output_cost_per_mtok: float | None = None
 
     @property
     def display(self) -> str:
@@ -143,6 +149,8 @@ _MODEL_KEYS: dict[str, tuple[type, ...]] = {
     "system_prompt": (str,),
     "timeout_s": (int, float),
     "api_key_env": (str,),
+    "input_cost_per_mtok": (int, float),
+    "output_cost_per_mtok": (int, float),
 }
 _RUN_KEYS: dict[str, tuple[type, ...]] = {
     "name": (str,),
@@ -227,7 +235,21 @@ def _model_from_dict(where: str, d: Any) -> ModelSpec:
         spec.temperature = float(spec.temperature)
     if spec.timeout_s is not None:
         spec.timeout_s = float(spec.timeout_s)
+    check_prices(where, spec)
     return spec
+
+
+def check_prices(where: str, spec: ModelSpec) -> None:
+    """Prices come in pairs: one without the other would price half of every call."""
+    given = [k for k in PRICE_KEYS if getattr(spec, k) is not None]
+    if len(given) == 1:
+        missing = next(k for k in PRICE_KEYS if k not in given)
+        raise ConfigError(
+            f"{where}.{given[0]} is set but {where}.{missing} is not: set both (USD per million "
+            "tokens; 0 for a self-hosted model)"
+        )
+    for k in given:
+        setattr(spec, k, float(getattr(spec, k)))
 
 
 # A DNS name or IPv4 address (underscores too: Docker service names have them), or IPv6.
@@ -537,6 +559,47 @@ def load_preset(name: str, presets_dir: Path | None = None) -> RunConfig:
         have = ", ".join(list_presets(presets_dir)) or "none"
         raise ConfigError(f"no preset named {name!r:.80} (available: {have})")
     return load(path)
+
+
+# Presets shipped in data/presets/: read-only in the app (a copy can be saved under another
+# name). A preset added to that folder for everyone must be listed here.
+BUNDLED_PRESETS = frozenset({"local-quick", "local-demo"})
+
+
+def is_bundled(name: str) -> bool:
+    return name in BUNDLED_PRESETS
+
+
+def _refuse_bundled(name: str, verb: str) -> None:
+    if is_bundled(name):
+        raise ConfigError(
+            f"preset {name!r} comes with MoA Studio and is read-only, so it cannot be {verb}; "
+            "save a copy under another name (Save as preset) and change that"
+        )
+
+
+def delete_preset(name: str, presets_dir: Path | None = None) -> None:
+    """Remove a user preset; bundled presets are refused with a message saying so."""
+    name = check_preset_name(name)
+    _refuse_bundled(name, "deleted")
+    path = preset_path(name, presets_dir)
+    if not path.is_file():
+        raise ConfigError(f"no preset named {name!r:.80}")
+    path.unlink()
+
+
+def rename_preset(old: str, new: str, presets_dir: Path | None = None) -> Path:
+    """Save user preset `old` as `new` (its `name` too) and remove `old`."""
+    old, new = check_preset_name(old), check_preset_name(new)
+    _refuse_bundled(old, "renamed")
+    if new == old:
+        raise ConfigError(f"the preset is already called {new!r}")
+    if is_bundled(new) or preset_path(new, presets_dir).exists():
+        raise ConfigError(f"a preset named {new!r} exists already: pick another name")
+    cfg = load_preset(old, presets_dir)
+    path = save_preset(cfg, new, presets_dir)
+    preset_path(old, presets_dir).unlink()
+    return path
 
 
 def save_preset(cfg: RunConfig, name: str, presets_dir: Path | None = None) -> Path:

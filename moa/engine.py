@@ -38,6 +38,7 @@ from moa.records import CallRecord, RunRecord, new_run_id, utc_now
 # without bound. Past it the stream is closed, CUT_NOTE marks the text, and the call ends ok.
 MAX_ANSWER_CHARS = 1_000_000
 CUT_NOTE = "\n\n[answer cut at {:,} characters]"
+EARLY_NOTE = "cancelled by Aggregate now: the aggregator used the answers that had arrived"
 
 
 class InputError(ValueError):
@@ -57,16 +58,35 @@ class Limits:
 
 
 class Cancel:
-    """Thread-safe stop button: `cancel()` from any thread ends the run as `cancelled`."""
+    """Thread-safe stop button: `cancel()` from any thread ends the run as `cancelled`.
+
+    `aggregate_now()` is the gentler button: the proposers still running are cancelled and
+    the aggregator writes the final answer from the candidates that have finished (as soon as
+    one has, if none has yet). `stage` says where the run is: "proposers", "aggregator", or
+    None before it starts and after it ends.
+    """
 
     def __init__(self) -> None:
         self._flag = threading.Event()
+        self._early = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
+        self._on_early: list = []  # callbacks run in the engine's loop when aggregate_now()
+        self.stage: str | None = None
 
     @property
     def requested(self) -> bool:
         return self._flag.is_set()
+
+    @property
+    def early_requested(self) -> bool:
+        return self._early.is_set()
+
+    def aggregate_now(self) -> None:
+        self._early.set()
+        if self._loop is not None and not self._loop.is_closed():
+            for callback in list(self._on_early):
+                self._loop.call_soon_threadsafe(callback)
 
     def cancel(self) -> None:
         self._flag.set()
@@ -114,7 +134,7 @@ def estimate_cost(
     )
     if single:
         spec = config.proposers[0]
-        cost = _cost(spec.model, base_in, spec.max_tokens)
+        cost = _cost(spec, base_in, spec.max_tokens)
         return Estimate(usd=cost or 0.0, unknown_models=[] if cost is not None else [spec.model])
     prev_out = 0  # tokens of the previous layer's answers, which later calls read
     if reuse is not None:
@@ -122,7 +142,7 @@ def estimate_cost(
         prev_out = llm.count_tokens(config.aggregator.model, text="\n".join(texts))
     for _layer in range(0 if reuse is not None else config.layers):
         for spec in config.proposers:
-            cost = _cost(spec.model, base_in, spec.max_tokens, prev_out + 200)
+            cost = _cost(spec, base_in, spec.max_tokens, prev_out + 200)
             if cost is None:
                 unknown.append(spec.model)
             else:
@@ -130,7 +150,7 @@ def estimate_cost(
         prev_out = sum(p.max_tokens for p in config.proposers)
     # The fallback aggregator runs only if the aggregator fails, but an upper bound counts it.
     for agg in filter(None, (config.aggregator, config.fallback_aggregator)):
-        cost = _cost(agg.model, base_in, agg.max_tokens, prev_out + 400)
+        cost = _cost(agg, base_in, agg.max_tokens, prev_out + 400)
         if cost is None:
             unknown.append(agg.model)
         else:
@@ -157,13 +177,16 @@ class _LazyTokens:
         return self.n
 
 
-def _cost(model: str, prompt: _LazyTokens, tokens_out: int, extra_in: int = 0) -> float | None:
-    """The upper-bound cost of one call; None when the model's price is unknown."""
-    if model.startswith("local/"):
-        return 0.0
-    if not llm.has_price(model):
-        return None
-    return llm.cost_usd(model, int(prompt) + extra_in, tokens_out)
+def _cost(spec: ModelSpec, prompt: _LazyTokens, tokens_out: int, extra_in: int = 0) -> float | None:
+    """The upper-bound cost of one call; None when the model's price is unknown. The spec's
+    own prices (input/output_cost_per_mtok) come first."""
+    priced = spec.input_cost_per_mtok is not None and spec.output_cost_per_mtok is not None
+    if not priced:
+        if spec.model.startswith("local/"):
+            return 0.0
+        if not llm.has_price(spec.model):
+            return None
+    return llm.cost_usd(spec, int(prompt) + extra_in, tokens_out)
 
 
 def check(
@@ -318,6 +341,7 @@ class _Runner:
         self.cancel, self.limits = cancel, limits
         self.semaphores: dict[str, asyncio.Semaphore] = {}
         self.specs: dict[tuple[int, str, int], ModelSpec] = {}
+        self.last_errors: dict[tuple[int, str, int], str] = {}  # per call, while it retries
         self.t0 = 0.0
         self.cascade_calls: list[CallRecord] = []
 
@@ -350,6 +374,9 @@ class _Runner:
         self._plan_calls()
         self.t0 = time.monotonic()
         self.cancel._bind(asyncio.current_task())
+        # Set before RunStarted, so a page drawing the run knows at once what can be cut.
+        proposers_run = not self.single and self.reuse is None
+        self.cancel.stage = "proposers" if proposers_run else "aggregator"
         self.emit(RunStarted(record))
         for call in record.calls:
             self.emit(CallQueued(run_id, call))
@@ -362,6 +389,7 @@ class _Runner:
             for call in record.calls:
                 if call.status in ("waiting", "running"):
                     call.status = "cancelled"
+        self.cancel.stage = None
         record.wall_s = round(time.monotonic() - self.t0, 4)
         record.ended_at = utc_now()
         self.emit(RunFinished(record))
@@ -423,17 +451,20 @@ class _Runner:
                 self.emit(CallQueued(record.run_id, call))
         if self.reuse is not None:
             previous = [c.text for _, c in record.aggregated_candidates()]
+        self.cancel.stage = "proposers"
         for layer in range(1, self.config.layers + 1 if self.reuse is None else 1):
             calls = [c for c in record.calls if c.layer == layer and c.role == "proposer"]
-            await asyncio.gather(
-                *(
-                    self._call(c, self._proposer_messages(c, previous))
-                    for c in calls
-                    if c.status == "waiting"  # a cascade's calls have run already
-                )
-            )
+            # A cascade's two calls have run already.
+            await self._proposer_layer([c for c in calls if c.status == "waiting"], previous)
             ok = [c for c in calls if c.status == "ok"]
             self.emit(LayerFinished(record.run_id, layer, len(ok), len(calls) - len(ok)))
+            if record.aggregated_early:
+                if ok:
+                    previous = [c.text for c in ok]
+                for c in record.calls:  # later layers never run
+                    if c.role == "proposer" and c.status == "waiting":
+                        c.status, c.error = "cancelled", EARLY_NOTE
+                break
             if not ok:
                 reasons = "; ".join(f"{c.label}: {c.error}" for c in calls)
                 record.status = "failed"
@@ -444,7 +475,15 @@ class _Runner:
                 return
             previous = [c.text for c in ok]
 
-        await strategies.STRATEGIES[self.config.strategy](self, record.aggregated_candidates())
+        self.cancel.stage = "aggregator"
+        # The last layer that answered ("Aggregate now" may have cut a later one short).
+        last = max((c.layer for c in record.proposer_calls if c.status == "ok"), default=0)
+        candidates = [
+            (i, c)
+            for i, c in enumerate(record.proposer_calls)
+            if c.layer == last and c.status == "ok"
+        ]
+        await strategies.STRATEGIES[self.config.strategy](self, candidates)
 
     async def _aggregate(self, previous: list[str], note: str | None = None) -> CallRecord:
         """The synthesis (and its fallback): sets the run's status; returns the answering call.
@@ -470,6 +509,47 @@ class _Runner:
             if agg is not first:
                 record.error += f"; fallback aggregator {agg.label} {agg.status}: {agg.error}"
         return agg
+
+    async def _proposer_layer(self, calls: list[CallRecord], previous: list[str]) -> None:
+        """All of a layer's calls at once; "Aggregate now" cancels those still going."""
+        tasks = [
+            asyncio.ensure_future(self._call(c, self._proposer_messages(c, previous)))
+            for c in calls
+        ]
+        done = asyncio.Event()
+
+        def cut() -> None:
+            if done.is_set() or self.record.aggregated_early:
+                return
+            if not any(c.status == "ok" for c in calls):
+                return  # nothing to aggregate yet: cut as soon as the first answer is in
+            self.record.aggregated_early = True
+            for task in tasks:
+                task.cancel()
+
+        def on_finished(_task: asyncio.Future) -> None:
+            if self.cancel.early_requested:
+                cut()
+
+        for task in tasks:
+            task.add_done_callback(on_finished)
+        self.cancel._on_early.append(cut)
+        try:
+            if self.cancel.early_requested:
+                cut()
+            # return_exceptions: a call cancelled by "Aggregate now" must not end the run;
+            # Stop cancels this gather itself, which still raises here.
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            done.set()
+            self.cancel._on_early.remove(cut)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+        for c in calls:
+            if c.status in ("waiting", "running"):  # cut while waiting for its turn
+                c.status, c.error, c.ended_at = "cancelled", EARLY_NOTE, utc_now()
+                self.emit(CallFailed(self.record.run_id, c))
 
     def _aggregator_messages(
         self, call: CallRecord, previous: list[str], note: str | None = None
@@ -557,8 +637,15 @@ class _Runner:
             except TimeoutError:
                 call.status = "timeout"
                 call.error = f"no complete answer within {timeout:g} s (timeout_s)"
+                last = self.last_errors.pop(call.key, None)
+                if last is not None:  # the retries used up the time: say what kept failing
+                    n = call.attempts - 1
+                    when = f"after {n} retr{'y' if n == 1 else 'ies'}" if n else "before a retry"
+                    call.error += f": timed out {when}; last error: {last}"
             except asyncio.CancelledError:
-                call.status, call.error = "cancelled", "cancelled by the user"
+                early = self.record.aggregated_early and call.role == "proposer"
+                call.status = "cancelled"
+                call.error = EARLY_NOTE if early else "cancelled by the user"
                 self._finish(call, start)
                 self.emit(CallFailed(run_id, call))
                 raise
@@ -597,6 +684,8 @@ class _Runner:
                 async with contextlib.aclosing(llm.astream(spec, messages, timeout)) as stream:
                     async for chunk in stream:
                         if chunk.end:
+                            call.finish_reason = chunk.finish_reason
+                            self.last_errors.pop(call.key, None)
                             return chunk
                         if chunk.text:
                             if call.ttft_s is None:
@@ -605,11 +694,13 @@ class _Runner:
                                 return None  # cut at MAX_ANSWER_CHARS: read no further
                         if chunk.tokens_out is not None:
                             call.tokens_in, call.tokens_out = chunk.tokens_in, chunk.tokens_out
+                self.last_errors.pop(call.key, None)
                 return None
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 info = llm.classify(e)
+                self.last_errors[call.key] = info.message
                 # After the first token a retry would repeat text the user already saw.
                 if not info.retryable or call.text or call.attempts > self.limits.max_retries:
                     raise
@@ -641,7 +732,9 @@ class _Runner:
             call.tokens_in = llm.count_tokens(call.model, messages)
             call.tokens_out = llm.count_tokens(call.model, text=call.text)
         if call.tokens_out is not None:
-            call.cost_usd = llm.cost_usd(call.model, call.tokens_in or 0, call.tokens_out)
+            spec = self.specs.get(call.key)
+            priced = spec if spec is not None and spec.model == call.model else call.model
+            call.cost_usd = llm.cost_usd(priced, call.tokens_in or 0, call.tokens_out)
 
 
 class _ProcessSlot:

@@ -1,4 +1,5 @@
-"""Evaluations in the SQLite log: tables evals, eval_items and judge_calls (migration m004)."""
+"""Evaluations in the SQLite log: tables evals, eval_items and judge_calls (migration m004), and
+eval_turns for the second turns of two-turn questions (m011)."""
 
 from __future__ import annotations
 
@@ -143,6 +144,7 @@ class EvalStore:
         with self.store._write() as conn:
             conn.execute("DELETE FROM judge_calls WHERE eval_id = ?", (eval_id,))
             conn.execute("DELETE FROM eval_items WHERE eval_id = ?", (eval_id,))
+            conn.execute("DELETE FROM eval_turns WHERE eval_id = ?", (eval_id,))
             return conn.execute("DELETE FROM evals WHERE id = ?", (eval_id,)).rowcount > 0
 
     # ------------------------------------------------------------ items
@@ -164,6 +166,40 @@ class EvalStore:
                 f"INSERT INTO eval_items ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                 f"ON CONFLICT (eval_id, question_id, contender) DO UPDATE SET {updates}",
                 [eval_id, question_id, contender, *values.values()],
+            )
+
+    # ------------------------------------------------------------ second turns
+
+    def turn_items(self, eval_id: str) -> dict[tuple[str, str, int], dict[str, Any]]:
+        """The items of turns after the first, keyed (question id, contender, turn)."""
+        rows = self.store.db.query("SELECT * FROM eval_turns WHERE eval_id = ?", [eval_id])
+        return {(r["question_id"], r["contender"], r["turn"]): r for r in rows}
+
+    def item(self, eval_id: str, question_id: str, contender: str) -> dict[str, Any] | None:
+        """One first-turn item as stored now."""
+        return next(
+            self.store.db.query(
+                "SELECT * FROM eval_items WHERE eval_id = ? AND question_id = ? AND contender = ?",
+                [eval_id, question_id, contender],
+            ),
+            None,
+        )
+
+    def save_turn_item(
+        self, eval_id: str, question_id: str, contender: str, turn: int, **values: Any
+    ) -> None:
+        unknown = set(values) - set(ITEM_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown eval_turns fields: {sorted(unknown)}")
+        values["error"] = redact(values.get("error"))
+        values["updated_at"] = utc_now()
+        cols = ["eval_id", "question_id", "contender", "turn", *values]
+        updates = ", ".join(f"{k} = excluded.{k}" for k in values)
+        with self.store._write() as conn:
+            conn.execute(
+                f"INSERT INTO eval_turns ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                f"ON CONFLICT (eval_id, question_id, contender, turn) DO UPDATE SET {updates}",
+                [eval_id, question_id, contender, turn, *values.values()],
             )
 
     # ------------------------------------------------------------ judge calls

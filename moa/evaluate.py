@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from moa import config as config_mod
-from moa import engine, llm, prompts, scoring
+from moa import engine, evalturns, llm, prompts, scoring
 from moa.config import ModelSpec, RunConfig
 from moa.evalstore import EvalStore, EvalSummary, dumps
 from moa.events import EventHandler, fan_out
@@ -259,16 +259,23 @@ class EvalPlan:
         if kind not in SCORINGS:
             raise EvalInputError(f"scoring {kind!r} is not one of {', '.join(SCORINGS)}")
         unverifiable = next((q for q in self.questions.questions if not q.verifiable), None)
+        two_turn = next((q for q in self.questions.questions if q.followup is not None), None)
         if kind == "auto":
-            if unverifiable is None:
+            if unverifiable is None and two_turn is None:
                 kind = "match"
             elif self.judge is not None:
                 kind = "judge"
-            else:
+            elif unverifiable is not None:
                 raise EvalInputError(
                     f"question {unverifiable.id!r} of {self.questions.name} has no verifiable "
                     "answer: name a judge model (--judge MODEL) to grade the answers"
                 )
+        if kind in ("auto", "match") and two_turn is not None:
+            raise EvalInputError(
+                f"question {two_turn.id!r} of {self.questions.name} has a second turn, which only "
+                "a judge can grade: name a judge model (--judge MODEL) or ask first turns only "
+                "(--turns 1)"
+            )
         if kind == "match" and unverifiable is not None:
             raise EvalInputError(
                 f"scoring 'match' needs an answer for every question; {unverifiable.id!r} of "
@@ -369,7 +376,7 @@ class Prepared:
     plan: EvalPlan
     eval_id: str | None  # set when an unfinished evaluation of this plan is resumed
     estimate: EvalEstimate
-    total: int  # items: questions × contenders
+    total: int  # items: questions × contenders, and follow-ups × contenders
     done: int  # items already finished (resumed)
 
 
@@ -397,19 +404,22 @@ def prepare(
     answered = {k for k, v in items.items() if v["status"] in ("answered", "unscored")}
     _check_models(plan)
     estimate = estimate_cost(plan, done, answered)
+    turn_items = es.turn_items(eval_id) if eval_id else {}
+    evalturns.add_estimate(estimate, plan, turn_items)
     if plan.max_cost_usd is not None and estimate.usd > plan.max_cost_usd:
         raise BudgetError(
             f"estimated cost {estimate.describe()} is over the budget of ${plan.max_cost_usd:g}; "
             "raise the cap, use fewer questions (--limit), fewer or cheaper contenders, or a "
             "cheaper judge"
         )
-    total = len(plan.questions.questions) * len(plan.contenders)
-    return Prepared(plan, eval_id, estimate, total, len(done))
+    total = len(plan.questions.questions) * len(plan.contenders) + evalturns.n_items(plan)
+    done_turns = evalturns.stored_progress(turn_items)[0]
+    return Prepared(plan, eval_id, estimate, total, len(done) + done_turns)
 
 
 def _check_models(plan: EvalPlan) -> None:
     """Models known, keys set, the longest question fits every context window."""
-    longest = max(plan.questions.questions, key=lambda q: len(q.prompt)).prompt
+    longest = max((t for q in plan.questions.questions for t in q.turns), key=len)
     for c in plan.contenders:
         # A single model's config lists it as proposer and (never called) aggregator: check it
         # once, without a per-run cap (its estimate would count the aggregator too).
@@ -706,6 +716,15 @@ class _Evaluation:
             v["cost_usd"] or 0 for v in self.items.values() if v["status"] != "running"
         )
         self.judge_usd = sum(v["cost_usd"] or 0 for v in self.judged.values())
+        # Second turns (moa.evalturns) are items of their own.
+        self.turn_items = self.es.turn_items(eval_id)
+        self.baseline_followups: dict[str, asyncio.Future[tuple[str, str] | None]] = {}
+        done2, failed2, spent2 = evalturns.stored_progress(self.turn_items)
+        self.total += evalturns.n_items(plan)
+        self.resumed += done2
+        self.done += done2
+        self.failed += failed2
+        self.answers_usd += spent2
         self.t0 = time.monotonic()
 
     async def run(self) -> tuple[str, str | None]:
@@ -719,6 +738,7 @@ class _Evaluation:
             self.baseline_answers = {
                 q.id: loop.create_future() for q in self.plan.questions.questions
             }
+            self.baseline_followups = evalturns.baseline_futures(self.plan, loop)
         await asyncio.gather(
             *(self._item(q, by_name[name]) for q in self.plan.questions.questions for name in order)
         )
@@ -743,6 +763,8 @@ class _Evaluation:
     async def _item(self, q: Question, c: Contender) -> None:
         try:
             await self._item_inner(q, c)
+            if q.followup is not None:
+                await evalturns.second_turn(self, q, c)
         except Exception:
             # Stop the rest: they must not keep calling models after the evaluation failed.
             self.cancel.cancel()
@@ -751,6 +773,7 @@ class _Evaluation:
             fut = self.baseline_answers.get(q.id)
             if c.name == self.plan.baseline and fut is not None and not fut.done():
                 fut.set_result(None)
+            evalturns.release_baseline(self, q, c)
 
     async def _item_inner(self, q: Question, c: Contender) -> None:
         item = self.items.get((q.id, c.name)) or {}
@@ -972,8 +995,8 @@ class _Evaluation:
             "model": judge.model,
             "messages_json": dumps(messages),
             "text": call.text,
-            "rating": scoring.parse_rating(text) if kind == "single" else None,
-            "verdict": scoring.parse_verdict(text) if kind != "single" else None,
+            "rating": scoring.parse_rating(text) if kind.endswith("single") else None,
+            "verdict": scoring.parse_verdict(text) if not kind.endswith("single") else None,
             "status": call.status,
             "error": call.error,
             "created_at": utc_now(),
@@ -1135,6 +1158,7 @@ class ItemResult:
     latency_s: float | None
     tokens_out: int | None
     judge_cost_usd: float | None
+    turn: int = 1  # 2: the answer to the question's follow-up
 
 
 @dataclass
@@ -1235,6 +1259,51 @@ class EvalResults:
     contenders: list[ContenderResult]
     items: list[ItemResult] = field(default_factory=list)
     judge_cost_usd: float | None = 0.0
+    # Two-turn questions: the second turns' items; `contenders` then pools both turns (as
+    # MT-Bench's score does) and `for_turn(n)` gives one turn alone.
+    turn_items: list[ItemResult] = field(default_factory=list)
+
+    @property
+    def n_turns(self) -> int:
+        return 2 if any(q.followup is not None for q in self.questions) else 1
+
+    def for_turn(self, turn: int) -> EvalResults:
+        """These results as if only turn `turn` (1 or 2) had been asked: its questions (the
+        follow-up as the prompt), its items and its scores."""
+        if turn == 1:
+            questions = [replace(q, followup=None, followup_reference=None) for q in self.questions]
+            items = self.items
+        else:
+            questions = [
+                replace(
+                    q,
+                    prompt=q.followup,
+                    reference=q.followup_reference,
+                    answer=None,
+                    aliases=(),
+                    kind=None,
+                    tolerance=None,
+                    followup=None,
+                    followup_reference=None,
+                )
+                for q in self.questions
+                if q.followup is not None
+            ]
+            items = self.turn_items
+        contenders = [
+            _contender_result(
+                c.name, c.kind, c.models, self.scoring, [i for i in items if i.contender == c.name]
+            )
+            for c in self.contenders
+        ]
+        return replace(self, questions=questions, items=items, contenders=contenders, turn_items=[])
+
+    def _all_items(self) -> list[ItemResult]:
+        return self.items + self.turn_items
+
+    def _answered_turns(self) -> list[tuple[str, int]]:
+        """(question id, turn) of every stored item: what contenders are compared on."""
+        return list(dict.fromkeys((i.question_id, i.turn) for i in self._all_items()))
 
     def item(self, question_id: str, contender: str) -> ItemResult | None:
         return next(
@@ -1254,7 +1323,7 @@ class EvalResults:
                     c.kind,
                     c.models,
                     self.scoring,
-                    [i for i in self.items if i.contender == c.name and i.category == cat],
+                    [i for i in self._all_items() if i.contender == c.name and i.category == cat],
                 )
                 for c in self.contenders
             ]
@@ -1272,10 +1341,11 @@ class EvalResults:
         m = mixes[0]
         best = max(singles, key=lambda c: (c.score, -(c.cost_per_answer or 0)))
         diffs = []
-        for q in self.questions:
-            a, b = self.item(q.id, m.name), self.item(q.id, best.name)
-            if a and b and a.score is not None and b.score is not None:
-                diffs.append(a.score - b.score)
+        scores = {(i.question_id, i.turn, i.contender): i.score for i in self._all_items()}
+        for qid, turn in self._answered_turns():
+            a, b = scores.get((qid, turn, m.name)), scores.get((qid, turn, best.name))
+            if a is not None and b is not None:
+                diffs.append(a - b)
         delta_ci = None
         if len(diffs) >= 2:
             _, lo, hi = mean_ci(diffs)
@@ -1294,20 +1364,20 @@ class EvalResults:
         (the win rate against the baseline; None for the baseline itself)."""
         if self.scoring == "pairwise":
             return {c.name: None if c.name == self.baseline else c.score for c in self.contenders}
-        scores: dict[tuple[str, str], float] = {
-            (i.question_id, i.contender): i.score
-            for i in self.items
+        scores: dict[tuple[str, int, str], float] = {
+            (i.question_id, i.turn, i.contender): i.score
+            for i in self._all_items()
             if i.status == "scored" and i.score is not None
         }
         rates: dict[str, float | None] = {}
         for c in self.contenders:
             points = games = 0.0
-            for q in self.questions:
-                mine = scores.get((q.id, c.name))
+            for qid, turn in self._answered_turns():
+                mine = scores.get((qid, turn, c.name))
                 if mine is None:
                     continue
                 for o in self.contenders:
-                    theirs = scores.get((q.id, o.name))
+                    theirs = scores.get((qid, turn, o.name))
                     if o is c or theirs is None:
                         continue
                     games += 1
@@ -1336,9 +1406,21 @@ class EvalResults:
             "judge_model": self.judge_model,
             "baseline": self.baseline,
             "judge_cost_usd": self.judge_cost_usd,
-            "contenders": [c.to_json() for c in self.contenders],
+            "turns": self.n_turns,
+            "contenders": [
+                {**c.to_json(), "by_turn": self.turns_json(c.name)} for c in self.contenders
+            ],
             "headline": head.describe() if head else None,
         }
+
+    def turns_json(self, name: str) -> list[dict[str, Any]]:
+        """One contender's results turn by turn (the contender's own fields are both pooled)."""
+        out = []
+        for turn in range(1, self.n_turns + 1):
+            c = next(x for x in self.for_turn(turn).contenders if x.name == name)
+            fields = {k: v for k, v in c.to_json().items() if k not in ("name", "kind")}
+            out.append({"turn": turn, **fields})
+        return out
 
 
 def pareto_front(
@@ -1422,9 +1504,14 @@ def load_results(store: Store, eval_id: str) -> EvalResults:
         ),
         key=lambda i: (order.get(i.question_id, len(order)), i.contender),
     )
+    turn_items = evalturns.load_items(es, eval_id, order)
     contenders = [
         _contender_result(
-            c.name, c.kind, c.models, plan.scoring, [i for i in items if i.contender == c.name]
+            c.name,
+            c.kind,
+            c.models,
+            plan.scoring,
+            [i for i in items + turn_items if i.contender == c.name],
         )
         for c in plan.contenders
     ]
@@ -1450,6 +1537,7 @@ def load_results(store: Store, eval_id: str) -> EvalResults:
         contenders=contenders,
         items=items,
         judge_cost_usd=None if any(x is None for x in judge_costs) else round(sum(judge_costs), 8),
+        turn_items=turn_items,
     )
 
 

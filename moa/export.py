@@ -38,6 +38,7 @@ def _call_json(call: CallRecord) -> dict[str, Any]:
         "tokens_in": call.tokens_in,
         "tokens_out": call.tokens_out,
         "cost_usd": call.cost_usd,
+        "finish_reason": call.finish_reason,
     }
     out.update({k: getattr(call, k) for k in _EXTRA_CALL_FIELDS})
     return out
@@ -102,6 +103,7 @@ def run_to_json(record: RunRecord, analysis=None) -> dict[str, Any]:
         "system_prompt": record.system_prompt,
         "config": config_mod.to_dict(record.config),
         "parent_run_id": record.parent_run_id,
+        "aggregated_early": record.aggregated_early,
         "moa_studio_export": FORMAT_VERSION,
     }
 
@@ -196,6 +198,7 @@ def run_from_json(obj: Any) -> RunRecord:
         conversation_id=obj.get("conversation_id"),
         turn=obj.get("turn") if isinstance(obj.get("turn"), int) and obj["turn"] > 0 else 1,
         outcome=obj.get("outcome") if isinstance(obj.get("outcome"), dict) else None,
+        aggregated_early=bool(obj.get("aggregated_early")),
     )
     return record
 
@@ -321,6 +324,8 @@ def run_to_markdown(record: RunRecord, heading: str | None = None) -> str:
     ]
     if record.parent_run_id:
         lines.append(f"- **Re-aggregation of**: {record.parent_run_id} (candidates reused)")
+    if record.aggregated_early:
+        lines.append("- **Aggregated early**: the proposers still running were cancelled")
     prompt_fence = _fence(record.prompt)
     lines += ["", "## Prompt", "", prompt_fence, record.prompt, prompt_fence, ""]
     final = record.final_text
@@ -367,6 +372,8 @@ def run_to_markdown(record: RunRecord, heading: str | None = None) -> str:
             f"{c.ttft_s if c.ttft_s is not None else '-'} s · {c.tokens_out or 0} tokens · "
             f"cost {_cost(c.cost_usd)}"
         )
+        if c.cut_at_max_tokens:
+            meta += f" · **cut off at max_tokens ({c.params.get('max_tokens', '?')})**"
         lines += [head, "", meta, ""]
         if c.error:
             lines += [f"Error: {_inline(c.error)}", ""]

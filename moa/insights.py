@@ -154,3 +154,26 @@ def compute(
     ):
         failures[model][error_type(status, error)] += n
     return Insights(n_runs, models, daily, {k: dict(v) for k, v in failures.items()})
+
+
+def cost_state(daily: list[DailyUsage]) -> tuple[str, str]:
+    """What the "Cost per day" panel can show: ("chart", ""), or ("zero" | "unknown", why).
+
+    An empty chart (plotly draws a −1..1 axis) says nothing; these say what is true instead.
+    """
+    # A model whose calls all failed before any token has nothing to price (not "$0").
+    priced = [d for d in daily if d.cost_usd is not None and (d.tokens_in or d.tokens_out)]
+    if not priced:
+        return (
+            "unknown",
+            "Cost per day: unknown. No call in this range has a known price (litellm has none "
+            "for these models). Set input_cost_per_mtok and output_cost_per_mtok on a model "
+            "to price it; 0 for a self-hosted one.",
+        )
+    if all(d.cost_usd == 0 for d in priced):
+        return (
+            "zero",
+            "Cost per day: $0. Every priced call in this range ran on a local or self-hosted "
+            "model at no charge.",
+        )
+    return "chart", ""

@@ -218,8 +218,14 @@ def count_tokens(model: str, messages: list[dict[str, str]] | None = None, text:
 # ---------------------------------------------------------------- cost
 
 
-def cost_usd(model: str, tokens_in: int, tokens_out: int) -> float | None:
-    """Price from litellm's bundled map; None when the model's price is unknown (never 0)."""
+def cost_usd(model: str | ModelSpec, tokens_in: int, tokens_out: int) -> float | None:
+    """The spec's own prices (input/output_cost_per_mtok) if it has them, else litellm's
+    bundled map; None when the model's price is unknown (never a made-up 0)."""
+    if isinstance(model, ModelSpec):
+        spec, model = model, model.model
+        if spec.input_cost_per_mtok is not None and spec.output_cost_per_mtok is not None:
+            usd = tokens_in * spec.input_cost_per_mtok + tokens_out * spec.output_cost_per_mtok
+            return round(usd / 1_000_000, 10)
     if model.startswith("local/"):
         return 0.0
     try:
@@ -231,7 +237,7 @@ def cost_usd(model: str, tokens_in: int, tokens_out: int) -> float | None:
     return round(float(p) + float(c), 10)
 
 
-def has_price(model: str) -> bool:
+def has_price(model: str | ModelSpec) -> bool:
     return cost_usd(model, 1000, 1000) is not None
 
 

@@ -82,7 +82,11 @@ __all__ = [
 LLAMA_CPP_REQUIREMENT = "llama-cpp-python==0.3.36"
 DEFAULT_TEMPERATURE = 0.7
 # llama-cpp-python's own defaults for chat completions; kept so our output matches theirs.
-TOP_K, TOP_P, MIN_P, REPEAT_PENALTY, PENALTY_LAST_N = 40, 0.95, 0.05, 1.0, 64
+TOP_K, TOP_P, MIN_P, PENALTY_LAST_N = 40, 0.95, 0.05, 64
+# Except the repetition penalty (llama.cpp repeat_penalty, over the last PENALTY_LAST_N
+# tokens): at 1.0 the 135M model repeated one sentence three times in a final answer.
+# bench/stop_reasons.py measures what repeating is left.
+REPEAT_PENALTY = 1.1
 SEQUENCES = 4  # calls of one model decoded together (KV streams per loaded model)
 N_BATCH = 512  # tokens in one decode step, all sequences together (long prompts go in pieces)
 # The `Llama` object's own context is used only for reference calls (tests, bench) and for

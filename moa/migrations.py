@@ -251,6 +251,16 @@ def m007_run_process_start(db: sqlite_utils.Database) -> None:
 
 
 @migration
+def m008_finish_reason_and_flags(db: sqlite_utils.Database) -> None:
+    # Why each call stopped ("length" = it hit max_tokens mid-answer), and whether the run's
+    # aggregator was started early by "Aggregate now" (its slow proposers cancelled).
+    if "finish_reason" not in db["calls"].columns_dict:
+        db["calls"].add_column("finish_reason", str)
+    if "aggregated_early" not in db["runs"].columns_dict:
+        db["runs"].add_column("aggregated_early", int)
+
+
+@migration
 def m010_attribution_cache(db: sqlite_utils.Database) -> None:
     # A run's attribution and panel analysis as computed when it finished, so a stored run opens
     # with the same highlights without recomputing them (moa/analysis.py). `fingerprint` covers
@@ -266,6 +276,41 @@ def m010_attribution_cache(db: sqlite_utils.Database) -> None:
             },
             pk="run_id",
         )
+
+
+@migration
+def m011_eval_turns(db: sqlite_utils.Database) -> None:
+    # MT-Bench's second turns: a question's follow-up is asked in the conversation of the
+    # contender's first answer and scored on its own. Its item has the columns of eval_items
+    # plus the turn; the first turn stays in eval_items, so older evaluations read unchanged.
+    # Judge calls on a second turn are judge_calls rows whose kind starts with "turn2:".
+    if db["eval_turns"].exists():
+        return
+    db["eval_turns"].create(
+        {
+            "id": int,
+            "eval_id": str,
+            "question_id": str,
+            "contender": str,
+            "turn": int,
+            "category": str,
+            "run_id": str,
+            "status": str,  # running | answered | scored | failed | unscored
+            "score": float,
+            "outcome": str,
+            "extracted": str,
+            "error": str,
+            "cost_usd": float,
+            "latency_s": float,
+            "tokens_out": int,
+            "judge_cost_usd": float,
+            "updated_at": str,
+        },
+        pk="id",
+        foreign_keys=[("eval_id", "evals", "id")],
+    )
+    db["eval_turns"].create_index(["eval_id", "question_id", "contender", "turn"], unique=True)
+    db["eval_turns"].create_index(["run_id"])
 
 
 @migration

@@ -8,7 +8,7 @@ import io
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,10 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "aliases": (list,),
     "kind": (str,),
     "tolerance": (int, float),
-    "reference": (str,),
+    "reference": (str, list),
+    "turns": (list,),
 }
+MAX_TURNS = 2  # MT-Bench's shape: a question and one follow-up
 
 
 class QuestionFileError(ValueError):
@@ -55,14 +57,21 @@ class Question:
     kind: str | None = None  # how `answer` is matched: "numeric" | "exact" | "alias"
     tolerance: float | None = None  # numeric: largest accepted absolute difference
     reference: str | None = None  # a reference answer shown to an LLM judge
+    followup: str | None = None  # a second turn, asked after the contender's own first answer
+    followup_reference: str | None = None  # the judge's reference answer for the second turn
 
     @property
     def verifiable(self) -> bool:
         return self.kind is not None and self.answer is not None
 
+    @property
+    def turns(self) -> tuple[str, ...]:
+        return (self.prompt,) if self.followup is None else (self.prompt, self.followup)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "prompt": self.prompt, "category": self.category}
-        for key in ("answer", "kind", "tolerance", "reference"):
+        keys = ("answer", "kind", "tolerance", "reference", "followup", "followup_reference")
+        for key in keys:
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         if self.aliases:
@@ -83,6 +92,16 @@ class QuestionSet:
     @property
     def categories(self) -> list[str]:
         return list(dict.fromkeys(q.category for q in self.questions))
+
+    @property
+    def n_followups(self) -> int:
+        """Questions with a second turn."""
+        return sum(q.followup is not None for q in self.questions)
+
+    def first_turns(self) -> QuestionSet:
+        """The same questions without their second turns (to ask first turns only)."""
+        plain = [replace(q, followup=None, followup_reference=None) for q in self.questions]
+        return QuestionSet(self.name, self.source, plain)
 
     def limited(self, n: int | None) -> QuestionSet:
         """n questions taken round-robin across categories, each in file order, so a small
@@ -145,27 +164,31 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def load_mtbench() -> QuestionSet:
-    """MT-Bench's 80 first-turn questions, with GPT-4 reference answers where MT-Bench uses them."""
+    """MT-Bench's 80 questions and their follow-ups (two turns each), with GPT-4 reference
+    answers for both turns where MT-Bench uses them."""
     folder = mtbench_dir()
     path = folder / "mt_bench" / "question.jsonl"
-    refs: dict[int, str] = {}
+    refs: dict[int, list[str]] = {}
     ref_file = folder / "mt_bench" / "reference_answer" / "gpt-4.jsonl"
     if ref_file.is_file():
         for row in _jsonl(ref_file):
-            refs[row["question_id"]] = row["choices"][0]["turns"][0]
+            refs[row["question_id"]] = row["choices"][0]["turns"]
     questions = []
     for row in _jsonl(path):
         qid, category = row["question_id"], row["category"]
-        reference = None
+        reference: list[str | None] = [None, None]
         if category in MTBENCH_REFERENCE_CATEGORIES:
-            inline = row.get("reference") or [None]
-            reference = refs.get(qid) or inline[0]
+            found = refs.get(qid) or row.get("reference") or []
+            reference = [*found[:2], None, None][:2]
+        turns = row["turns"]
         questions.append(
             Question(
                 id=f"mtbench-{qid}",
-                prompt=row["turns"][0],
+                prompt=turns[0],
                 category=category,
-                reference=reference,
+                reference=reference[0],
+                followup=turns[1] if len(turns) > 1 else None,
+                followup_reference=reference[1],
             )
         )
     return QuestionSet("mtbench", str(path), questions)
@@ -258,6 +281,13 @@ def _csv_rows(name: str, text: str):
             # CSV has only text: read the typed columns as their types.
             if "aliases" in cells:
                 cells["aliases"] = [a.strip() for a in cells["aliases"].split("|") if a.strip()]
+            if "turn_2" in cells:  # a CSV cell holds text: the second turn has its own column
+                if "prompt" not in cells:
+                    raise QuestionFileError(
+                        f"{where}: `turn_2` is given but `prompt` is empty: write the first "
+                        "question in `prompt`"
+                    )
+                cells["turns"] = [cells["prompt"], cells.pop("turn_2")]
             if "tolerance" in cells:
                 try:
                     cells["tolerance"] = float(cells["tolerance"])
@@ -277,6 +307,8 @@ def _question(where: str, row: dict[str, Any], default_id: str) -> Question:
             f"{where}: unknown field {unknown[0]!r} (allowed: {', '.join(_FIELDS)})"
         )
     for key, value in row.items():
+        if key == "turns":
+            continue  # checked by _turns, whose message shows the shape to write
         types = _FIELDS[key]
         if isinstance(value, bool) or not isinstance(value, types):
             want = " or ".join(
@@ -287,17 +319,18 @@ def _question(where: str, row: dict[str, Any], default_id: str) -> Question:
             raise QuestionFileError(
                 f"{where}: {key} must be {want}, got {type(value).__name__} {value!r:.40}"
             )
-    prompt = row.get("prompt")
+    prompt, followup, reference, followup_reference = _turns(where, row)
     if prompt is None:
         raise QuestionFileError(f"{where}: `prompt` is missing: every question needs one")
     if not prompt.strip():
         raise QuestionFileError(
             f"{where}: `prompt` is empty: write the question, or delete the row"
         )
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise QuestionFileError(
-            f"{where}: the prompt is {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,}"
-        )
+    for text in (prompt, followup or ""):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise QuestionFileError(
+                f"{where}: the prompt is {len(text):,} characters; at most {MAX_PROMPT_CHARS:,}"
+            )
     qid = str(row.get("id", default_id)).strip()
     if not qid:
         raise QuestionFileError(f"{where}: `id` is empty: give it a unique id, or leave the id out")
@@ -335,8 +368,52 @@ def _question(where: str, row: dict[str, Any], default_id: str) -> Question:
         aliases=tuple(a.strip() for a in aliases),
         kind=kind,
         tolerance=tolerance,
-        reference=row.get("reference"),
+        reference=reference,
+        followup=followup,
+        followup_reference=followup_reference,
     )
+
+
+_TURNS_FIX = (
+    'write it as a list of one or two non-empty strings, e.g. "turns": ["Question?", "Follow-up?"]'
+)
+
+
+def _turns(
+    where: str, row: dict[str, Any]
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """(prompt, second turn, reference, second turn's reference) from `prompt`/`turns`/`reference`.
+
+    `turns` is MT-Bench's own shape: the first question and its follow-up. A list `reference`
+    gives one reference answer per turn.
+    """
+    prompt, turns, reference = row.get("prompt"), row.get("turns"), row.get("reference")
+    followup = None
+    if turns is not None:
+        if (
+            not isinstance(turns, list)
+            or not 1 <= len(turns) <= MAX_TURNS
+            or any(not isinstance(t, str) or not t.strip() for t in turns)
+        ):
+            got = json.dumps(turns, ensure_ascii=False)
+            got = got if len(got) <= 60 else got[:59] + "…"
+            raise QuestionFileError(f"{where}: `turns` is {got}: {_TURNS_FIX}")
+        if prompt is not None and prompt != turns[0]:
+            raise QuestionFileError(
+                f"{where}: `prompt` and the first of `turns` differ: give the first question once "
+                "(keep `turns` and drop `prompt`)"
+            )
+        prompt = turns[0]
+        followup = turns[1] if len(turns) > 1 else None
+    if not isinstance(reference, list):
+        return prompt, followup, reference, None
+    n = len(turns or [prompt])
+    if len(reference) != n or any(r is not None and not isinstance(r, str) for r in reference):
+        raise QuestionFileError(
+            f"{where}: a `reference` list needs one string (or null) per turn: {n} here"
+        )
+    refs = [r if r and r.strip() else None for r in reference]
+    return prompt, followup, refs[0], refs[1] if n > 1 else None
 
 
 _NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")

@@ -99,6 +99,12 @@ class CallRecord:
     # Earlier conversation turns left out of this call because its model's window is too small,
     # e.g. "turns 1–3 left out for local/smollm2-135m: 2,048-token window".
     history_note: str | None = None
+    finish_reason: str | None = None  # as the provider said: "stop", "length", …; None unknown
+
+    @property
+    def cut_at_max_tokens(self) -> bool:
+        """The model stopped because it reached max_tokens, not because it was done."""
+        return self.finish_reason == "length"
 
     @property
     def key(self) -> tuple[int, str, int]:
@@ -139,6 +145,9 @@ class RunRecord:
     parent_run_id: str | None = None  # set when candidates were reused from another run
     conversation_id: str | None = None  # the conversation this run is a turn of
     turn: int = 1  # its position in the conversation, 1-based (a retry takes the same position)
+    # "Aggregate now": the proposers still running were cancelled and the aggregator read
+    # the candidates that had finished.
+    aggregated_early: bool = False
     # What the strategy produced (moa/strategies.py): one section per kind of output (cascade,
     # ranking, vote, selection, critique) and "final": the key of the call whose text is the
     # final answer when that is not the aggregator.
@@ -191,6 +200,9 @@ class RunRecord:
     def aggregated_candidates(self) -> list[tuple[int, CallRecord]]:
         """The candidates the aggregator saw, as (position in proposer_calls, call)."""
         last = self.last_layer
+        if self.aggregated_early:
+            # Later layers never ran: the aggregator read the last layer that had answers.
+            last = max((c.layer for c in self.proposer_calls if c.status == "ok"), default=last)
         return [
             (i, c)
             for i, c in enumerate(self.proposer_calls)

@@ -231,6 +231,47 @@ def pair_messages(q: Question, answer_a: str, answer_b: str) -> tuple[str, list[
     return p.name, [{"role": "system", "content": p.system}, {"role": "user", "content": user}]
 
 
+def _turn2_fields(q: Question) -> tuple[str, dict[str, str]]:
+    """The multi-turn prompt's flavour and the question fields MT-Bench fills in."""
+    if q.followup is None:
+        raise ValueError(f"question {q.id} has no second turn")
+    fields = {"question_1": q.prompt, "question_2": q.followup}
+    if q.reference and q.followup_reference:
+        fields |= {"ref_answer_1": q.reference, "ref_answer_2": q.followup_reference}
+        return "math", fields
+    return "general", fields
+
+
+def single_messages_turn2(
+    q: Question, answer_1: str, answer_2: str
+) -> tuple[str, list[dict[str, str]]]:
+    """MT-Bench multi-turn grading (1-10): the judge reads the whole two-turn conversation and
+    rates the answer to the second question (with both reference answers when there are)."""
+    flavour, fields = _turn2_fields(q)
+    p = judge_prompts()[
+        "single-math-v1-multi-turn" if flavour == "math" else "single-v1-multi-turn"
+    ]
+    user = p.template.format(**fields, answer_1=_defuse(answer_1), answer_2=_defuse(answer_2))
+    return p.name, [{"role": "system", "content": p.system}, {"role": "user", "content": user}]
+
+
+def pair_messages_turn2(
+    q: Question, a: tuple[str, str], b: tuple[str, str]
+) -> tuple[str, list[dict[str, str]]]:
+    """MT-Bench multi-turn comparison of two conversations (each: first answer, second answer):
+    which assistant answered the second question better."""
+    flavour, fields = _turn2_fields(q)
+    p = judge_prompts()["pair-math-v1-multi-turn" if flavour == "math" else "pair-v2-multi-turn"]
+    answers = {
+        "answer_a_1": _defuse(a[0]),
+        "answer_a_2": _defuse(a[1]),
+        "answer_b_1": _defuse(b[0]),
+        "answer_b_2": _defuse(b[1]),
+    }
+    user = p.template.format(**fields, **answers)
+    return p.name, [{"role": "system", "content": p.system}, {"role": "user", "content": user}]
+
+
 _RATING = (
     re.compile(r"\[\[(\d+\.?\d*)\]\]"),
     re.compile(r"\[(\d+\.?\d*)\]"),

@@ -63,7 +63,36 @@ class RunSummary:
     cost_usd: float | None
     final_text: str | None
     parent_run_id: str | None
+    n_proposer_calls: int = 0
+    n_failed: int = 0  # proposer calls that failed, timed out or were interrupted
+    n_cancelled: int = 0  # proposer calls cancelled (Stop, or cut by Aggregate now)
+    aggregated_early: bool = False
+    evaluation: bool = False  # an answer of an evaluation (eval_items links it)
     strategy: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """ "evaluation", "re-aggregation" or "run"."""
+        if self.evaluation:
+            return "evaluation"
+        return "re-aggregation" if self.parent_run_id else "run"
+
+    def status_text(self) -> str:
+        """The status with what it hides: "ok · 1 of 3 failed", "ok · aggregated early"."""
+        bits = [self.status]
+        if self.aggregated_early:
+            bits.append("aggregated early")
+        n = self.n_proposer_calls
+        if self.n_failed:
+            bits.append(f"{self.n_failed} of {n} failed")
+        if self.n_cancelled and self.status != "cancelled":
+            bits.append(f"{self.n_cancelled} of {n} cancelled")
+        return " · ".join(bits)
+
+
+# Kinds of run the History filter tells apart (see RunSummary.kind).
+RUN_KINDS = ("run", "re-aggregation", "evaluation")
+_IN_EVAL = "runs.id IN (SELECT run_id FROM eval_items WHERE run_id IS NOT NULL)"
 
 
 @dataclass
@@ -339,7 +368,10 @@ class Store:
                 "AND role = 'proposer' AND idx = ?",
                 (share, main, record.run_id, layer, index),
             )
-        conn.execute("UPDATE runs SET novel_share = ? WHERE id = ?", (novel_share, record.run_id))
+        conn.execute(
+            "UPDATE runs SET novel_share = ?, aggregated_early = ? WHERE id = ?",
+            (novel_share, int(record.aggregated_early), record.run_id),
+        )
         cascade = (record.outcome or {}).get("cascade")
         conn.execute(
             "UPDATE runs SET outcome_json = ?, escalated = ? WHERE id = ?",
@@ -412,7 +444,7 @@ class Store:
         conn.execute(
             "INSERT INTO calls (run_id, layer, role, idx, model, label, params_json, text, status, "
             "error, started_at, ended_at, start_s, latency_s, ttft_s, tokens_in, tokens_out, "
-            "cost_usd, attempts, history_note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "cost_usd, attempts, history_note, finish_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT (run_id, layer, role, idx) DO UPDATE SET model = excluded.model, "
             "label = excluded.label, params_json = excluded.params_json, text = excluded.text, "
             "status = excluded.status, error = excluded.error, started_at = excluded.started_at, "
@@ -420,7 +452,7 @@ class Store:
             "latency_s = excluded.latency_s, ttft_s = excluded.ttft_s, "
             "tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out, "
             "cost_usd = excluded.cost_usd, attempts = excluded.attempts, "
-            "history_note = excluded.history_note",
+            "history_note = excluded.history_note, finish_reason = excluded.finish_reason",
             (
                 run_id,
                 call.layer,
@@ -442,6 +474,7 @@ class Store:
                 call.cost_usd,
                 call.attempts,
                 call.history_note,
+                call.finish_reason,
             ),
         )
 
@@ -645,6 +678,7 @@ class Store:
         since: str | None = None,
         until: str | None = None,
         name: str | None = None,
+        kind: str | None = None,
         strategy: str | None = None,
     ) -> list[ConversationSummary]:
         """Conversations, latest activity first; with words or filters, those with a matching
@@ -653,14 +687,14 @@ class Store:
         The matching runs are read newest first and stop once a page of distinct conversations
         is found, so a search stays as fast as the run search it is built on.
         """
-        if not (fts_query(query) or model or status or since or until or name or strategy):
+        if not (fts_query(query) or model or status or since or until or name or kind or strategy):
             rows = self.db.execute(
                 f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
                 "ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
                 [limit, offset],
             ).fetchall()
             return [ConversationSummary(*r) for r in rows]
-        where, params = self.where_clause(query, model, status, since, until, name, strategy)
+        where, params = self.where_clause(query, model, status, since, until, name, kind, strategy)
         cursor = self.db.execute(
             f"SELECT runs.conversation_id FROM {_source(query)}{where} ORDER BY {_order(query)} DESC",
             params,
@@ -691,12 +725,13 @@ class Store:
         until: str | None = None,
         name: str | None = None,
         cap: int | None = 10_000,
+        kind: str | None = None,
         strategy: str | None = None,
     ) -> int:
         """How many conversations match, counting at most `cap` (a pager shows "10,000+")."""
-        if not (fts_query(query) or model or status or since or until or name or strategy):
+        if not (fts_query(query) or model or status or since or until or name or kind or strategy):
             return self.db.execute("SELECT count(*) FROM conversations").fetchone()[0]
-        where, params = self.where_clause(query, model, status, since, until, name, strategy)
+        where, params = self.where_clause(query, model, status, since, until, name, kind, strategy)
         inner = f"SELECT DISTINCT runs.conversation_id FROM {_source(query)}{where}"
         if cap is not None:
             inner += f" LIMIT {int(cap) + 1}"
@@ -710,10 +745,19 @@ class Store:
         since: str | None,
         until: str | None,
         name: str | None = None,
+        kind: str | None = None,
         strategy: str | None = None,
     ) -> tuple[str, list[Any]]:
         """` WHERE …` over `runs` (and `runs_fts` when there are words) with its parameters."""
         where, params = [], []
+        if kind == "evaluation":
+            where.append(_IN_EVAL)
+        elif kind == "re-aggregation":
+            where.append(f"runs.parent_run_id IS NOT NULL AND NOT {_IN_EVAL}")
+        elif kind == "run":
+            where.append(f"runs.parent_run_id IS NULL AND NOT {_IN_EVAL}")
+        elif kind:
+            raise ValueError(f"kind must be one of {', '.join(RUN_KINDS)}")
         fts = fts_query(query)
         if fts:
             where.append("runs_fts MATCH ?")
@@ -748,10 +792,11 @@ class Store:
         until: str | None = None,
         name: str | None = None,
         cap: int | None = 10_000,
+        kind: str | None = None,
         strategy: str | None = None,
     ) -> int:
         """How many runs match, counting at most `cap` (a pager shows "10,000+")."""
-        where, params = self.where_clause(query, model, status, since, until, name, strategy)
+        where, params = self.where_clause(query, model, status, since, until, name, kind, strategy)
         inner = f"SELECT 1 FROM {_source(query)}{where}"
         if cap is not None:
             inner += f" LIMIT {int(cap) + 1}"
@@ -791,6 +836,7 @@ class Store:
         since: str | None = None,
         until: str | None = None,
         name: str | None = None,
+        kind: str | None = None,
         strategy: str | None = None,
     ) -> list[RunSummary]:
         """Newest first; `query` is plain words (quotes and FTS operators are taken literally).
@@ -799,7 +845,7 @@ class Store:
         that an imported run sorts by when it was imported. Ordering by rowid lets SQLite (and
         FTS5) stop after one page instead of sorting every match: < 100 ms at 100,000 runs.
         """
-        where, params = self.where_clause(query, model, status, since, until, name, strategy)
+        where, params = self.where_clause(query, model, status, since, until, name, kind, strategy)
         sql = (
             "SELECT runs.id, runs.created_at, runs.name, runs.prompt, runs.proposers, "
             "runs.aggregator, runs.status, runs.error, runs.wall_s, runs.tokens_in, "
@@ -807,7 +853,54 @@ class Store:
             f"FROM {_source(query)}{where} ORDER BY {_order(query)} DESC LIMIT ? OFFSET ?"
         )
         rows = self.db.execute(sql, [*params, limit, offset]).fetchall()
-        return [RunSummary(*row) for row in rows]
+        summaries = [RunSummary(*row[:-1], strategy=row[-1]) for row in rows]
+        self._add_counts(summaries)
+        return summaries
+
+    def latest_turns(self, conversation_ids: list[str]) -> dict[str, RunSummary]:
+        """Each conversation's latest run, with its failed/cancelled proposer counts (History's
+        status column: "ok · 1 of 3 failed") and its kind."""
+        if not conversation_ids:
+            return {}
+        marks = ",".join("?" * len(conversation_ids))
+        rows = self.db.execute(
+            "SELECT runs.conversation_id, runs.id, runs.created_at, runs.name, runs.prompt, "
+            "runs.proposers, runs.aggregator, runs.status, runs.error, runs.wall_s, "
+            "runs.tokens_in, runs.tokens_out, runs.cost_usd, runs.final_text, "
+            "runs.parent_run_id FROM runs WHERE runs.rowid IN (SELECT max(rowid) FROM runs "
+            f"WHERE conversation_id IN ({marks}) GROUP BY conversation_id)",
+            list(conversation_ids),
+        ).fetchall()
+        out = {row[0]: RunSummary(*row[1:]) for row in rows}
+        self._add_counts(list(out.values()))
+        return out
+
+    def _add_counts(self, summaries: list[RunSummary]) -> None:
+        """Failed/cancelled proposer counts, the early flag and evaluation membership of one
+        page of runs (one indexed query each, not one per run)."""
+        if not summaries:
+            return
+        by_id = {r.id: r for r in summaries}
+        marks = ",".join("?" * len(by_id))
+        ids = list(by_id)
+        for run_id, n, failed, cancelled in self.db.execute(
+            "SELECT run_id, count(*), sum(status IN ('failed', 'timeout', 'interrupted')), "
+            f"sum(status = 'cancelled') FROM calls WHERE run_id IN ({marks}) "
+            "AND role = 'proposer' GROUP BY run_id",
+            ids,
+        ):
+            r = by_id[run_id]
+            r.n_proposer_calls, r.n_failed, r.n_cancelled = n, failed or 0, cancelled or 0
+        if "aggregated_early" in self.db["runs"].columns_dict:
+            for run_id, early in self.db.execute(
+                f"SELECT id, aggregated_early FROM runs WHERE id IN ({marks})", ids
+            ):
+                by_id[run_id].aggregated_early = bool(early)
+        if self.db["eval_items"].exists():
+            for (run_id,) in self.db.execute(
+                f"SELECT DISTINCT run_id FROM eval_items WHERE run_id IN ({marks})", ids
+            ):
+                by_id[run_id].evaluation = True
 
     def count_runs(self) -> int:
         return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
@@ -839,6 +932,7 @@ def _record(r: dict[str, Any], call_rows: Iterable[dict[str, Any]]) -> RunRecord
         parent_run_id=r["parent_run_id"],
         conversation_id=r.get("conversation_id"),
         turn=r.get("turn") or 1,
+        aggregated_early=bool(r.get("aggregated_early")),
         outcome=_outcome(r.get("outcome_json")),
     )
     for c in call_rows:
@@ -889,9 +983,16 @@ def _order(query: str) -> str:
 
 
 def fts_query(text: str) -> str:
-    """User text → an FTS5 query of quoted words (AND), so operators and quotes can't error."""
+    """User text → an FTS5 query of quoted words (AND), so operators and quotes can't error.
+
+    The last word also matches as a prefix ("revie" finds "review"), so results follow the
+    user's typing; a word the user has finished (text ending in a space) is matched whole.
+    """
     words = [w for w in "".join(ch if ch.isalnum() else " " for ch in text).split() if w]
-    return " ".join('"' + w.replace('"', '""') + '"' for w in words[:32])
+    quoted = ['"' + w.replace('"', '""') + '"' for w in words[:32]]
+    if quoted and not text[-1:].isspace() and len(words) <= 32:
+        quoted[-1] += "*"  # a prefix query matches the whole word too
+    return " ".join(quoted)
 
 
 class StoreWriter:

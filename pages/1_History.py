@@ -22,7 +22,7 @@ from moa.export import (
 )
 from moa.records import RUN_STATUSES, RunRecord
 from moa.report import conversation_to_html, run_to_html
-from moa.store import ConversationError, Store, StoreError
+from moa.store import RUN_KINDS, ConversationError, Store, StoreError
 from moa.ui import history as H
 from moa.ui import state as K
 from moa.ui.chat import conversation_header_html, draw_conversation
@@ -69,17 +69,26 @@ def open_conversation(cid: str) -> None:
 
 
 def filters(store: Store) -> dict:
-    c1, c2, c3, c5, c4 = st.columns([3, 2, 1.3, 1.5, 2])
+    c1, c2, c3, c5, c6, c4 = st.columns([3, 2, 1.3, 1.5, 1.5, 2])
     query = c1.text_input("Search", key="hist_search", placeholder="words of a prompt or answer")
     model = c2.selectbox("Model", [ALL, *store.models()], key="hist_model")
     status = c3.selectbox("Status", [ALL, *RUN_STATUSES], key="hist_status")
-    strategy = c5.selectbox("Strategy", [ALL, *store.strategies()], key="hist_strategy")
+    kind = c5.selectbox(
+        "Kind",
+        [ALL, *RUN_KINDS],
+        key="hist_kind",
+        format_func=lambda k: {"run": "runs", "re-aggregation": "re-aggregations"}.get(
+            k, "evaluation runs" if k == "evaluation" else k
+        ),
+    )
+    strategy = c6.selectbox("Strategy", [ALL, *store.strategies()], key="hist_strategy")
     days = c4.date_input("Date range", value=[], key="hist_dates")
     since, until = H.date_bounds(days)
     return {
         "query": query or "",
         "model": None if model == ALL else model,
         "status": None if status == ALL else status,
+        "kind": None if kind == ALL else kind,
         "strategy": None if strategy == ALL else strategy,
         "since": since,
         "until": until,
@@ -103,17 +112,22 @@ def table(store: Store, f: dict) -> list:
         st.info("No conversations match. Run a mixture on the Run page, or loosen the filters.")
         return convs
     event = st.dataframe(
-        H.conversation_rows(convs, store.latest_strategies([c.id for c in convs])),
+        H.conversation_rows(
+            convs,
+            store.latest_turns([c.id for c in convs]),
+            store.latest_strategies([c.id for c in convs]),
+        ),
         # Keyed by the rows shown: a selection never carries over to other rows.
         key="hist_table_" + hashlib.sha1("".join(c.id for c in convs).encode()).hexdigest()[:12],
         on_select="rerun",
-        selection_mode="single-row",
+        # A click on any cell opens its conversation, as the checkbox does (H.picked_row).
+        selection_mode=["single-row", "single-cell"],
         hide_index=True,
         width="stretch",
         column_config={"id": None},
     )
-    rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
-    picked = convs[rows[0]].id if rows and rows[0] < len(convs) else None
+    row = H.picked_row(getattr(event, "selection", None))
+    picked = convs[row].id if row is not None and row < len(convs) else None
     if picked and picked != st.session_state.get(LAST_TABLE_PICK):
         st.session_state[LAST_TABLE_PICK] = picked
         open_conversation(picked)
@@ -179,7 +193,6 @@ def panel_summary(rec: RunRecord) -> str:
 def _compare_card(rec: RunRecord, base: str, first: bool) -> str:
     usage = rec.usage()
     tokens = usage["tokens_in"] + usage["tokens_out"]
-    agg = rec.aggregator_call
     body = (
         esc(rec.final_text or "(no final answer)")
         if first
@@ -188,11 +201,12 @@ def _compare_card(rec: RunRecord, base: str, first: bool) -> str:
     attr, ids = attribution_for(rec)
     shares = Kept(rec, attr, ids).legend_html(hint=False) if attr is not None else ""
     shares += f'<div style="color:#64748b;font-size:.8rem">{esc(panel_summary(rec))}</div>'
+    title, sub = H.compare_title(rec)  # the run: its prompt; preset, mixture and time
     return (
-        '<div style="border:1px solid #e2e8f0;border-radius:10px;padding:.7rem .8rem">'
-        f'<div style="font-weight:650">{esc(H._short(rec.prompt, 60))}</div>'
-        f'<div style="color:#64748b;font-size:.8rem">{esc(agg.label if agg else "—")} · '
-        f"{esc(rec.run_id)} · {esc((rec.created_at or '')[:19])}</div>"
+        '<div class="moa-compare" style="border:1px solid #e2e8f0;border-radius:10px;'
+        'padding:.7rem .8rem">'
+        f'<div style="font-weight:650" title="{esc(rec.prompt[:500])}">{esc(title)}</div>'
+        f'<div style="color:#64748b;font-size:.8rem">{esc(sub)} · {esc(rec.run_id)}</div>'
         f'<div style="font-size:.85rem;margin:.3rem 0">cost {esc(fmt_cost(usage["cost_usd"]))} · '
         f"latency {esc(fmt_s(rec.wall_s))} · tokens {tokens:,}</div>{shares}"
         f'<div style="white-space:pre-wrap;font-size:.9rem;margin-top:.4rem">{body}</div></div>'

@@ -147,8 +147,11 @@ def main() -> None:
     with left:
         st.plotly_chart(daily_chart(ins, "tokens", "Tokens per day by model"), key="ins_tokens")
     with right:
-        if any(d.cost_usd is not None for d in ins.daily):
+        kind, why = insights.cost_state(ins.daily)
+        if kind == "chart":
             st.plotly_chart(daily_chart(ins, "cost", "Cost per day by model (USD)"), key="ins_cost")
+        else:
+            st.info(why)
         unknown = sorted({(d.day, d.model) for d in ins.daily if d.cost_usd is None})
         if unknown:
             st.caption(

@@ -34,8 +34,8 @@ MESSAGE = "eval_message"  # why the last Start was refused, or how the last eval
 OPEN = "eval_open"
 SETS = {
     "verifiable": "Bundled verifiable questions (76: arithmetic, units, facts; scored by match)",
-    "mtbench": "MT-Bench first turns (80 questions; graded by a judge model)",
-    "file": "My own file (.jsonl or .csv: prompt, optional answer and category)",
+    "mtbench": "MT-Bench (80 questions, each with a second turn; graded by a judge model)",
+    "file": "My own file (.jsonl or .csv: prompt or turns, optional answer and category)",
 }
 AGGREGATOR = "(each preset's aggregator)"
 STRATEGY_CHOICES = [
@@ -68,7 +68,21 @@ def questions_input() -> QuestionSet | None:
         questions = E.uploaded_questions(up.name, up.getvalue())
     else:
         questions = load_question_set(choice)
-    return questions.limited(limit or None)
+    return second_turns_input(questions).limited(limit or None)
+
+
+def second_turns_input(questions: QuestionSet) -> QuestionSet:
+    """Questions with a second turn: ask it (each contender's follow-up sees its own first
+    answer, and the judge grades it MT-Bench style), or first turns only."""
+    n = questions.n_followups
+    if not n:
+        return questions
+    ask = st.checkbox(
+        f"Ask the second turns too ({n} of {len(questions.questions)} questions have one)",
+        value=True,
+        key="eval_turns",
+    )
+    return questions if ask else questions.first_turns()
 
 
 def contenders_input() -> list[ev.Contender]:
@@ -183,8 +197,11 @@ def new_evaluation(store: Store, running: bool) -> None:
         return
     plan, est = prepared.plan, prepared.estimate
     n_q, n_c = len(plan.questions.questions), len(plan.contenders)
+    n_2 = plan.questions.n_followups
     text = (
-        f"{n_q} question{'s' if n_q != 1 else ''} × {n_c} contender{'s' if n_c != 1 else ''} = "
+        f"{n_q} question{'s' if n_q != 1 else ''}"
+        + (f" ({n_2} with a second turn)" if n_2 else "")
+        + f" × {n_c} contender{'s' if n_c != 1 else ''} = "
         f"{prepared.total} answer{'s' if prepared.total != 1 else ''} · scoring **{plan.scoring}**"
         + (f" by {markdown_escape(plan.judge.model)}" if plan.judge else "")
         + f" · left to do: {est.n_runs} runs + {est.n_judge_calls} judge calls, estimated "
@@ -236,8 +253,11 @@ def follow(store: Store, live: E.LiveEval) -> None:
         st.session_state[MESSAGE] = ("error", f"The evaluation stopped: {live.error}")
     elif live.results is not None:
         r = live.results
-        finished = sum(i.status in ("scored", "failed", "unscored") for i in r.items)
-        total = len(r.questions) * len(r.contenders)
+        items = r.items + r.turn_items
+        finished = sum(i.status in ("scored", "failed", "unscored") for i in items)
+        total = (len(r.questions) + sum(q.followup is not None for q in r.questions)) * len(
+            r.contenders
+        )
         text = f"Evaluation {r.eval_id}: {r.status}" + (f" — {r.error}" if r.error else "")
         if r.status in ("cancelled", "interrupted"):
             text = (
@@ -301,6 +321,7 @@ def show_results(store: Store, eval_id: str, running: bool) -> None:
             st.session_state[LIVE] = E.LiveEval(prepared).start(store)
             st.rerun()
 
+    results = turn_view(results)
     head = results.headline()
     if head is not None:
         st.success(markdown_escape(head.describe()))
@@ -343,6 +364,22 @@ def show_results(store: Store, eval_id: str, running: bool) -> None:
     drill_down(store, results)
 
 
+def turn_view(results: ev.EvalResults) -> ev.EvalResults:
+    """Two-turn questions: the per-turn table, and which turn the rest of the page shows."""
+    if results.n_turns < 2:
+        return results
+    st.markdown("**By turn** (turn 2 is the follow-up, asked after each contender's own answer)")
+    st.dataframe(E.turn_rows(results), hide_index=True, width="stretch")
+    choice = st.radio(
+        "Show",
+        ["both turns", "turn 1", "turn 2"],
+        horizontal=True,
+        key="eval_turn_view",
+        help="Both turns together is MT-Bench's score: every rating of either turn counts once.",
+    )
+    return results if choice == "both turns" else results.for_turn(int(choice[-1]))
+
+
 def front_caption(results: ev.EvalResults, x: str) -> None:
     front = results.pareto_front(x)
     if front:
@@ -356,7 +393,11 @@ def front_caption(results: ev.EvalResults, x: str) -> None:
 
 
 def drill_down(store: Store, results: ev.EvalResults) -> None:
-    by_id = {q.id: q for q in results.questions}
+    if results.turn_items:  # both turns: the question's turns one after the other
+        by_id = {q.id: q for q in results.questions}
+        turns = [results.for_turn(1), results.for_turn(2)]
+    else:
+        by_id, turns = {q.id: q for q in results.questions}, [results]
     qid = st.selectbox(
         "Open a question: every contender's stored run side by side",
         ["", *by_id],
@@ -365,8 +406,17 @@ def drill_down(store: Store, results: ev.EvalResults) -> None:
     )
     if not qid:
         return
-    q = by_id[qid]
-    st.markdown(f"**Prompt** ({markdown_escape(q.category)}): {markdown_escape(q.prompt)}")
+    for n, view in enumerate(turns, start=1):
+        q = next((x for x in view.questions if x.id == qid), None)
+        if q is not None:
+            question_cards(store, view, q, f"Turn {n}" if len(turns) > 1 else "")
+
+
+def question_cards(store: Store, results: ev.EvalResults, q, turn: str) -> None:
+    """One question (one turn of it): its prompt, reference and every contender's answer."""
+    qid = q.id
+    head = f"**{turn}** · " if turn else ""
+    st.markdown(f"{head}**Prompt** ({markdown_escape(q.category)}): {markdown_escape(q.prompt)}")
     if q.reference or q.answer is not None:
         ref = q.answer if q.answer is not None else q.reference
         aliases = f" (also accepted: {', '.join(map(str, q.aliases))})" if q.aliases else ""

@@ -38,6 +38,10 @@ class Behaviour:
     # Answer by role: the first key found in the request's system message picks the answer
     # (a proposer that also ranks: {"strict reviewer": "FINAL RANKING: 1 > 2"}).
     when_system: dict[str, str] | None = None
+    honour_max_tokens: bool = False  # stop after max_tokens words, finish_reason "length"
+    # (substring, answer): the answer when the last user message holds the substring (first
+    # match wins; else `text`), e.g. a judge that rates second turns differently
+    when: tuple[tuple[str, str], ...] = ()
     # Like llama-cpp-python's server (one request at a time): a request arriving while this
     # answer streams ends it at once with [DONE] and no finish_reason.
     one_at_a_time: bool = False
@@ -205,6 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
             if m.get("role") == "user":
                 prompt = m.get("content") or ""
         text = b.text if b.text is not None else default_text(model, prompt)
+        text = next((answer for key, answer in b.when if key in prompt), text)
         system = " ".join(
             str(m.get("content") or "")
             for m in body.get("messages", [])
@@ -224,6 +229,10 @@ class _Handler(BaseHTTPRequestHandler):
             words = [w + " " for w in text.split(" ")] if text else []
             if words:
                 words[-1] = words[-1][:-1]
+        finish_reason = "stop"
+        cap = body.get("max_tokens") or body.get("max_completion_tokens")
+        if b.honour_max_tokens and isinstance(cap, int) and len(words) > cap:
+            words, finish_reason = words[:cap], "length"  # as real servers cut an answer
         prompt_tokens = sum(
             len(str(m.get("content", "")).split()) for m in body.get("messages", [])
         )
@@ -298,7 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
             if b.token_delay_s and self.fake._stop.wait(b.token_delay_s):
                 return
             self._sse(chunk({"content": word}))
-        self._sse(chunk({}, "stop"))
+        self._sse(chunk({}, finish_reason))
         if b.usage and (body.get("stream_options") or {}).get("include_usage"):
             self._sse({**chunk({}), "choices": [], "usage": usage})
         self._chunk(b"data: [DONE]\n\n")

@@ -77,8 +77,9 @@ def test_run_page_prompt_longer_than_the_context_window(loopback, presets, monke
     at.selectbox(key=K.PRESET).set_value("big-window").run()
     run(at, "plants " * 130_000)
     msgs = errors(at)
-    assert len(msgs) == 1, msgs
-    assert msgs[0].startswith("proposers[0]: the prompt is ")
+    # Under Run, and under Proposer 1's box in the sidebar, in the sidebar's words.
+    assert len(msgs) == 2 and len(set(msgs)) == 1, msgs
+    assert msgs[0].startswith("Proposer 1: the prompt is ")
     assert "openai/gpt-4o holds 128,000" in msgs[0] and "shorten the prompt" in msgs[0]
     assert loopback.requests == [] and Store(db_path).count_runs() == 0
 
@@ -121,7 +122,7 @@ def test_run_page_missing_provider_key_names_the_variable(loopback, presets, mon
     run(at, "Hello?")
     msgs = errors(at)
     assert any(
-        m.startswith("aggregator: 'anthropic/claude-3-5-haiku-latest' needs ANTHROPIC_API_KEY")
+        m.startswith("Aggregator: 'anthropic/claude-3-5-haiku-latest' needs ANTHROPIC_API_KEY")
         and "API keys" in m
         for m in msgs
     ), msgs
@@ -429,6 +430,11 @@ def test_evaluate_page_uploaded_question_file_with_bad_rows(tmp_path):
         "cells.csv": (
             "prompt,answer\nWhat is 7 x 8?,56\nToo,many,cells\n",
             "cells.csv row 3 has more cells than the header has columns",
+        ),
+        "turns.jsonl": (
+            '{"turns": ["Hi?", "And?"]}\n{"turns": "How do plants grow?"}\n',
+            'turns.jsonl line 2: `turns` is "How do plants grow?": write it as a list of one '
+            "or two non-empty strings",
         ),
     }
     for name, (text, _) in files.items():

@@ -291,7 +291,9 @@ def test_history_report_download_delete_and_import_in_a_real_browser(app, netns,
         page.get_by_role("button", name="Yes, delete").click()
         page.get_by_text(f"Run {record.run_id} was deleted.").wait_for(timeout=15_000)
         assert store.get_run(record.run_id) is None
-        page.get_by_text("No conversations match").wait_for(timeout=15_000)  # the page redrew without it
+        page.get_by_text("No conversations match").wait_for(
+            timeout=15_000
+        )  # the page redrew without it
         page.get_by_text("Import a run (JSON export)").click()
         page.get_by_test_id("stFileUploader").wait_for(timeout=15_000)
         page.locator('[data-testid="stFileUploader"] input[type=file]').set_input_files(export)

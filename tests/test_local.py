@@ -81,7 +81,8 @@ def test_completion_returns_text_usage_and_zero_cost(lt):
 
 
 def test_same_output_as_llama_cpp_chat_completion(lt):
-    """Greedy decoding through our provider equals llama-cpp-python's own chat completion."""
+    """Greedy decoding through our provider equals llama-cpp-python's own chat completion
+    (with our repetition penalty, which is not llama-cpp-python's default of 1.0)."""
     messages = [
         {"role": "system", "content": "You are a geography teacher."},
         {"role": "user", "content": "Name two rivers in Europe."},
@@ -89,7 +90,7 @@ def test_same_output_as_llama_cpp_chat_completion(lt):
     ours = lt.completion(model=SMOL, messages=messages, temperature=0, max_tokens=40)
     with local._gen_lock:  # the raw call shares the loaded model: keep it exclusive too
         raw = local.get_llama(SMOL).create_chat_completion(
-            messages=messages, temperature=0, max_tokens=40
+            messages=messages, temperature=0, max_tokens=40, repeat_penalty=local.REPEAT_PENALTY
         )
     assert _text(ours) == raw["choices"][0]["message"]["content"]
     assert ours.usage.prompt_tokens == raw["usage"]["prompt_tokens"]

@@ -23,10 +23,30 @@ def esc(text: object) -> str:
 _FONT = {"family": "Inter, system-ui, sans-serif", "size": 12, "color": "#334155"}
 
 
+TITLE_TOP_PX = 78  # room above the plot: plotly's toolbar (≈30 px), the title, a legend row
+
+
 def _layout(fig: go.Figure, height: int, **kwargs) -> go.Figure:
+    top = 36
+    title = kwargs.get("title")
+    if isinstance(title, dict):
+        # The title sits below the toolbar that plotly shows at the top right on hover (at
+        # the top of the figure the toolbar covered it in half-width columns), and above the
+        # row where a legend goes.
+        kwargs["title"] = {
+            "x": 0,
+            "xref": "paper",
+            "y": 1,
+            "yref": "container",
+            "yanchor": "top",
+            "pad": {"t": 32},
+            **title,
+        }
+        top = TITLE_TOP_PX
+        height += TITLE_TOP_PX - 36
     fig.update_layout(
         height=height,
-        margin={"l": 10, "r": 10, "t": 36, "b": 10},
+        margin={"l": 10, "r": 10, "t": top, "b": 10},
         font=_FONT,
         plot_bgcolor="rgba(0,0,0,0)",
         paper_bgcolor="rgba(0,0,0,0)",
@@ -104,8 +124,9 @@ def agreement_heatmap(
             zmin=0,
             zmax=1,
             colorscale=[[0, "#f8fafc"], [0.5, "#93c5fd"], [1, "#1d4ed8"]],
-            text=[[f"{v:.0%}" for v in row] for row in z],
+            text=heatmap_cells(z),
             texttemplate="%{text}",
+            textfont={"size": 12 if len(calls) <= 4 else 10},
             customdata=[[f"{a} × {b}" for b in full] for a in full],
             hovertemplate="%{customdata}: %{z:.0%} shared phrasing<extra></extra>",
             colorbar={"tickformat": ".0%", "thickness": 10, "len": 0.9},
@@ -116,7 +137,21 @@ def agreement_heatmap(
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(side="bottom")
     height = 110 + 46 * len(calls)
-    return _layout(fig, height, title={"text": "Agreement between candidates", "font_size": 14})
+    title = "Agreement between candidates" + (" (%)" if len(calls) > PERCENT_SIGNS_UPTO else "")
+    return _layout(fig, height, title={"text": title, "font_size": 14})
+
+
+PERCENT_SIGNS_UPTO = 5  # more candidates: cells too narrow for "100%", the title says "(%)"
+
+
+def heatmap_cells(z: Sequence[Sequence[float]]) -> list[list[str]]:
+    """Cell texts: blank on the diagonal (a candidate agrees with itself), and without the
+    "%" sign once cells get narrow, so every label fits its cell."""
+    sign = "%" if len(z) <= PERCENT_SIGNS_UPTO else ""
+    return [
+        ["" if i == j else f"{round(100 * v)}{sign}" for j, v in enumerate(row)]
+        for i, row in enumerate(z)
+    ]
 
 
 def timeline(record: RunRecord) -> go.Figure:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import streamlit as st
@@ -14,6 +15,7 @@ from moa.prompts import DEFAULT_AGGREGATOR_PROMPT
 from moa.ui import concurrency as concurrency_ui
 from moa.ui import state as K
 from moa.ui import strategy_form
+from moa.ui.fieldnames import error_slot, humanize
 from moa.ui.picker import keyed_providers, model_picker
 from moa.ui.render import AGGREGATOR_COLOUR, esc, markdown_escape, proposer_colour
 from moa.ui.resources import presets_dir
@@ -73,11 +75,17 @@ def _spec_into_state(slot: str, spec: ModelSpec) -> None:
     ss[key("model")] = spec.model
     ss[key("api_base")] = spec.api_base or ""
     ss[key("label")] = spec.label or ""
+    # The label as loaded: while the field still says this, the user has not typed a label of
+    # their own, and a new model takes its own name (on_model_change).
+    ss[K.auto_label_key(slot)] = spec.label or ""
     ss[key("temperature")] = float(spec.temperature)
     ss[key("max_tokens")] = int(spec.max_tokens)
     ss[key("system_prompt")] = spec.system_prompt or ""
     ss[key("timeout_s")] = None if spec.timeout_s is None else float(spec.timeout_s)
     ss[key("api_key_env")] = spec.api_key_env or ""
+    for price in config_mod.PRICE_KEYS:
+        value = getattr(spec, price)
+        ss[key(price)] = None if value is None else float(value)
 
 
 def load_into_state(cfg: RunConfig, preset: str | None = None) -> None:
@@ -90,8 +98,11 @@ def load_into_state(cfg: RunConfig, preset: str | None = None) -> None:
     for slot_id, spec in zip(ss[K.PROPOSER_IDS], cfg.proposers, strict=True):
         _spec_into_state(K.proposer_slot(slot_id), spec)
     _spec_into_state(K.AGGREGATOR_SLOT, cfg.aggregator)
-    # Without a fallback in the preset, its picker starts as a copy of the aggregator (off).
-    _spec_into_state(K.FALLBACK_SLOT, cfg.fallback_aggregator or cfg.aggregator)
+    # Without a fallback in the preset, its picker starts as a copy of the aggregator (off),
+    # without the aggregator's name: the fallback is another call.
+    _spec_into_state(
+        K.FALLBACK_SLOT, cfg.fallback_aggregator or replace(cfg.aggregator, label=None)
+    )
     ss[FALLBACK_ON] = cfg.fallback_aggregator is not None
     ss[K.LAYERS] = cfg.layers
     ss[K.PROPOSER_TIMEOUT] = float(cfg.proposer_timeout_s)
@@ -195,7 +206,11 @@ def _on_save() -> None:
     ss = st.session_state
     try:
         name = config_mod.check_preset_name(ss.get(K.SAVE_NAME) or "")
-        cfg = config_from_state()
+        if config_mod.is_bundled(name):
+            raise ConfigError(
+                f"preset {name!r} comes with MoA Studio and is read-only: save under another name"
+            )
+        cfg = config_from_state(mark_modified=False)  # exactly what the form shows
         existed = name in config_mod.list_presets(presets_dir())
         config_mod.save_preset(cfg, name, presets_dir())
         saved = config_mod.load_preset(name, presets_dir())
@@ -211,6 +226,82 @@ def _on_save() -> None:
     ss[K.SAVE_NAME] = ""
     verb = "Replaced" if existed else "Saved"
     ss[K.PRESET_MESSAGE] = ("success", f"{verb} preset '{name}'.")
+
+
+def _on_rename() -> None:
+    ss = st.session_state
+    old = ss.get(K.PRESET) or ""
+    try:
+        config_mod.rename_preset(old, ss.get(K.RENAME_NAME) or "", presets_dir())
+        new = config_mod.check_preset_name(ss.get(K.RENAME_NAME) or "")
+        saved = config_mod.load_preset(new, presets_dir())
+    except ConfigError as e:
+        ss[K.PRESET_MESSAGE] = ("error", str(e))
+        return
+    except OSError as e:
+        ss[K.PRESET_MESSAGE] = ("error", f"could not rename in {presets_dir()}: {e.strerror or e}")
+        return
+    ss[K.PRESET] = new
+    ss[K.RENAME_NAME] = ""
+    # The form keeps its settings; only the name they are saved under changed.
+    ss[K.CONFIG_NAME] = saved.name
+    loaded = dict(ss.get(K.LOADED) or {})
+    loaded["name"] = saved.name
+    ss[K.LOADED] = loaded
+    ss[K.PRESET_MESSAGE] = ("success", f"Renamed preset '{old}' to '{new}'.")
+
+
+def _on_delete() -> None:
+    ss = st.session_state
+    name = ss.get(K.PRESET) or ""
+    if ss.get(K.DELETE_CONFIRM) != name:
+        ss[K.DELETE_CONFIRM] = name  # the first click asks; the second deletes
+        return
+    ss.pop(K.DELETE_CONFIRM, None)
+    try:
+        config_mod.delete_preset(name, presets_dir())
+    except ConfigError as e:
+        ss[K.PRESET_MESSAGE] = ("error", str(e))
+        return
+    except OSError as e:
+        ss[K.PRESET_MESSAGE] = (
+            "error",
+            f"could not delete from {presets_dir()}: {e.strerror or e}",
+        )
+        return
+    # The form keeps the deleted preset's settings, now an unsaved setup under its name.
+    ss[K.PRESET] = None
+    ss[K.PRESET_MESSAGE] = ("success", f"Deleted preset '{name}'; its settings stay in the form.")
+
+
+def _manage_presets() -> None:
+    """Rename or delete the selected preset (user presets only)."""
+    ss = st.session_state
+    name = ss.get(K.PRESET)
+    if not name or name not in config_mod.list_presets(presets_dir()):
+        return
+    with st.expander("Rename or delete this preset"):
+        if config_mod.is_bundled(name):
+            st.caption(
+                f"“{name}” comes with MoA Studio and is read-only. Save a copy under another "
+                "name (Save as preset) to change, rename or delete it."
+            )
+            return
+        st.text_input("New name", key=K.RENAME_NAME, placeholder=name)
+        rename_col, delete_col = st.columns(2)
+        rename_col.button(
+            "Rename", key=K.RENAME_BUTTON, on_click=_on_rename, icon=":material/edit:"
+        )
+        confirming = ss.get(K.DELETE_CONFIRM) == name
+        delete_col.button(
+            "Really delete?" if confirming else "Delete",
+            key=K.DELETE_PRESET_BUTTON,
+            on_click=_on_delete,
+            icon=":material/delete:",
+            type="primary" if confirming else "secondary",
+        )
+        if confirming:
+            st.caption(f"Click again to delete “{name}” from {presets_dir()}.")
 
 
 # ---------------------------------------------------------------- form ↔ config
@@ -230,11 +321,47 @@ def _spec_dict(slot: str) -> dict[str, Any]:
     d["max_tokens"] = int(ss.get(key("max_tokens"), 512))
     if ss.get(key("timeout_s")) is not None:
         d["timeout_s"] = float(ss[key("timeout_s")])
+    for price in config_mod.PRICE_KEYS:
+        if ss.get(key(price)) is not None:
+            d[price] = float(ss[key(price)])
     return d
 
 
-def config_from_state() -> RunConfig:
-    """The form as a validated RunConfig; ConfigError names the offending field."""
+def on_model_change(slot: str) -> None:
+    """A model was picked: a label the user did not type goes with the old model."""
+    ss = st.session_state
+    label_key = K.field_key(slot, "label")
+    auto = ss.get(K.auto_label_key(slot), "")
+    if (ss.get(label_key) or "") == auto:
+        ss[label_key] = ""
+        ss[K.auto_label_key(slot)] = ""
+
+
+def is_modified(cfg: RunConfig) -> bool:
+    """The form's config differs from the preset (or run) that was loaded into it."""
+    loaded = dict(st.session_state.get(K.LOADED) or {})
+    now = config_mod.to_dict(cfg)
+    loaded.pop("name", None)
+    now.pop("name", None)
+    return now != loaded
+
+
+def config_from_state(mark_modified: bool = True) -> RunConfig:
+    """The form as a validated RunConfig; ConfigError names the offending field.
+
+    A setup that differs from the loaded preset is named "<preset> (modified)", so History
+    and Insights never file it under the preset itself.
+    """
+    cfg = _config_from_state()
+    if mark_modified and is_modified(cfg) and not cfg.name.endswith(MODIFIED):
+        cfg.name = f"{cfg.name}{MODIFIED}"
+    return cfg
+
+
+MODIFIED = " (modified)"
+
+
+def _config_from_state() -> RunConfig:
     ss = st.session_state
     d: dict[str, Any] = {
         "name": ss.get(K.CONFIG_NAME) or "Untitled",
@@ -365,7 +492,7 @@ def render_sidebar() -> RunConfig | ConfigError:
         cfg: RunConfig | ConfigError = config_from_state()
     except ConfigError as e:
         cfg = e
-    if isinstance(cfg, RunConfig) and config_mod.to_dict(cfg) != ss.get(K.LOADED):
+    if isinstance(cfg, RunConfig) and is_modified(cfg):
         st.caption("modified: save it as a preset to keep these settings")
     name_col, save_col = st.columns([3, 2], vertical_alignment="bottom")
     name_col.text_input("Save as preset", key=K.SAVE_NAME, placeholder="my-preset")
@@ -376,6 +503,7 @@ def render_sidebar() -> RunConfig | ConfigError:
     if message:
         kind, text = message
         (st.success if kind == "success" else st.error)(markdown_escape(text))
+    _manage_presets()
 
     ids = ss[K.PROPOSER_IDS]
     st.html(_heading("Proposers", f"{len(ids)} of {MAX_PROPOSERS}"))
@@ -395,6 +523,7 @@ def render_sidebar() -> RunConfig | ConfigError:
                 type="tertiary",
             )
             model_picker(slot, role="proposer")
+            _field_errors(f"p{n - 1}", cfg)
     st.button(
         "Add proposer",
         key=K.ADD_PROPOSER,
@@ -407,6 +536,7 @@ def render_sidebar() -> RunConfig | ConfigError:
     st.html(_heading("Aggregator", "writes the final answer"))
     with st.container(border=True):
         model_picker(K.AGGREGATOR_SLOT, role="aggregator")
+        _field_errors("agg", cfg)
     with st.container(border=True):
         # Not an expander: the picker's own "Settings" expander cannot nest in one.
         st.checkbox(
@@ -418,6 +548,7 @@ def render_sidebar() -> RunConfig | ConfigError:
         )
         if ss.get(FALLBACK_ON):
             model_picker(K.FALLBACK_SLOT, role="aggregator")
+            _field_errors("fb", cfg)
 
     st.html(_heading("Strategy", "how the candidates become the answer"))
     strategy_form.draw()
@@ -463,6 +594,52 @@ def render_sidebar() -> RunConfig | ConfigError:
     st.caption("Provider keys set: " + (", ".join(keys) if keys else "none (local models only)"))
     remember_form()
     return cfg
+
+
+def _field_errors(where: str, cfg: RunConfig | ConfigError) -> None:
+    """Under a model's box: the form's own error about it, and the last Run refusal about it
+    (while the form is as it was when Run was pressed)."""
+    messages = []
+    if isinstance(cfg, ConfigError) and error_slot(str(cfg)) == where:
+        messages.append(str(cfg))
+    run_error = current_run_error()
+    if run_error and error_slot(run_error) == where and run_error not in messages:
+        messages.append(run_error)
+    for message in messages:
+        st.error(markdown_escape(humanize(message)))
+
+
+def form_error_elsewhere(cfg: RunConfig | ConfigError) -> str | None:
+    """The form's error if no model box shows it (a run-wide setting), in the sidebar's words."""
+    if isinstance(cfg, ConfigError) and error_slot(str(cfg)) is None:
+        return humanize(str(cfg))
+    return None
+
+
+def _snapshot() -> dict[str, Any]:
+    ss = st.session_state
+    keys = [*_form_keys(), K.PROMPT, K.SYSTEM, K.PROPOSER_IDS]
+    return {k: ss.get(k) for k in keys}
+
+
+def set_run_error(message: str | None) -> None:
+    """Why Run was refused; it stays on the page until the form or the prompt changes."""
+    ss = st.session_state
+    ss[K.RUN_ERROR] = message
+    ss[K.RUN_ERROR_FORM] = _snapshot() if message else None
+
+
+def current_run_error() -> str | None:
+    """The last Run refusal, in the sidebar's words, unless the form has changed since."""
+    ss = st.session_state
+    message = ss.get(K.RUN_ERROR)
+    if not message:
+        return None
+    form = ss.get(K.RUN_ERROR_FORM)
+    if form is not None and form != _snapshot():
+        set_run_error(None)  # the user changed something: the old message no longer applies
+        return None
+    return message
 
 
 def _form_specs() -> dict[str, Any]:

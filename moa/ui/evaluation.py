@@ -142,6 +142,25 @@ def results_rows(results: ev.EvalResults) -> list[dict[str, object]]:
     return rows
 
 
+def turn_rows(results: ev.EvalResults) -> list[dict[str, object]]:
+    """Two-turn questions: per contender, the score on turn 1, on turn 2 and both together."""
+    views = {"turn 1": results.for_turn(1), "turn 2": results.for_turn(2), "both turns": results}
+    rows = []
+    for c in results.contenders:
+        row: dict[str, object] = {"contender": c.name}
+        for label, view in views.items():
+            r = next(x for x in view.contenders if x.name == c.name)
+            ci = (
+                ""
+                if r.ci_low is None
+                else f" ({fmt_score(r.ci_low, r.score_kind)}–{fmt_score(r.ci_high, r.score_kind)})"
+            )
+            row[label] = fmt_score(r.score, r.score_kind) + ci
+            row[f"{label} scored"] = r.n_scored
+        rows.append(row)
+    return rows
+
+
 def item_mark(item: ev.ItemResult | None, score_kind: str) -> str:
     if item is None or item.status == "running":
         return "…"
@@ -164,6 +183,16 @@ def question_rows(results: ev.EvalResults) -> list[dict[str, object]]:
         row: dict[str, object] = {"id": q.id, "category": q.category, "prompt": _short(q.prompt)}
         for c in results.contenders:
             row[c.name] = item_mark(results.item(q.id, c.name), kind)
+            if q.followup is not None and results.turn_items:  # both turns: "8 → 3"
+                second = next(
+                    (
+                        i
+                        for i in results.turn_items
+                        if i.question_id == q.id and i.contender == c.name
+                    ),
+                    None,
+                )
+                row[c.name] = f"{row[c.name]} → {item_mark(second, kind)}"
         rows.append(row)
     return rows
 

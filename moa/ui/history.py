@@ -47,21 +47,45 @@ def table_rows(runs: list[RunSummary]) -> list[dict[str, object]]:
             if r.tokens_in is None and r.tokens_out is None
             else ((r.tokens_in or 0) + (r.tokens_out or 0))
         )
+        # The short columns first: at any width, status, time, tokens and cost are in view,
+        # and the long texts take the rest.
         rows.append(
             {
                 "time": (r.created_at or "")[:19].replace("T", " "),
-                "prompt": _short(r.prompt),
-                "proposers": r.proposers,
-                "aggregator": r.aggregator,
-                "strategy": r.strategy or "synthesize",
-                "status": r.status,
+                "status": r.status_text(),
                 "wall s": "unknown" if r.wall_s is None else f"{r.wall_s:.2f}",
                 "tokens": "unknown" if tokens is None else f"{tokens:,}",
                 "cost": fmt_cost(r.cost_usd),
+                "kind": KIND_MARKS[r.kind],
+                "strategy": r.strategy or "synthesize",
+                "prompt": _short(r.prompt),
+                "proposers": r.proposers,
+                "aggregator": r.aggregator,
                 "id": r.id,
             }
         )
     return rows
+
+
+def picked_row(selection: object) -> int | None:
+    """The table row a click chose: a ticked row, else the row of a clicked cell."""
+    rows = list(getattr(selection, "rows", None) or [])
+    if rows:
+        return int(rows[0])
+    cells = list(getattr(selection, "cells", None) or [])
+    if cells:
+        return int(cells[0][0])
+    return None
+
+
+# How the table marks each kind of run (RunSummary.kind); a plain run is left blank.
+KIND_MARKS = {"run": "", "re-aggregation": "↻ re-aggregation", "evaluation": "⚖ evaluation"}
+
+
+def matches_text(total: int, page: int, pages: int) -> str:
+    """ "1 run matches · page 1 of 1" / "12 runs match · …"."""
+    runs = "1 run matches" if total == 1 else f"{fmt_count(total)} runs match"
+    return f"{runs} · page {page} of {pages}"
 
 
 def word_diff_html(base: str, other: str) -> str:
@@ -88,9 +112,16 @@ def word_diff_html(base: str, other: str) -> str:
 
 
 def conversation_rows(
-    convs: list[ConversationSummary], strategies: dict[str, str] | None = None
+    convs: list[ConversationSummary],
+    latest: dict[str, RunSummary] | None = None,
+    strategies: dict[str, str] | None = None,
 ) -> list[dict[str, object]]:
-    """One dict per conversation, short columns first so they stay on screen; shown as text."""
+    """One dict per conversation, short columns first so they stay on screen; shown as text.
+
+    With `latest` (Store.latest_turns), the status says what it would hide ("ok · 1 of 3
+    failed", "ok · aggregated early") and the kind of the latest turn is marked.
+    """
+    latest = latest or {}
     rows = []
     for c in convs:
         tokens = (
@@ -98,14 +129,16 @@ def conversation_rows(
             if c.tokens_in is None and c.tokens_out is None
             else ((c.tokens_in or 0) + (c.tokens_out or 0))
         )
+        last = latest.get(c.id)
         rows.append(
             {
-                "status": c.last_status or "—",
+                "status": last.status_text() if last is not None else (c.last_status or "—"),
                 "turns": c.n_turns,
                 "cost": fmt_cost(c.cost_usd),
                 "tokens": "unknown" if tokens is None else f"{tokens:,}",
                 "strategy": (strategies or {}).get(c.id, "synthesize"),
                 "last activity": (c.updated_at or "")[:19].replace("T", " "),
+                "kind": KIND_MARKS[last.kind] if last is not None else "",
                 "title": _short(c.title),
                 "models": c.models,
                 "branch of": c.parent_id or "",
@@ -182,3 +215,15 @@ def reaggregate(
         conversation_id=plan.conversation_id if plan is not None else None,
         turn=plan.turn if plan is not None else 1,
     )
+
+
+def compare_title(record: RunRecord) -> tuple[str, str]:
+    """(title, subtitle) of a compare card: the prompt's start; the mixture and the time."""
+    cfg = record.config
+    n = len(record.config.proposers)
+    agg = record.aggregator_call
+    mixture = f"{cfg.name} · {n} proposer{'s' if n != 1 else ''} → {agg.label if agg else '—'}"
+    if record.parent_run_id:
+        mixture += " · re-aggregation"
+    when = (record.created_at or "")[:19].replace("T", " ")
+    return _short(record.prompt, 60), f"{mixture} · {when}"

@@ -177,6 +177,24 @@ class LiveRun:
     def stopping(self) -> bool:
         return self.cancel.requested and self.running
 
+    def aggregate_now(self) -> None:
+        """Stop waiting for the proposers still running: the aggregator reads what arrived."""
+        self.cancel.aggregate_now()
+
+    @property
+    def aggregating_early(self) -> bool:
+        return self.cancel.early_requested and self.running
+
+    @property
+    def can_aggregate_now(self) -> bool:
+        """Proposers are still answering (so there is something to cut short)."""
+        return (
+            self.running
+            and not self.cancel.requested
+            and not self.cancel.early_requested
+            and self.cancel.stage == "proposers"
+        )
+
     def elapsed_s(self) -> float:
         return time.monotonic() - self.t0
 

@@ -48,8 +48,18 @@ def local_problems() -> dict[str, str]:
     return problems
 
 
+def form_models() -> list[str]:
+    """Models already in the form (other proposers, the aggregator): offered in every picker."""
+    ss = st.session_state
+    slots = [K.proposer_slot(i) for i in ss.get(K.PROPOSER_IDS, [])]
+    slots += [K.AGGREGATOR_SLOT, K.FALLBACK_SLOT]
+    models = [ss.get(K.field_key(slot, "model")) for slot in slots]
+    return list(dict.fromkeys(m for m in models if isinstance(m, str) and m.strip()))
+
+
 def suggestions(current: str | None) -> list[str]:
     options = list(local.MODELS)
+    options += [m for m in form_models() if m not in options]
     if litellm_ready():
         providers = keyed_providers()
         if providers:
@@ -57,6 +67,12 @@ def suggestions(current: str | None) -> list[str]:
     if current and current not in options:
         options.insert(0, current)
     return options
+
+
+def _on_model_change(slot: str) -> None:
+    from moa.ui.config_form import on_model_change  # config_form imports this module
+
+    on_model_change(slot)
 
 
 def model_picker(slot: str, *, role: str) -> None:
@@ -68,6 +84,8 @@ def model_picker(slot: str, *, role: str) -> None:
         suggestions(current),
         key=key("model"),
         accept_new_options=True,
+        on_change=_on_model_change,
+        args=(slot,),
         help=PICKER_HELP,
         placeholder="type a litellm model id",
     )
@@ -105,6 +123,25 @@ def model_picker(slot: str, *, role: str) -> None:
             if role == "proposer"
             else "Time limit of the synthesis call (default: the proposer timeout).",
         )
+        lo_p, hi_p = LIMITS["input_cost_per_mtok"]
+        in_col, out_col = st.columns(2)
+        for col, price, label in (
+            (in_col, "input_cost_per_mtok", "Input $ / M tokens"),
+            (out_col, "output_cost_per_mtok", "Output $ / M tokens"),
+        ):
+            col.number_input(
+                label,
+                min_value=lo_p,
+                max_value=hi_p,
+                step=0.1,
+                format="%.4f",
+                key=key(price),
+                value=None,
+                placeholder="litellm's price",
+                help="Optional price in USD per million tokens (set both; 0 for a self-hosted "
+                "model). Overrides litellm's price list in the estimate, cards, History and "
+                "Insights.",
+            )
         st.text_input(
             "API key env var (optional)",
             key=key("api_key_env"),

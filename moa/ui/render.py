@@ -95,7 +95,13 @@ CSS = """
 .moa-name{font-weight:650;font-size:.93rem;color:#0f172a;overflow:hidden;text-overflow:ellipsis;
   white-space:nowrap;flex:1 1 auto;min-width:0}
 .moa-model{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.72rem;color:#64748b;
-  margin:.1rem 0 .45rem;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+  margin:.1rem 0 .45rem;display:flex;gap:.3rem;min-width:0;white-space:nowrap}
+.moa-mid{overflow:hidden;text-overflow:ellipsis;min-width:2rem;flex:0 1 auto}
+.moa-params{flex:none}
+.moa-sys{font-size:.72rem;color:#475569;margin:-.2rem 0 .4rem;white-space:nowrap;overflow:hidden;
+  text-overflow:ellipsis;cursor:help}
+.moa-syschip{display:inline-block;background:#eef2ff;color:#4338ca;border-radius:999px;
+  padding:0 .45rem;font-weight:650;font-size:.66rem}
 .moa-text{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.86rem;line-height:1.55;
   color:#1e293b;max-height:21rem;overflow-y:auto;padding-right:.2rem}
 .moa-tail{display:flex;flex-direction:column-reverse}
@@ -275,15 +281,42 @@ def call_metrics(call: CallRecord) -> str:
 
 
 def _model_line(call: CallRecord) -> str:
-    bits = [call.model]
+    """The model id (cut with an ellipsis if it must be) and its settings (never cut)."""
+    model = call.model
     if call.role == "aggregator" and call.index > 0:
-        bits.insert(0, "fallback aggregator")
+        model = f"fallback aggregator · {model}"
+    bits = []
     temp = call.params.get("temperature")
     if temp is not None:
         bits.append(f"T {temp:g}")
     if call.params.get("max_tokens"):
         bits.append(f"max {call.params['max_tokens']:,} tok")
-    return esc(" · ".join(bits))
+    params = f'<span class="moa-params">· {esc(" · ".join(bits))}</span>' if bits else ""
+    return f'<span class="moa-mid">{esc(model)}</span>{params}'
+
+
+def max_tokens_note(call: CallRecord) -> str:
+    """A call that stopped at max_tokens: its answer is probably cut off mid-sentence."""
+    cap = call.params.get("max_tokens")
+    limit = f" ({cap:,})" if isinstance(cap, int) else ""
+    return (
+        f'<div class="moa-note moa-maxtok">Stopped at max_tokens{esc(limit)}: the answer is '
+        "probably cut off. Raise max_tokens in this model's settings for a complete answer.</div>"
+    )
+
+
+def system_chip(call: CallRecord) -> str:
+    """The model's own system prompt, if it had one: a chip, its text on hover (escaped)."""
+    system = call.params.get("system_prompt")
+    if not system or not str(system).strip():
+        return ""
+    text = str(system)
+    if len(text) > 600:
+        text = text[:599] + "…"
+    return (
+        f'<div class="moa-sys" title="{esc(text)}" data-system-prompt="1">'
+        f'<span class="moa-syschip">system prompt</span> {esc(" ".join(text.split())[:80])}</div>'
+    )
 
 
 def call_card(
@@ -328,6 +361,8 @@ def call_card(
         note_html += f'<div class="moa-note moa-history-note">{esc(call.history_note)}</div>'
     if call.status != "running":
         note_html += cut_note(len(call.text))
+    if call.cut_at_max_tokens:
+        note_html += max_tokens_note(call)
     name = call.label or call.model
     return (
         f'<div class="moa-card{" moa-final" if final else ""}" '
@@ -337,10 +372,23 @@ def call_card(
         f'<span class="moa-name" title="{esc(name)}">{esc(name)}</span>'
         f"{call_chip(call, retrying=bool(note))}</div>"
         f'<div class="moa-model" title="{esc(call.model)}">{_model_line(call)}</div>'
-        f"{extra}"
+        f"{system_chip(call)}{extra}"
         f'<div class="{text_cls}">{body}</div>'
         f"{note_html}{error}{call_metrics(call)}</div>"
     )
+
+
+def concurrency_text(calls: Sequence[CallRecord]) -> str:
+    """How a layer's calls run: remote ones at once, local models sharing this CPU."""
+    n = len(calls)
+    local = sum(1 for c in calls if c.model.startswith("local/"))
+    remote = n - local
+    if local <= 1:
+        return f"{n} answering in parallel" if n > 1 else "1 proposer"
+    turns = "local models share the CPU"
+    if remote == 0:
+        return f"{n} proposers, {turns}"
+    return f"{remote} answering in parallel; {local} {turns}"
 
 
 def section(title: str, sub: str = "") -> str:
@@ -380,6 +428,11 @@ def run_header(
         bits.append(esc(f"{usage['tokens_in']:,} tokens in · {usage['tokens_out']:,} out"))
     if status not in ("running", "stopping"):
         bits.append(esc(f"cost {run_cost(record)}"))
+    if record.aggregated_early:
+        bits.append(
+            '<span class="moa-early" title="Aggregate now: the proposers still running were '
+            'cancelled and the aggregator read the answers that had arrived">aggregated early</span>'
+        )
     bits.append(
         f'<a href="{run_link(record.run_id)}" target="_blank" rel="noopener noreferrer" '
         f'title="Open the saved run">saved run {esc(record.run_id)} ↗</a>'
@@ -444,6 +497,10 @@ class Kept:
                     "New: no candidate says this (the aggregator's own words)"
                     f" · best match score {s.score:.2f}"
                 )
+                near = s.closest
+                if near is not None and near.candidate < len(self.calls):
+                    # The name and score only: a long answer has hundreds of these titles.
+                    title += f"\nClosest: {self.label(near.candidate)} ({near.score:.2f})"
                 spans.append((seg.start, seg.end, "moa-seg moa-new", "", title))
                 continue
             lines = []
@@ -571,9 +628,9 @@ class RunView:
         for layer in layers:
             calls = [c for c in record.proposer_calls if c.layer == layer]
             if len(layers) == 1:
-                st.html(section("Proposers", f"{len(calls)} answering in parallel"))
+                st.html(section("Proposers", concurrency_text(calls)))
             else:
-                sub = "answer in parallel" if layer == 1 else f"each reads layer {layer - 1}"
+                sub = concurrency_text(calls) if layer == 1 else f"each reads layer {layer - 1}"
                 st.html(section(f"Layer {layer} of {len(layers)}", sub))
             self._add_group(calls, layout_rows(len(calls))[0])
         self._strategy_groups(record, before_final=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 # Non-widget state
 LIVE = "moa_live_run"  # the session's LiveRun: running, or the last one (drawn until replaced)
 RUN_ERROR = "moa_run_error"  # why the last Run click was refused (InputError / ConfigError text)
+RUN_ERROR_FORM = "moa_run_error_form"  # the form as it was then: a change clears the error
 PROPOSER_IDS = "moa_proposer_ids"  # stable ids of the proposer slots, in order
 NEXT_ID = "moa_next_proposer_id"  # next slot id: ids are never reused, so widget keys stay unique
 LOADED = "moa_loaded_config"  # dict of the preset as loaded, to show "modified"
@@ -22,6 +23,10 @@ EDITING = "moa_editing"  # (conversation id, turn) whose user message is being e
 PRESET = "preset"
 SAVE_NAME = "save_name"
 SAVE_BUTTON = "save_preset"
+RENAME_NAME = "rename_preset_name"
+RENAME_BUTTON = "rename_preset"
+DELETE_PRESET_BUTTON = "delete_preset"
+DELETE_CONFIRM = "moa_delete_preset_confirm"  # not a widget: the preset a Delete click armed
 ADD_PROPOSER = "add_proposer"
 LAYERS = "layers"
 PROPOSER_TIMEOUT = "proposer_timeout_s"
@@ -32,6 +37,7 @@ PROMPT = "prompt"
 SYSTEM = "system_prompt"
 RUN_BUTTON = "run"
 STOP_BUTTON = "stop"
+AGGREGATE_NOW_BUTTON = "aggregate_now"
 NEW_RUN_BUTTON = "new_run"
 RUN_FORM = "run_form"
 FOLLOW_UP = "follow_up"  # the chat input at the bottom of a conversation
@@ -51,6 +57,8 @@ MODEL_FIELDS = (
     "system_prompt",
     "timeout_s",
     "api_key_env",
+    "input_cost_per_mtok",
+    "output_cost_per_mtok",
 )
 
 
@@ -61,6 +69,11 @@ def proposer_slot(slot_id: int) -> str:
 def field_key(slot: str, field: str) -> str:
     """Widget key of one model setting, e.g. `p3.model` or `agg.temperature`."""
     return f"{slot}.{field}"
+
+
+def auto_label_key(slot: str) -> str:
+    """The label a slot got from the loaded config (not a widget): see on_model_change."""
+    return f"moa_auto_label.{slot}"
 
 
 def remove_button_key(slot: str) -> str:
