@@ -308,7 +308,9 @@ def show_live(live: LiveRun) -> None:
 
     def header() -> None:
         status = "stopping" if live.stopping else None
-        view.draw_header(run_header(live.record(), status=status, elapsed_s=live.elapsed_s()))
+        record = live.record()
+        view.draw_header(run_header(record, status=status, elapsed_s=live.elapsed_s()))
+        view.draw_outcome(record)
 
     follow(
         live,

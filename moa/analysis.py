@@ -94,7 +94,9 @@ def compute(record: RunRecord, *, matcher: str = DEFAULT_MATCHER) -> RunAnalysis
     final = record.final_text
     if not final:
         return RunAnalysis(None, [], None, _warning(record))
-    seen = record.aggregated_candidates()
+    seen = record.attributed_candidates()  # a strategy's verbatim answer: only its candidate
+    if not seen:
+        return RunAnalysis(None, [], None, _warning(record))
     attr = attribute(final, [c.text for _, c in seen], matcher=matcher)
     return RunAnalysis(attr, [pos for pos, _ in seen], analyse(attr), _warning(record))
 

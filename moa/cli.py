@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--aggregator", metavar="MODEL", help="aggregator model id")
     run.add_argument("--layers", type=int, metavar="N", help="proposer layers (1-4)")
     run.add_argument("--system", metavar="TEXT", help="a system prompt for every model")
+    _strategy_flags(run)
     run.add_argument(
         "--continue",
         dest="continue_id",
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="continue a stored conversation (its id, or the id of one of its runs)",
     )
+    _strategy_flags(chat)
     _common(chat)
 
     hist = sub.add_parser("history", help="list past conversations, latest activity first")
@@ -108,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _strategy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strategy",
+        choices=config_mod.STRATEGIES,
+        help="how the candidates become the answer (default: the config's, else synthesize)",
+    )
+    p.add_argument(
+        "--cascade",
+        action="store_true",
+        default=None,
+        help="two samples first; run the panel only if they disagree",
+    )
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="PATH", help="SQLite file (default: $MOA_DB or data/moa.db)")
     p.add_argument("--json", action="store_true", help="print JSON to stdout")
@@ -129,11 +145,17 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         cfg = config_mod.load_preset(os.environ.get("MOA_PRESET") or DEFAULT_PRESET)
     if args.layers is not None and not isinstance(args.layers, int):
         raise ConfigError("--layers must be an integer")
-    return cfg.with_overrides(args.proposer or None, args.aggregator, args.layers)
+    return cfg.with_overrides(
+        args.proposer or None,
+        args.aggregator,
+        args.layers,
+        getattr(args, "strategy", None),
+        getattr(args, "cascade", None),
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from moa import engine, export
+    from moa import engine, export, strategies
     from moa.store import Store
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
@@ -147,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
     # On a terminal the final answer streams as it is written; piped, stdout gets only the
     # finished answer (a failed aggregator's partial text must not precede its fallback's).
-    live = not args.json and sys.stdout.isatty()
+    live = not args.json and sys.stdout.isatty() and strategies.streams_final(cfg)
     record = _run_turn(store, cfg, prompt, plan, cancel, live, system=args.system)
     if args.json:
         from moa import analysis
@@ -183,7 +205,7 @@ def _run_turn(
     system: str | None = None,
 ) -> Any:
     """Check, then run one turn of `plan`'s conversation, logged; progress on stderr."""
-    from moa import engine
+    from moa import engine, strategies
     from moa.events import fan_out
     from moa.store import StoreWriter
 
@@ -194,7 +216,8 @@ def _run_turn(
     sent = f" · turn {plan.turn}, {len(plan.history)} earlier turn(s) sent" if plan.turn > 1 else ""
     _err(
         f"run: {cfg.name} · {len(cfg.proposers)} proposers × {cfg.layers} layer(s) → "
-        f"{cfg.aggregator.display} · estimated ≤ {estimate.describe()}{sent}"
+        f"{cfg.aggregator.display} · strategy {cfg.strategy_label} · "
+        f"estimated ≤ {estimate.describe()}{sent}"
     )
     if plan.new and plan.parent_id:
         store.create_conversation(
@@ -213,6 +236,9 @@ def _run_turn(
     )
     usage = record.usage()
     cost = "unknown" if usage["cost_usd"] is None else f"${usage['cost_usd']:.6f}"
+    labels = {i: c.label for i, c in enumerate(record.proposer_calls)}
+    for line in strategies.summary_lines(record.outcome, labels):
+        _err(line)
     _err(
         f"{record.status}: {record.wall_s:.2f} s, {usage['tokens_in']}+{usage['tokens_out']} "
         f"tokens, cost {cost}, run id {record.run_id}"
@@ -227,7 +253,7 @@ def _run_turn(
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """A conversation: one MoA turn per message, each with the earlier turns as history."""
-    from moa import engine, export
+    from moa import engine, export, strategies
     from moa.store import Store
 
     args.proposer, args.aggregator, args.layers = [], None, None
@@ -236,7 +262,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     store.check_writable()
     conv = _conversation(store, args.continue_id)
     interactive = sys.stdin.isatty()
-    live = interactive and not args.json and sys.stdout.isatty()
+    live = interactive and not args.json and sys.stdout.isatty() and strategies.streams_final(cfg)
     state: dict[str, Any] = {"cancel": None}
 
     def on_sigint(*_: object) -> None:
@@ -420,6 +446,11 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"({c.history_note})")
         print(c.text.strip() or f"({c.error or 'no text'})")
         print()
+    from moa.strategies import summary_lines
+
+    labels = {i: c.label for i, c in enumerate(record.proposer_calls)}
+    for line in summary_lines(record.outcome, labels):
+        print(line)
     return EXIT_OK
 
 
@@ -541,7 +572,7 @@ class _ProgressPrinter:
 
 
 def _name(c: Any) -> str:
-    role = "aggregator" if c.role == "aggregator" else f"L{c.layer} #{c.index + 1}"
+    role = f"L{c.layer} #{c.index + 1}" if c.role == "proposer" else c.role
     return f"{role} {c.label}"
 
 
@@ -682,6 +713,13 @@ def _print_eval_table(results: Any) -> None:
             f"{c.name[:32]:<32} {score:>12} {ci:>15} {cost:>10} {latency:>10} "
             f"{c.tokens_out:>7} {c.n_ok:>4} {c.n_failed:>6}"
         )
+    for c in results.contenders:
+        if c.escalation_rate is not None:
+            print(f"{c.name}: the cascade ran the panel for {c.escalation_rate:.0%} of answers")
+    for x in ("cost", "latency"):
+        front = results.pareto_front(x)
+        if front and len(results.contenders) > 1:
+            print(f"Pareto front (quality vs {x}): {', '.join(c.name for c in front)}")
     if results.judge_model:
         cost = "unknown" if results.judge_cost_usd is None else f"${results.judge_cost_usd:.4f}"
         print(f"judge {results.judge_model}: {cost} (not included above)")

@@ -27,8 +27,12 @@ LIMITS = {
     "max_cost_usd": (0.0, 10_000.0),
     "input_cost_per_mtok": (0.0, 100_000.0),
     "output_cost_per_mtok": (0.0, 100_000.0),
+    "critique_rounds": (1, 3),
+    "cascade_agreement": (0.0, 1.0),
 }
 PRICE_KEYS = ("input_cost_per_mtok", "output_cost_per_mtok")
+# How the candidates of the last proposer layer become the final answer (moa/strategies.py).
+STRATEGIES = ("synthesize", "rank", "select", "vote", "critique")
 _PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 
 
@@ -78,6 +82,18 @@ class RunConfig:
     # What proposers see of earlier conversation turns: every turn's agreed final answer
     # ("final", the reference MoA bot's convention) or each proposer's own earlier answer ("own").
     history: str = "final"
+    strategy: str = "synthesize"  # one of STRATEGIES
+    judge: ModelSpec | None = None  # rank: this one model ranks instead of every proposer
+    critic: ModelSpec | None = None  # critique: the critic (default: the aggregator)
+    critique_rounds: int = 1
+    cascade: bool = False  # answer with two samples first; run the panel only if they disagree
+    cascade_model: ModelSpec | None = None  # the cascade's model (default: proposers 1 and 2)
+    cascade_agreement: float = 0.6
+
+    @property
+    def strategy_label(self) -> str:
+        """`vote`, `synthesize+cascade`: the strategy as History and Evaluate name it."""
+        return self.strategy + ("+cascade" if self.cascade else "")
 
     def timeout_for(self, spec: ModelSpec) -> float:
         return spec.timeout_s if spec.timeout_s is not None else self.proposer_timeout_s
@@ -85,13 +101,16 @@ class RunConfig:
     def models(self) -> list[ModelSpec]:
         """Every model the run may call (the fallback aggregator too, if there is one)."""
         fallback = [self.fallback_aggregator] if self.fallback_aggregator is not None else []
-        return [*self.proposers, self.aggregator, *fallback]
+        extra = [m for m in (self.judge, self.critic, self.cascade_model) if m is not None]
+        return [*self.proposers, self.aggregator, *fallback, *extra]
 
     def with_overrides(
         self,
         proposers: list[str] | None = None,
         aggregator: str | None = None,
         layers: int | None = None,
+        strategy: str | None = None,
+        cascade: bool | None = None,
     ) -> RunConfig:
         """The CLI's --proposer/--aggregator/--layers applied on top of this config."""
         cfg = replace(self)
@@ -104,6 +123,10 @@ class RunConfig:
             )
         if layers is not None:
             cfg.layers = layers
+        if strategy is not None:
+            cfg.strategy = strategy
+        if cascade is not None:
+            cfg.cascade = cascade
         return validate(cfg)
 
 
@@ -140,10 +163,20 @@ _RUN_KEYS: dict[str, tuple[type, ...]] = {
     "proposers": (list,),
     "concurrency": (dict,),
     "history": (str,),
+    "strategy": (str,),
+    "judge": (str, dict),
+    "critic": (str, dict),
+    "critique_rounds": (int,),
+    "cascade": (bool,),
+    "cascade_model": (str, dict),
+    "cascade_agreement": (int, float),
 }
 CONCURRENCY_RANGE = (1, 64)
 HISTORY_MODES = ("final", "own")
+# Strategy models may be written as a model id string or as a full model table.
+_STRATEGY_MODELS = ("judge", "critic", "cascade_model")
 _TYPE_NAMES = {
+    bool: "true or false",
     str: "a string",
     int: "an integer",
     float: "a number",
@@ -286,7 +319,20 @@ def from_dict(d: Any) -> RunConfig:
         aggregator_prompt=d.get("aggregator_prompt"),
         concurrency=dict(d.get("concurrency") or {}),
         history=d.get("history", "final"),
+        strategy=d.get("strategy", "synthesize"),
+        critique_rounds=d.get("critique_rounds", 1),
+        cascade=d.get("cascade", False),
+        cascade_agreement=float(d.get("cascade_agreement", 0.6)),
     )
+    for key in _STRATEGY_MODELS:
+        if key in d:
+            value = d[key]
+            if isinstance(value, str):  # judge = "model" (or "model@http://host/v1")
+                spec = _spec_from_cli(value.strip())
+                value = {"model": spec.model, "temperature": 0.2}
+                if spec.api_base:
+                    value["api_base"] = spec.api_base
+            setattr(cfg, key, _model_from_dict(key, value))
     return validate(cfg)
 
 
@@ -308,12 +354,19 @@ def validate(cfg: RunConfig) -> RunConfig:
             f'history = {cfg.history!r:.40} is not allowed: use "final" (every model sees each '
             'earlier turn\'s final answer) or "own" (each proposer sees its own earlier answers)'
         )
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy = {cfg.strategy!r:.40} is not one of {', '.join(STRATEGIES)}")
+    _check_type("critique_rounds", cfg.critique_rounds, (int,))
+    _check_range("critique_rounds", "critique_rounds", cfg.critique_rounds)
+    _check_type("cascade", cfg.cascade, (bool,))
+    _check_range("cascade_agreement", "cascade_agreement", cfg.cascade_agreement)
     if cfg.aggregator_prompt is not None and not cfg.aggregator_prompt.strip():
         cfg.aggregator_prompt = None
     # Here, not when reading a table: configs from TOML, the form and CLI overrides
     # (`model@URL`) all pass through validate().
     where = [(f"proposers[{i}]", p) for i, p in enumerate(cfg.proposers)]
     where += [("aggregator", cfg.aggregator), ("fallback_aggregator", cfg.fallback_aggregator)]
+    where += [(k, getattr(cfg, k)) for k in _STRATEGY_MODELS]
     for name, spec in where:
         if spec is not None:
             check_api_base(f"{name}.api_base", spec.api_base)
@@ -393,6 +446,18 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     out["aggregator"] = model(cfg.aggregator)
     if cfg.fallback_aggregator is not None:
         out["fallback_aggregator"] = model(cfg.fallback_aggregator)
+    # Strategy keys only when they differ from the defaults: older configs read back unchanged.
+    if cfg.strategy != "synthesize":
+        out["strategy"] = cfg.strategy
+    if cfg.critique_rounds != 1:
+        out["critique_rounds"] = cfg.critique_rounds
+    if cfg.cascade:
+        out["cascade"] = True
+    if cfg.cascade_agreement != 0.6:
+        out["cascade_agreement"] = cfg.cascade_agreement
+    for key in _STRATEGY_MODELS:
+        if getattr(cfg, key) is not None:
+            out[key] = model(getattr(cfg, key))
     out["proposers"] = [model(p) for p in cfg.proposers]
     if cfg.concurrency:
         out["concurrency"] = dict(cfg.concurrency)
@@ -450,9 +515,9 @@ def _toml_value(v: Any) -> str:
 
 def dumps(cfg: RunConfig) -> str:
     d = to_dict(cfg)
-    tables = ("aggregator", "fallback_aggregator", "proposers", "concurrency")
+    tables = ("aggregator", "fallback_aggregator", *_STRATEGY_MODELS, "proposers", "concurrency")
     lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if k not in tables]
-    for table in tables[:2]:
+    for table in ("aggregator", "fallback_aggregator", *_STRATEGY_MODELS):
         if table in d:
             lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in d[table].items()]
     if "concurrency" in d:

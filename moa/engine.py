@@ -13,10 +13,10 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from moa import conversation, llm, prompts
+from moa import conversation, llm, prompts, strategies
 from moa.config import ConfigError, ModelSpec, RunConfig, concurrency_for, endpoint_key
 from moa.conversation import HistoryTurn
 from moa.events import (
@@ -155,7 +155,10 @@ def estimate_cost(
             unknown.append(agg.model)
         else:
             usd += cost
-    return Estimate(usd=usd, unknown_models=unknown)
+    extra_usd, extra_unknown = strategies.estimate_extra(
+        config, lambda model, out, extra: _cost(model, base_in, out, extra), prev_out
+    )
+    return Estimate(usd=usd + extra_usd, unknown_models=unknown + extra_unknown)
 
 
 class _LazyTokens:
@@ -209,6 +212,9 @@ def check(
     aggregators = [("aggregator", config.aggregator)]
     if config.fallback_aggregator is not None:
         aggregators.append(("fallback_aggregator", config.fallback_aggregator))
+    for key in ("judge", "critic", "cascade_model"):
+        if getattr(config, key) is not None:
+            aggregators.append((key, getattr(config, key)))
     checked = [*specs, *aggregators]
     if reuse is not None:
         checked = aggregators  # the stored candidates are reused: no proposer is called
@@ -288,9 +294,12 @@ def reaggregate_config(
     source: RunRecord,
     aggregator: ModelSpec | None = None,
     aggregator_prompt: str | None = None,
+    strategy: str | None = None,
 ) -> RunConfig:
-    """The source run's config with another aggregator and/or synthesis prompt."""
+    """The source run's config with another aggregator, synthesis prompt and/or strategy."""
     cfg = replace(source.config)
+    if strategy is not None:
+        cfg.strategy = strategy
     if aggregator is not None:
         cfg.aggregator = aggregator
     if aggregator_prompt is not None:
@@ -302,10 +311,12 @@ async def reaggregate(
     source: RunRecord,
     aggregator: ModelSpec | None = None,
     aggregator_prompt: str | None = None,
+    strategy: str | None = None,
     **kwargs,
 ) -> RunRecord:
-    """A new run that reuses `source`'s candidates and calls only the (new) aggregator."""
-    cfg = reaggregate_config(source, aggregator, aggregator_prompt)
+    """A new run that reuses `source`'s candidates and calls only the (new) aggregator, or
+    the calls of another strategy (`strategy`)."""
+    cfg = reaggregate_config(source, aggregator, aggregator_prompt, strategy)
     return await run(cfg, source.prompt, system_prompt=source.system_prompt, reuse=source, **kwargs)
 
 
@@ -332,12 +343,33 @@ class _Runner:
         self.specs: dict[tuple[int, str, int], ModelSpec] = {}
         self.last_errors: dict[tuple[int, str, int], str] = {}  # per call, while it retries
         self.t0 = 0.0
+        self.cascade_calls: list[CallRecord] = []
+
+    # What moa.strategies uses to make its calls and read the run.
+    def add_call(self, call: CallRecord, spec: ModelSpec) -> None:
+        self._add_call(call, spec)
+
+    async def call(self, call: CallRecord, messages: list[dict[str, str]], check=None) -> None:
+        await self._call(call, messages, check)
+
+    async def aggregate(self, previous: list[str], note: str | None = None) -> CallRecord:
+        return await self._aggregate(previous, note)
+
+    def proposer_messages(self, call: CallRecord, previous: list[str]) -> list[dict[str, str]]:
+        return self._proposer_messages(call, previous)
+
+    def with_history(
+        self, call: CallRecord, messages: list[dict[str, str]]
+    ) -> list[dict[str, str]]:
+        """A strategy call's messages with the conversation's earlier turns, as fit its model."""
+        return self._with_history(call, messages)
 
     async def run(self, run_id: str) -> RunRecord:
         record = RunRecord(run_id=run_id, config=self.config, prompt=self.prompt)
         record.system_prompt = self.system_prompt
         record.parent_run_id = self.reuse.run_id if self.reuse is not None else None
         record.conversation_id, record.turn = self.conversation_id, self.turn
+        record.outcome = {}  # filled in place by the strategy: live views see it grow
         self.record = record
         self._plan_calls()
         self.t0 = time.monotonic()
@@ -376,13 +408,20 @@ class _Runner:
             ]
             self.config = replace(self.config, layers=self.reuse.last_layer)
             self.record.config = self.config
+        if self.config.cascade and self.reuse is None:
+            # Only the cascade's two calls at first; the panel is planned if it escalates.
+            self.cascade_calls = strategies.cascade_pair(self)
+            return
+        self._plan_panel()
+
+    def _plan_panel(self) -> None:
+        """The proposer layers (except calls already planned) and the strategy's calls."""
         for layer in range(1, self.config.layers + 1 if self.reuse is None else 1):
             for i, spec in enumerate(self.config.proposers):
-                self._add_call(CallRecord(layer, "proposer", i, spec.model, spec.display), spec)
-        agg = self.config.aggregator
-        self._add_call(
-            CallRecord(self.config.layers + 1, "aggregator", 0, agg.model, agg.display), agg
-        )
+                call = CallRecord(layer, "proposer", i, spec.model, spec.display)
+                if call.key not in self.specs:
+                    self._add_call(call, spec)
+        strategies.plan(self)
 
     def _add_call(self, call: CallRecord, spec: ModelSpec) -> None:
         call.params = {
@@ -403,12 +442,20 @@ class _Runner:
         if self.single:
             return await self._single_answer()
         record, previous = self.record, []
+        if self.cascade_calls:
+            if await strategies.cascade(self, self.cascade_calls):
+                return  # the two answers agreed: the panel is never run
+            planned = len(record.calls)
+            self._plan_panel()
+            for call in record.calls[planned:]:
+                self.emit(CallQueued(record.run_id, call))
         if self.reuse is not None:
             previous = [c.text for _, c in record.aggregated_candidates()]
         self.cancel.stage = "proposers"
         for layer in range(1, self.config.layers + 1 if self.reuse is None else 1):
             calls = [c for c in record.calls if c.layer == layer and c.role == "proposer"]
-            await self._proposer_layer(calls, previous)
+            # A cascade's two calls have run already.
+            await self._proposer_layer([c for c in calls if c.status == "waiting"], previous)
             ok = [c for c in calls if c.status == "ok"]
             self.emit(LayerFinished(record.run_id, layer, len(ok), len(calls) - len(ok)))
             if record.aggregated_early:
@@ -429,8 +476,22 @@ class _Runner:
             previous = [c.text for c in ok]
 
         self.cancel.stage = "aggregator"
+        # The last layer that answered ("Aggregate now" may have cut a later one short).
+        last = max((c.layer for c in record.proposer_calls if c.status == "ok"), default=0)
+        candidates = [
+            (i, c)
+            for i, c in enumerate(record.proposer_calls)
+            if c.layer == last and c.status == "ok"
+        ]
+        await strategies.STRATEGIES[self.config.strategy](self, candidates)
+
+    async def _aggregate(self, previous: list[str], note: str | None = None) -> CallRecord:
+        """The synthesis (and its fallback): sets the run's status; returns the answering call.
+
+        `note`: more instructions for the aggregator (rank's combined ranking)."""
+        record = self.record
         agg = record.aggregator_call
-        await self._call(agg, self._aggregator_messages(agg, previous))
+        await self._call(agg, self._aggregator_messages(agg, previous, note))
         fallback = self.config.fallback_aggregator
         first = agg
         if agg.status in ("failed", "timeout") and fallback is not None:
@@ -439,7 +500,7 @@ class _Runner:
             agg = CallRecord(agg.layer, "aggregator", 1, fallback.model, fallback.display)
             self._add_call(agg, fallback)
             self.emit(CallQueued(record.run_id, agg))
-            await self._call(agg, self._aggregator_messages(agg, previous))
+            await self._call(agg, self._aggregator_messages(agg, previous, note))
         if agg.status == "ok":
             record.status = "ok"
         else:
@@ -447,6 +508,7 @@ class _Runner:
             record.error = f"aggregator {first.label} {first.status}: {first.error}"
             if agg is not first:
                 record.error += f"; fallback aggregator {agg.label} {agg.status}: {agg.error}"
+        return agg
 
     async def _proposer_layer(self, calls: list[CallRecord], previous: list[str]) -> None:
         """All of a layer's calls at once; "Aggregate now" cancels those still going."""
@@ -489,16 +551,18 @@ class _Runner:
                 c.status, c.error, c.ended_at = "cancelled", EARLY_NOTE, utc_now()
                 self.emit(CallFailed(self.record.run_id, c))
 
-    def _aggregator_messages(self, call: CallRecord, previous: list[str]) -> list[dict[str, str]]:
-        return self._with_history(
-            call,
-            prompts.aggregator_messages(
-                self.prompt,
-                previous,
-                self.config.aggregator_prompt,
-                _join(self.system_prompt, self.specs[call.key].system_prompt),
-            ),
+    def _aggregator_messages(
+        self, call: CallRecord, previous: list[str], note: str | None = None
+    ) -> list[dict[str, str]]:
+        messages = prompts.aggregator_messages(
+            self.prompt,
+            previous,
+            self.config.aggregator_prompt,
+            _join(self.system_prompt, self.specs[call.key].system_prompt),
         )
+        if note:
+            messages[0]["content"] += "\n\n" + note
+        return self._with_history(call, messages)
 
     def _with_history(
         self, call: CallRecord, messages: list[dict[str, str]]
@@ -548,8 +612,16 @@ class _Runner:
             self.semaphores[provider] = asyncio.Semaphore(self.limits.default)
         return self.semaphores[provider]
 
-    async def _call(self, call: CallRecord, messages: list[dict[str, str]]) -> None:
-        """One model call with timeout and retries; its outcome is written into `call`."""
+    async def _call(
+        self,
+        call: CallRecord,
+        messages: list[dict[str, str]],
+        check: Callable[[str], str | None] | None = None,
+    ) -> None:
+        """One model call with timeout and retries; its outcome is written into `call`.
+
+        `check`: reads a complete answer; a message back makes the call failed with it (a
+        ranking or selection that cannot be parsed is a failure, never a guess)."""
         spec = self.specs[call.key]
         timeout = self.config.timeout_for(spec)
         run_id = self.record.run_id
@@ -584,6 +656,9 @@ class _Runner:
                     call.status, call.error = "failed", _cut_off_message(spec, call)
                 elif call.text.strip():
                     call.status = "ok"
+                    problem = check(call.text) if check is not None else None
+                    if problem:
+                        call.status, call.error = "failed", problem
                 else:
                     call.status, call.error = "failed", "the model returned an empty answer"
             finally:

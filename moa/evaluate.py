@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import statistics
 import threading
 import time
@@ -160,11 +161,33 @@ def from_preset(
     return unique_names(out)
 
 
+_STRATEGY_SUFFIX = re.compile(
+    r"@(" + "|".join(config_mod.STRATEGIES) + r")(\+cascade)?$|@(cascade)$", re.IGNORECASE
+)
+
+
+def with_strategy(c: Contender, strategy: str, cascade: bool = False) -> Contender:
+    """The contender's mixture with another strategy (and cascade), named `NAME@strategy`."""
+    if c.kind == "single":
+        raise EvalInputError(
+            f"{c.name} is one model alone: a strategy needs a mixture (a preset or config)"
+        )
+    cfg = config_mod.validate(replace(c.config, strategy=strategy, cascade=cascade))
+    return Contender(f"{c.name}@{cfg.strategy_label}", c.kind, cfg)
+
+
 def parse_contender(text: str) -> Contender:
     """CLI contender: a preset name or a TOML config file → its MoA; `provider/model[@url]` →
     that model alone; `self-moa:PRESET` → Self-MoA on the preset's aggregator model;
-    `self-moa:MODEL` → 3 samples of MODEL aggregated by itself."""
+    `self-moa:MODEL` → 3 samples of MODEL aggregated by itself. A mixture may end in
+    `@STRATEGY` or `@STRATEGY+cascade` (`local-demo@vote`, `local-quick@synthesize+cascade`)."""
     text = text.strip()
+    m = _STRATEGY_SUFFIX.search(text)
+    if m and text[: m.start()].strip():
+        strategy = (m.group(1) or "synthesize").lower()
+        return with_strategy(
+            parse_contender(text[: m.start()]), strategy, bool(m.group(2) or m.group(3))
+        )
     if text.lower().endswith(".toml"):
         return mixture(config_mod.load(text))
     if text.startswith(SELF_MOA_PREFIX):
@@ -1155,6 +1178,8 @@ class ContenderResult:
     n_scored: int
     n_unscored: int  # answered, but the judge gave no usable verdict
     judge_cost_usd: float | None
+    escalation_rate: float | None = None  # cascades: the share of answers that ran the panel
+    strategy: str | None = None  # mixtures: `vote`, `synthesize+cascade`…
 
     @property
     def cost_per_answer(self) -> float | None:
@@ -1175,6 +1200,8 @@ class ContenderResult:
             "n_failed": self.n_failed,
             "n_unscored": self.n_unscored,
             "judge_cost_usd": self.judge_cost_usd,
+            "strategy": self.strategy,
+            "escalation_rate": self.escalation_rate,
         }
 
 
@@ -1488,6 +1515,13 @@ def load_results(store: Store, eval_id: str) -> EvalResults:
         )
         for c in plan.contenders
     ]
+    for result, c in zip(contenders, plan.contenders, strict=True):
+        if c.kind != "single":
+            result.strategy = c.config.strategy_label
+        if c.config.cascade:
+            result.escalation_rate = _escalation_rate(
+                store, [i.run_id for i in items if i.contender == c.name and i.run_id]
+            )
     judge_costs = [v["cost_usd"] for v in es.judge_calls(eval_id).values() if v["status"] == "ok"]
     return EvalResults(
         eval_id=eval_id,
@@ -1505,6 +1539,17 @@ def load_results(store: Store, eval_id: str) -> EvalResults:
         judge_cost_usd=None if any(x is None for x in judge_costs) else round(sum(judge_costs), 8),
         turn_items=turn_items,
     )
+
+
+def _escalation_rate(store: Store, run_ids: list[str]) -> float | None:
+    """The share of these runs whose cascade escalated to the panel (None: none finished)."""
+    flags = []
+    for start in range(0, len(run_ids), 500):
+        chunk = run_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT escalated FROM runs WHERE escalated IS NOT NULL AND id IN ({marks})"
+        flags += [row[0] for row in store.db.execute(sql, chunk).fetchall()]
+    return round(sum(flags) / len(flags), 4) if flags else None
 
 
 def list_evaluations(store: Store, limit: int = 50) -> list[EvalSummary]:

@@ -17,6 +17,7 @@ FORMAT_VERSION = 1
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
 # Fields beyond the documented ones, so that export → import gives back the identical run.
 _EXTRA_CALL_FIELDS = ("params", "started_at", "ended_at", "start_s", "attempts", "history_note")
+STRATEGY_ROLES = ("aggregator", "ranker", "selector", "critic", "reviser", "cascade")
 
 
 class ImportError_(ValueError):
@@ -50,7 +51,9 @@ def attribution(record: RunRecord):
     final = record.final_text
     if not final:
         return None, []
-    seen = record.aggregated_candidates()
+    seen = record.attributed_candidates()
+    if not seen:
+        return None, []
     return attribute(final, [c.text for _, c in seen]), [pos for pos, _ in seen]
 
 
@@ -61,12 +64,15 @@ def run_to_json(record: RunRecord, analysis=None) -> dict[str, Any]:
     store's cache); otherwise it is computed here."""
     from moa import analysis as analysis_mod
 
-    agg = record.aggregator_call
+    agg = record.final_call
     if analysis is None:
         analysis = analysis_mod.compute(record)
     attr, ids = analysis.attribution, analysis.candidate_ids
     final = _call_json(agg) if agg else {}
     final["text"] = record.final_text
+    if agg is not None and agg.role != "aggregator":
+        final["role"] = agg.role  # a strategy's answer: a candidate verbatim, or a revision
+    failed = [c for c in record.aggregator_calls if c is not agg and c.status != "ok"]
     return {
         "run_id": record.run_id,
         "conversation_id": record.conversation_id,
@@ -76,7 +82,17 @@ def run_to_json(record: RunRecord, analysis=None) -> dict[str, Any]:
         "final": final,
         "candidates": [_call_json(c) for c in record.proposer_calls],
         # Aggregator calls other than `final`'s: the aggregator whose fallback answered.
-        "failed_aggregators": [_call_json(c) for c in record.aggregator_calls if c is not agg],
+        "failed_aggregators": [_call_json(c) for c in failed],
+        # The strategy (moa/strategies.py): its name, its extra calls (each with its role),
+        # and what it produced (ranking, vote table, selection, critique steps, cascade).
+        "strategy": record.config.strategy,
+        "cascade": record.config.cascade,
+        "strategy_calls": [
+            {**_call_json(c), "role": c.role}
+            for c in record.calls
+            if c.role != "proposer" and c is not agg and c not in failed
+        ],
+        "outcome": record.outcome or None,
         "attribution": attr.to_json(ids) if attr is not None else [],
         "panel": analysis.panel_json(),
         "usage": record.usage(),
@@ -142,12 +158,27 @@ def run_from_json(obj: Any) -> RunRecord:
     aggs = [
         _call_from_json(c, "aggregator", f"failed_aggregators[{i}]") for i, c in enumerate(others)
     ]
-    if final.get("model"):
-        agg = _call_from_json(final, "aggregator", "final")
+    extra = obj.get("strategy_calls") or []
+    if not isinstance(extra, list):
+        raise ImportError_("strategy_calls must be a list")
+    for i, c in enumerate(extra):
+        role = c.get("role") if isinstance(c, dict) else None
+        if role not in STRATEGY_ROLES:
+            raise ImportError_(f"strategy_calls[{i}].role {role!r} is not one of {STRATEGY_ROLES}")
+        aggs.append(_call_from_json(c, role, f"strategy_calls[{i}]"))
+    final_role = final.get("role", "aggregator")
+    if final_role not in ("aggregator", "proposer") and final_role not in STRATEGY_ROLES:
+        raise ImportError_(f"final.role {final_role!r} is not a call role")
+    if final.get("model") and final_role != "proposer":  # a chosen candidate is in candidates
+        agg = _call_from_json(final, final_role, "final")
         if agg.text is None:
             agg.text = ""
         aggs.append(agg)
-    calls += sorted(aggs, key=lambda c: c.index)  # in call order, as the store gives them
+    # In the store's order (layer, role descending, index), so an import reads like the original.
+    aggs.sort(key=lambda c: c.index)
+    aggs.sort(key=lambda c: c.role, reverse=True)
+    aggs.sort(key=lambda c: c.layer)
+    calls += aggs
     keys = [c.key for c in calls]
     if len(set(keys)) != len(keys):
         raise ImportError_("two calls share the same layer, role and index")
@@ -166,6 +197,7 @@ def run_from_json(obj: Any) -> RunRecord:
         parent_run_id=obj.get("parent_run_id"),
         conversation_id=obj.get("conversation_id"),
         turn=obj.get("turn") if isinstance(obj.get("turn"), int) and obj["turn"] > 0 else 1,
+        outcome=obj.get("outcome") if isinstance(obj.get("outcome"), dict) else None,
         aggregated_early=bool(obj.get("aggregated_early")),
     )
     return record
@@ -313,6 +345,14 @@ def run_to_markdown(record: RunRecord, heading: str | None = None) -> str:
     else:
         why = f"{agg.status}: {_inline(agg.error)}" if agg else "no aggregator call"
         lines += [f"_No final answer ({why})_", ""]
+    from moa.strategies import summary_lines  # here: moa.strategies imports the engine's parts
+
+    labels = {i: c.label for i, c in enumerate(record.proposer_calls)}
+    summary = summary_lines(record.outcome, labels)
+    if summary:
+        text = "\n".join(summary)
+        fence = _fence(text)
+        lines += [f"## Strategy: {record.config.strategy_label}", "", fence, text, fence, ""]
     if attr is not None:
         lines += [
             "## What the aggregator kept",

@@ -311,3 +311,14 @@ def m011_eval_turns(db: sqlite_utils.Database) -> None:
     )
     db["eval_turns"].create_index(["eval_id", "question_id", "contender", "turn"], unique=True)
     db["eval_turns"].create_index(["run_id"])
+
+
+@migration
+def m009_strategy(db: sqlite_utils.Database) -> None:
+    # The run's strategy as History filters it ("vote", "synthesize+cascade"; runs from before
+    # strategies existed synthesised), what the strategy produced (ranking, vote table,
+    # selection, critique steps, cascade decision) as JSON, and whether a cascade escalated.
+    db["runs"].add_column("strategy", str, not_null_default="synthesize")
+    db["runs"].add_column("outcome_json", str)
+    db["runs"].add_column("escalated", int)
+    db["runs"].create_index(["strategy"])

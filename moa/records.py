@@ -79,7 +79,7 @@ class CallRecord:
     """One call to one model: a proposer in a layer, or the aggregator."""
 
     layer: int  # proposer layers are 1..N; the aggregator is layer N+1
-    role: str  # "proposer" | "aggregator"
+    role: str  # "proposer" | "aggregator" | strategy calls: "ranker" "selector" "critic" "reviser"
     index: int  # position within its layer (aggregator: 0, its fallback 1)
     model: str
     label: str
@@ -148,6 +148,10 @@ class RunRecord:
     # "Aggregate now": the proposers still running were cancelled and the aggregator read
     # the candidates that had finished.
     aggregated_early: bool = False
+    # What the strategy produced (moa/strategies.py): one section per kind of output (cascade,
+    # ranking, vote, selection, critique) and "final": the key of the call whose text is the
+    # final answer when that is not the aggregator.
+    outcome: dict[str, Any] | None = None
 
     @property
     def proposer_calls(self) -> list[CallRecord]:
@@ -165,13 +169,33 @@ class RunRecord:
         return next((c for c in calls if c.status == "ok"), calls[-1] if calls else None)
 
     @property
+    def final_call(self) -> CallRecord | None:
+        """The call whose text is the final answer: the aggregator's, unless the strategy chose
+        another (a selected or voted candidate, the last revision, the cascade's answer)."""
+        key = (self.outcome or {}).get("final")
+        if key:
+            found = [c for c in self.calls if list(c.key) == list(key)]
+            if found:
+                return found[0]
+        return self.aggregator_call
+
+    @property
     def final_text(self) -> str | None:
-        agg = self.aggregator_call
-        return agg.text if agg is not None and agg.status == "ok" else None
+        final = self.final_call
+        return final.text if final is not None and final.status == "ok" else None
 
     @property
     def last_layer(self) -> int:
         return max((c.layer for c in self.proposer_calls), default=0)
+
+    def attributed_candidates(self) -> list[tuple[int, CallRecord]]:
+        """The candidates the final answer is attributed to: those the aggregator saw, or only
+        the one a strategy returned verbatim (select, a vote majority, a cascade's answer)."""
+        seen = self.aggregated_candidates()
+        chosen = self.final_call
+        if chosen is not None and chosen.role not in ("aggregator", "reviser"):
+            return [(pos, c) for pos, c in seen if c is chosen]
+        return seen
 
     def aggregated_candidates(self) -> list[tuple[int, CallRecord]]:
         """The candidates the aggregator saw, as (position in proposer_calls, call)."""

@@ -10,6 +10,7 @@ import html
 from typing import TYPE_CHECKING
 
 from moa import config as config_mod
+from moa import strategy_html
 from moa.palette import NOVEL, colour, tint
 from moa.records import CallRecord, RunRecord
 
@@ -159,7 +160,11 @@ def _timeline_html(record: RunRecord) -> str:
         name = f"L{c.layer} {c.label}"
         if c.role == "aggregator":
             name = f"fallback aggregator {c.label}" if c.index else "aggregator"
-        col = NOVEL if c.role == "aggregator" else colour(c.index)
+        elif c.role != "proposer":
+            name = f"{c.role} {c.index + 1} {c.label}"
+        col = (
+            NOVEL if c.role in ("aggregator", "selector", "critic", "reviser") else colour(c.index)
+        )
         rows.append(
             f'<div class="tl-row"><span class="bar-label">{esc(name)}</span><span class="tl-track">'
             f'<span class="tl-wait" style="left:{left:.2f}%;width:{wait:.2f}%"></span>'
@@ -223,6 +228,14 @@ def _document(title: str, body: str) -> str:
 <p class="muted">Exported from MoA Studio.</p>
 </body></html>
 """
+
+
+def _strategy_section(record: RunRecord) -> str:
+    """The strategy's own output (ranking, vote, selection, critique, cascade), if any."""
+    markup = strategy_html.outcome_html(record)
+    if not markup:
+        return ""
+    return f"<h2>Strategy: {esc(record.config.strategy_label)}</h2>{markup}"
 
 
 def run_to_html(record: RunRecord, analysis=None) -> str:
@@ -290,7 +303,8 @@ layer(s) → {esc(record.config.aggregator.display)} · {esc(record.created_at)}
 <div class="muted">{_chip(record.status)} wall {_fmt(record.wall_s)} · {usage["tokens_in"]} tokens in /
 {usage["tokens_out"]} out · cost {_cost(usage["cost_usd"])}</div>{parent}{error}
 <h2>Prompt</h2><div class="box text">{esc(record.prompt)}</div>
-<h2>Final answer</h2><div class="legend">{legend}</div>{final}
+{_strategy_section(record)}
+<h2>Final answer</h2><div class="legend">{legend}</div>{strategy_html.final_badge(record)}{final}
 <p class="muted">Tinted sentences were kept from the candidate of that colour (hover for the match and
 its score); dashed ones are new.</p>
 {_shares_html(record, attr, ids)}

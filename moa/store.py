@@ -68,6 +68,7 @@ class RunSummary:
     n_cancelled: int = 0  # proposer calls cancelled (Stop, or cut by Aggregate now)
     aggregated_early: bool = False
     evaluation: bool = False  # an answer of an evaluation (eval_items links it)
+    strategy: str | None = None
 
     @property
     def kind(self) -> str:
@@ -260,6 +261,10 @@ class Store:
                 record.pid_start,
             ),
         )
+        conn.execute(
+            "UPDATE runs SET strategy = ? WHERE id = ?",
+            (record.config.strategy_label, record.run_id),
+        )
         for call in record.calls:
             self._upsert_call(conn, record.run_id, call)
         self._refresh_conversation(conn, record.conversation_id)
@@ -366,6 +371,15 @@ class Store:
         conn.execute(
             "UPDATE runs SET novel_share = ?, aggregated_early = ? WHERE id = ?",
             (novel_share, int(record.aggregated_early), record.run_id),
+        )
+        cascade = (record.outcome or {}).get("cascade")
+        conn.execute(
+            "UPDATE runs SET outcome_json = ?, escalated = ? WHERE id = ?",
+            (
+                json.dumps(record.outcome) if record.outcome else None,
+                None if cascade is None else int(bool(cascade.get("escalated"))),
+                record.run_id,
+            ),
         )
         conn.execute(
             "UPDATE runs SET status = ?, error = ?, ended_at = ?, final_text = ?, tokens_in = ?, "
@@ -665,6 +679,7 @@ class Store:
         until: str | None = None,
         name: str | None = None,
         kind: str | None = None,
+        strategy: str | None = None,
     ) -> list[ConversationSummary]:
         """Conversations, latest activity first; with words or filters, those with a matching
         turn, ordered by their newest matching turn.
@@ -672,14 +687,14 @@ class Store:
         The matching runs are read newest first and stop once a page of distinct conversations
         is found, so a search stays as fast as the run search it is built on.
         """
-        if not (fts_query(query) or model or status or since or until or name or kind):
+        if not (fts_query(query) or model or status or since or until or name or kind or strategy):
             rows = self.db.execute(
                 f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
                 "ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
                 [limit, offset],
             ).fetchall()
             return [ConversationSummary(*r) for r in rows]
-        where, params = self.where_clause(query, model, status, since, until, name, kind)
+        where, params = self.where_clause(query, model, status, since, until, name, kind, strategy)
         cursor = self.db.execute(
             f"SELECT runs.conversation_id FROM {_source(query)}{where} ORDER BY {_order(query)} DESC",
             params,
@@ -711,11 +726,12 @@ class Store:
         name: str | None = None,
         cap: int | None = 10_000,
         kind: str | None = None,
+        strategy: str | None = None,
     ) -> int:
         """How many conversations match, counting at most `cap` (a pager shows "10,000+")."""
-        if not (fts_query(query) or model or status or since or until or name or kind):
+        if not (fts_query(query) or model or status or since or until or name or kind or strategy):
             return self.db.execute("SELECT count(*) FROM conversations").fetchone()[0]
-        where, params = self.where_clause(query, model, status, since, until, name, kind)
+        where, params = self.where_clause(query, model, status, since, until, name, kind, strategy)
         inner = f"SELECT DISTINCT runs.conversation_id FROM {_source(query)}{where}"
         if cap is not None:
             inner += f" LIMIT {int(cap) + 1}"
@@ -730,6 +746,7 @@ class Store:
         until: str | None,
         name: str | None = None,
         kind: str | None = None,
+        strategy: str | None = None,
     ) -> tuple[str, list[Any]]:
         """` WHERE …` over `runs` (and `runs_fts` when there are words) with its parameters."""
         where, params = [], []
@@ -753,7 +770,7 @@ class Store:
                 "(SELECT run_id FROM calls WHERE model = ? AND role = 'aggregator' AND idx > 0))"
             )
             params += [model, f", {model},", model]
-        for column, value in (("status", status), ("name", name)):
+        for column, value in (("status", status), ("name", name), ("strategy", strategy)):
             if value:
                 where.append(f"runs.{column} = ?")
                 params.append(value)
@@ -776,14 +793,32 @@ class Store:
         name: str | None = None,
         cap: int | None = 10_000,
         kind: str | None = None,
+        strategy: str | None = None,
     ) -> int:
         """How many runs match, counting at most `cap` (a pager shows "10,000+")."""
-        where, params = self.where_clause(query, model, status, since, until, name, kind)
+        where, params = self.where_clause(query, model, status, since, until, name, kind, strategy)
         inner = f"SELECT 1 FROM {_source(query)}{where}"
         if cap is not None:
             inner += f" LIMIT {int(cap) + 1}"
         sql = f"SELECT count(*) FROM ({inner})"
         return self.db.execute(sql, params).fetchone()[0]
+
+    def latest_strategies(self, conversation_ids: list[str]) -> dict[str, str]:
+        """Each conversation's latest turn's strategy label (for the History list)."""
+        if not conversation_ids:
+            return {}
+        marks = ",".join("?" * len(conversation_ids))
+        rows = self.db.execute(
+            f"SELECT conversation_id, strategy FROM runs WHERE conversation_id IN ({marks}) "
+            "ORDER BY turn, rowid",
+            conversation_ids,
+        ).fetchall()
+        return {cid: label for cid, label in rows if label}  # later turns overwrite earlier
+
+    def strategies(self) -> list[str]:
+        """Every strategy label that appears in the log, for the History filter."""
+        rows = self.db.execute("SELECT DISTINCT strategy FROM runs ORDER BY strategy").fetchall()
+        return [r[0] for r in rows if r[0]]
 
     def models(self) -> list[str]:
         """Every model id that appears in the log, for filter pickers."""
@@ -802,6 +837,7 @@ class Store:
         until: str | None = None,
         name: str | None = None,
         kind: str | None = None,
+        strategy: str | None = None,
     ) -> list[RunSummary]:
         """Newest first; `query` is plain words (quotes and FTS operators are taken literally).
 
@@ -809,15 +845,15 @@ class Store:
         that an imported run sorts by when it was imported. Ordering by rowid lets SQLite (and
         FTS5) stop after one page instead of sorting every match: < 100 ms at 100,000 runs.
         """
-        where, params = self.where_clause(query, model, status, since, until, name, kind)
+        where, params = self.where_clause(query, model, status, since, until, name, kind, strategy)
         sql = (
             "SELECT runs.id, runs.created_at, runs.name, runs.prompt, runs.proposers, "
             "runs.aggregator, runs.status, runs.error, runs.wall_s, runs.tokens_in, "
-            "runs.tokens_out, runs.cost_usd, runs.final_text, runs.parent_run_id "
+            "runs.tokens_out, runs.cost_usd, runs.final_text, runs.parent_run_id, runs.strategy "
             f"FROM {_source(query)}{where} ORDER BY {_order(query)} DESC LIMIT ? OFFSET ?"
         )
         rows = self.db.execute(sql, [*params, limit, offset]).fetchall()
-        summaries = [RunSummary(*row) for row in rows]
+        summaries = [RunSummary(*row[:-1], strategy=row[-1]) for row in rows]
         self._add_counts(summaries)
         return summaries
 
@@ -870,6 +906,15 @@ class Store:
         return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
 
 
+def _outcome(text: str | None) -> dict[str, Any] | None:
+    """A run's stored strategy outcome; a hand-edited, unreadable one is left out."""
+    try:
+        value = json.loads(text or "null")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _record(r: dict[str, Any], call_rows: Iterable[dict[str, Any]]) -> RunRecord:
     """A stored run (a `runs` row) and its calls (rows of `calls`, in order) as a RunRecord."""
     record = RunRecord(
@@ -888,6 +933,7 @@ def _record(r: dict[str, Any], call_rows: Iterable[dict[str, Any]]) -> RunRecord
         conversation_id=r.get("conversation_id"),
         turn=r.get("turn") or 1,
         aggregated_early=bool(r.get("aggregated_early")),
+        outcome=_outcome(r.get("outcome_json")),
     )
     for c in call_rows:
         c["index"], c["params"] = c["idx"], json.loads(c["params_json"] or "{}")

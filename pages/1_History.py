@@ -11,6 +11,7 @@ import re
 import streamlit as st
 
 from moa import engine
+from moa.config import STRATEGIES
 from moa.conversation import Conversation
 from moa.export import (
     ImportError_,
@@ -68,7 +69,7 @@ def open_conversation(cid: str) -> None:
 
 
 def filters(store: Store) -> dict:
-    c1, c2, c3, c5, c4 = st.columns([3, 2, 1.3, 1.5, 2])
+    c1, c2, c3, c5, c6, c4 = st.columns([3, 2, 1.3, 1.5, 1.5, 2])
     query = c1.text_input("Search", key="hist_search", placeholder="words of a prompt or answer")
     model = c2.selectbox("Model", [ALL, *store.models()], key="hist_model")
     status = c3.selectbox("Status", [ALL, *RUN_STATUSES], key="hist_status")
@@ -80,6 +81,7 @@ def filters(store: Store) -> dict:
             k, "evaluation runs" if k == "evaluation" else k
         ),
     )
+    strategy = c6.selectbox("Strategy", [ALL, *store.strategies()], key="hist_strategy")
     days = c4.date_input("Date range", value=[], key="hist_dates")
     since, until = H.date_bounds(days)
     return {
@@ -87,6 +89,7 @@ def filters(store: Store) -> dict:
         "model": None if model == ALL else model,
         "status": None if status == ALL else status,
         "kind": None if kind == ALL else kind,
+        "strategy": None if strategy == ALL else strategy,
         "since": since,
         "until": until,
     }
@@ -109,7 +112,11 @@ def table(store: Store, f: dict) -> list:
         st.info("No conversations match. Run a mixture on the Run page, or loosen the filters.")
         return convs
     event = st.dataframe(
-        H.conversation_rows(convs, store.latest_turns([c.id for c in convs])),
+        H.conversation_rows(
+            convs,
+            store.latest_turns([c.id for c in convs]),
+            store.latest_strategies([c.id for c in convs]),
+        ),
         # Keyed by the rows shown: a selection never carries over to other rows.
         key="hist_table_" + hashlib.sha1("".join(c.id for c in convs).encode()).hexdigest()[:12],
         on_select="rerun",
@@ -271,7 +278,7 @@ def actions(store: Store, record: RunRecord) -> None:
         )
         n.button("Cancel", key="hist_delete_no", on_click=_cancel_confirm)
 
-    with st.expander("Re-aggregate with another aggregator or synthesis prompt"):
+    with st.expander("Re-aggregate with another aggregator, synthesis prompt or strategy"):
         st.caption(
             "Reuses this run's candidates and calls only the aggregator; the result is a new run."
         )
@@ -284,6 +291,13 @@ def actions(store: Store, record: RunRecord) -> None:
                 "Synthesis prompt (empty: the default)",
                 record.config.aggregator_prompt or "",
                 key=f"re_prompt_{rid}",
+            )
+            st.selectbox(
+                "Strategy",
+                STRATEGIES,
+                index=STRATEGIES.index(record.config.strategy),
+                key=f"re_strategy_{rid}",
+                help="Re-combine the same candidates another way: rank, select, vote, critique.",
             )
             st.form_submit_button(
                 "Re-aggregate",
@@ -347,6 +361,7 @@ def _request_reaggregation(rid: str) -> None:
         ss.get(f"re_model_{rid}") or "",
         ss.get(f"re_base_{rid}") or "",
         ss.get(f"re_prompt_{rid}") or "",
+        ss.get(f"re_strategy_{rid}"),
     )
 
 
@@ -355,7 +370,7 @@ def run_requested_reaggregation(store: Store) -> None:
     request = st.session_state.pop(REAGGREGATE, None)
     if request is None:
         return
-    rid, model, api_base, prompt = request
+    rid, model, api_base, prompt, strategy = request
     record = store.get_run(rid)
     if record is None:
         st.error(markdown_escape(f"no run with id '{rid}'"))
@@ -363,7 +378,7 @@ def run_requested_reaggregation(store: Store) -> None:
     try:
         store.check_writable()  # before any call: a read-only log cannot keep the result
         with st.spinner("Calling the aggregator…"):
-            new = H.reaggregate(store, record, model, api_base, prompt)
+            new = H.reaggregate(store, record, model, api_base, prompt, strategy)
     except (engine.InputError, StoreError) as e:
         st.error(markdown_escape(str(e)))
     except Exception as e:

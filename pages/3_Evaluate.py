@@ -38,6 +38,10 @@ SETS = {
     "file": "My own file (.jsonl or .csv: prompt or turns, optional answer and category)",
 }
 AGGREGATOR = "(each preset's aggregator)"
+STRATEGY_CHOICES = [
+    *config_mod.STRATEGIES,
+    *(f"{s}+cascade" for s in config_mod.STRATEGIES),
+]
 REFRESH_S = 0.5
 
 
@@ -102,6 +106,15 @@ def contenders_input() -> list[ev.Contender]:
         model = None if picked == AGGREGATOR else picked
         n = s2.number_input("samples (0 = as many as proposers)", 0, 8, 0, key="eval_self_n")
         temperature = s3.slider("temperature", 0.1, 2.0, ev.SELF_MOA_TEMPERATURE, 0.1, key="eval_t")
+    # Each chosen strategy of each chosen preset is one more contender (`preset@strategy`).
+    strategies = st.multiselect(
+        "Strategies (each one of each preset is a contender: quality against cost and latency "
+        "per strategy)",
+        STRATEGY_CHOICES,
+        key="eval_strategies",
+        help="synthesize · rank · select · vote · critique; +cascade runs the panel only when "
+        "two samples disagree (the results show how often it escalated).",
+    )
     extra = st.text_area(
         "More contenders: model ids (`provider/model`, `model@http://host/v1`), preset names or "
         "`self-moa:MODEL`, separated by commas or lines",
@@ -118,6 +131,10 @@ def contenders_input() -> list[ev.Contender]:
             n=n or None,
             temperature=temperature,
         )
+    for cfg in configs:
+        for label in strategies:
+            strategy, _, cascade = label.partition("+")
+            contenders.append(ev.with_strategy(ev.mixture(cfg), strategy, bool(cascade)))
     contenders += [ev.parse_contender(text) for text in E.split_models(extra)]
     return ev.unique_names(contenders)
 

@@ -35,6 +35,9 @@ class Behaviour:
     usage: bool = True  # send a usage chunk when asked (stream_options.include_usage)
     echo_auth: bool = False  # 500: echo the Authorization header, as careless providers do
     huge_chars: int = HUGE_CHARS  # huge: the answer's length (`text`, or sentences, repeated)
+    # Answer by role: the first key found in the request's system message picks the answer
+    # (a proposer that also ranks: {"strict reviewer": "FINAL RANKING: 1 > 2"}).
+    when_system: dict[str, str] | None = None
     honour_max_tokens: bool = False  # stop after max_tokens words, finish_reason "length"
     # (substring, answer): the answer when the last user message holds the substring (first
     # match wins; else `text`), e.g. a judge that rates second turns differently
@@ -207,6 +210,15 @@ class _Handler(BaseHTTPRequestHandler):
                 prompt = m.get("content") or ""
         text = b.text if b.text is not None else default_text(model, prompt)
         text = next((answer for key, answer in b.when if key in prompt), text)
+        system = " ".join(
+            str(m.get("content") or "")
+            for m in body.get("messages", [])
+            if m.get("role") == "system"
+        )
+        for key, answer in (b.when_system or {}).items():
+            if key in system:
+                text = answer
+                break
         if b.fault == "empty":
             text = ""
         if b.fault == "huge":

@@ -69,6 +69,8 @@ def call_name(call: CallRecord, layers: int, *, full: bool = False) -> str:
     name = esc(name if full else _short(name))
     if call.role == "aggregator":
         return f"{'Fallback' if call.index else 'Aggregator'} · {name}"
+    if call.role != "proposer":  # a strategy's call: ranker, selector, critic, reviser, cascade
+        return f"{call.role.capitalize()} {call.index + 1} · {name}"
     prefix = f"L{call.layer} · " if layers > 1 else ""
     return f"{prefix}#{call.index + 1} {name}"
 
@@ -258,7 +260,7 @@ def usage_table(record: RunRecord) -> list[dict[str, object]]:
     for c in record.calls:
         rows.append(
             {
-                "call": "aggregator" if c.role == "aggregator" else f"L{c.layer} #{c.index + 1}",
+                "call": f"L{c.layer} #{c.index + 1}" if c.role == "proposer" else c.role,
                 "label": c.label,
                 "model": c.model,
                 "status": c.status,

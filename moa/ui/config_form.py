@@ -14,6 +14,7 @@ from moa.config import LIMITS, ConfigError, ModelSpec, RunConfig
 from moa.prompts import DEFAULT_AGGREGATOR_PROMPT
 from moa.ui import concurrency as concurrency_ui
 from moa.ui import state as K
+from moa.ui import strategy_form
 from moa.ui.fieldnames import error_slot, humanize
 from moa.ui.picker import keyed_providers, model_picker
 from moa.ui.render import AGGREGATOR_COLOUR, esc, markdown_escape, proposer_colour
@@ -108,6 +109,7 @@ def load_into_state(cfg: RunConfig, preset: str | None = None) -> None:
     ss[K.BUDGET] = None if cfg.max_cost_usd is None else float(cfg.max_cost_usd)
     ss[K.SYNTHESIS] = cfg.aggregator_prompt or DEFAULT_AGGREGATOR_PROMPT
     ss[K.CONFIG_NAME] = cfg.name
+    strategy_form.load_into_state(cfg)
     concurrency_ui.load_into_state(cfg)
     ss[K.LOADED] = config_mod.to_dict(cfg)
     if preset is not None:
@@ -135,7 +137,16 @@ def _form_keys() -> list[str]:
     slots += [K.AGGREGATOR_SLOT, K.FALLBACK_SLOT]
     fields = [K.field_key(slot, f) for slot in slots for f in K.MODEL_FIELDS]
     fields += concurrency_ui.widget_keys()
-    return [K.PRESET, FALLBACK_ON, K.LAYERS, K.PROPOSER_TIMEOUT, K.BUDGET, K.SYNTHESIS, *fields]
+    return [
+        K.PRESET,
+        FALLBACK_ON,
+        K.LAYERS,
+        K.PROPOSER_TIMEOUT,
+        K.BUDGET,
+        K.SYNTHESIS,
+        *fields,
+        *strategy_form.KEYS,
+    ]
 
 
 def remember_form() -> None:
@@ -366,6 +377,7 @@ def _config_from_state() -> RunConfig:
     synthesis = ss.get(K.SYNTHESIS) or ""
     if synthesis.strip() and synthesis.strip() != DEFAULT_AGGREGATOR_PROMPT.strip():
         d["aggregator_prompt"] = synthesis
+    d.update(strategy_form.from_state())
     concurrency = concurrency_ui.table_from_state(_specs_in_use(d))
     if concurrency:
         d["concurrency"] = concurrency
@@ -537,6 +549,9 @@ def render_sidebar() -> RunConfig | ConfigError:
         if ss.get(FALLBACK_ON):
             model_picker(K.FALLBACK_SLOT, role="aggregator")
             _field_errors("fb", cfg)
+
+    st.html(_heading("Strategy", "how the candidates become the answer"))
+    strategy_form.draw()
 
     st.html(_heading("Run", ""))
     st.slider(

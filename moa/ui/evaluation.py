@@ -123,6 +123,7 @@ def results_rows(results: ev.EvalResults) -> list[dict[str, object]]:
             {
                 "contender": c.name,
                 "kind": KIND_NAMES.get(c.kind, c.kind),
+                "strategy": c.strategy or "—",
                 SCORE_HEADINGS[c.score_kind]: fmt_score(c.score, c.score_kind),
                 "95% CI": ci,
                 "head-to-head win rate": fmt_score(wins.get(c.name), "accuracy"),
@@ -133,6 +134,9 @@ def results_rows(results: ev.EvalResults) -> list[dict[str, object]]:
                 "answered": c.n_ok,
                 "failed": c.n_failed,
                 "unscored": c.n_unscored,
+                "cascade escalated": (
+                    "—" if c.escalation_rate is None else f"{c.escalation_rate:.0%}"
+                ),
             }
         )
     return rows

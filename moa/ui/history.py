@@ -57,6 +57,7 @@ def table_rows(runs: list[RunSummary]) -> list[dict[str, object]]:
                 "tokens": "unknown" if tokens is None else f"{tokens:,}",
                 "cost": fmt_cost(r.cost_usd),
                 "kind": KIND_MARKS[r.kind],
+                "strategy": r.strategy or "synthesize",
                 "prompt": _short(r.prompt),
                 "proposers": r.proposers,
                 "aggregator": r.aggregator,
@@ -111,7 +112,9 @@ def word_diff_html(base: str, other: str) -> str:
 
 
 def conversation_rows(
-    convs: list[ConversationSummary], latest: dict[str, RunSummary] | None = None
+    convs: list[ConversationSummary],
+    latest: dict[str, RunSummary] | None = None,
+    strategies: dict[str, str] | None = None,
 ) -> list[dict[str, object]]:
     """One dict per conversation, short columns first so they stay on screen; shown as text.
 
@@ -133,6 +136,7 @@ def conversation_rows(
                 "turns": c.n_turns,
                 "cost": fmt_cost(c.cost_usd),
                 "tokens": "unknown" if tokens is None else f"{tokens:,}",
+                "strategy": (strategies or {}).get(c.id, "synthesize"),
                 "last activity": (c.updated_at or "")[:19].replace("T", " "),
                 "kind": KIND_MARKS[last.kind] if last is not None else "",
                 "title": _short(c.title),
@@ -169,6 +173,7 @@ def reaggregate(
     model: str,
     api_base: str | None,
     synthesis_prompt: str | None,
+    strategy: str | None = None,
 ) -> RunRecord:
     """A new run reusing `record`'s candidates, only the (new) aggregator called; saved.
 
@@ -188,7 +193,7 @@ def reaggregate(
         label=old.label if model == old.model else None,
         api_key_env=old.api_key_env if api_base == old.api_base else None,
     )
-    cfg = engine.reaggregate_config(record, spec, synthesis_prompt)
+    cfg = engine.reaggregate_config(record, spec, synthesis_prompt, strategy)
     conv = store.get_conversation(record.conversation_id) if record.conversation_id else None
     plan = None
     if conv is not None:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import streamlit as st
 
+from moa import strategy_html
 from moa.attribution import Attribution
 from moa.records import CallRecord, RunRecord
 from moa.ui.style import (  # noqa: F401  (re-exported: pages import these from the renderer)
@@ -324,13 +325,16 @@ def call_card(
     body: str | None = None,
     note: str | None = None,
     extra: str = "",
+    final: bool | None = None,
 ) -> str:
     """One call as a card: name, status chip, model, text (or `body` markup), metrics, error.
 
     `body` is already-escaped markup (the highlighted text); `note` is a transient message such
     as "retrying in 0.5 s: …" (untrusted, escaped here). `extra` is markup above the text.
+    `final`: whether to style it as the final answer (default: the aggregator's calls).
     """
-    final = call.role == "aggregator"
+    if final is None:
+        final = call.role == "aggregator"
     text_cls = "moa-text"
     if body is None:
         if call.text and call.status == "running":
@@ -570,6 +574,22 @@ def attribution_for(record: RunRecord) -> tuple[Attribution | None, list[int]]:
 
 # ---------------------------------------------------------------- the renderer
 
+# Strategy calls by kind: the section each kind's cards go in, and whether it comes before
+# the aggregator's section (rankers and selectors do; the critique rounds follow its draft).
+STRATEGY_ROLES = {
+    "cascade": "cascade",
+    "ranker": "rank",
+    "selector": "select",
+    "critic": "critique",
+    "reviser": "critique",
+}
+STRATEGY_GROUPS = {
+    "cascade": ("Cascade", "two samples first; the panel runs only if they disagree", True),
+    "rank": ("Rankers", "each ranks the anonymised candidates", True),
+    "select": ("Selection", "the aggregator picks one candidate", True),
+    "critique": ("Critique and revision", "critic · reviser, per round", False),
+}
+
 
 class _Group:
     """The cards of one layer (or the aggregator), drawn together as one CSS grid."""
@@ -603,6 +623,7 @@ class RunView:
         self._groups: list[_Group] = []
         self._group_of: dict[CallKey, _Group] = {}
         self._aggregators: _Group | None = None
+        self._kinds: dict[str, _Group] = {}
         layers = sorted({c.layer for c in record.proposer_calls})
         for layer in layers:
             calls = [c for c in record.proposer_calls if c.layer == layer]
@@ -612,13 +633,31 @@ class RunView:
                 sub = concurrency_text(calls) if layer == 1 else f"each reads layer {layer - 1}"
                 st.html(section(f"Layer {layer} of {len(layers)}", sub))
             self._add_group(calls, layout_rows(len(calls))[0])
+        self._strategy_groups(record, before_final=True)
+        # The strategy's outcome (ranking, vote, selection, cascade…), drawn live as it fills.
+        self._outcome = st.empty()
+        self._outcome_html = ""
         aggs = record.aggregator_calls
         if aggs:
             final = record.aggregator_call
             who = "the fallback aggregator" if final.index > 0 else "the aggregator"
-            st.html(section("Final answer", f"written by {who}, {final.label}"))
+            if any(c.role == "reviser" for c in record.calls):
+                st.html(section("Draft", f"written by {who}, {final.label}"))
+            else:
+                st.html(section("Final answer", f"written by {who}, {final.label}"))
             self._add_group(aggs, 1)
             self._aggregators = self._groups[-1]
+        self._strategy_groups(record, before_final=False)
+
+    def _strategy_groups(self, record: RunRecord, *, before_final: bool) -> None:
+        """A section per kind of strategy call, where it happens in the run; a kind that only
+        appears mid-run (a cascade that escalates, vote's selector) gets its section then."""
+        for kind, (title, sub, first) in STRATEGY_GROUPS.items():
+            calls = [c for c in record.calls if STRATEGY_ROLES.get(c.role) == kind]
+            if calls and first == before_final:
+                st.html(section(title, sub))
+                self._add_group(calls, layout_rows(len(calls), 2 if kind == "critique" else 4)[0])
+                self._kinds[kind] = self._groups[-1]
 
     def _add_group(self, calls: list[CallRecord], per_row: int) -> None:
         group = _Group([c.key for c in calls], per_row)
@@ -637,9 +676,50 @@ class RunView:
             # goes below the failed one.
             group = self._group_of[call.key] = self._aggregators
             group.keys.append(call.key)
+        if group is None:
+            group = self._late_group(call)
         if group is not None:
             group.cards[call.key] = call_card(call, **card_kwargs)
             group.dirty = True
+
+    def _late_group(self, call: CallRecord) -> _Group | None:
+        """The group of a call planned after the page was laid out (cascade escalation, vote's
+        selector): its layer's or kind's group, or a new section at the end."""
+        for key, group in self._group_of.items():
+            if key[0] == call.layer and key[1] == call.role == "proposer":
+                group.keys.append(call.key)
+                self._group_of[call.key] = group
+                return group
+        if call.role == "aggregator" and self._aggregators is None:  # after a cascade
+            st.html(section("Final answer", f"written by the aggregator, {call.label}"))
+            self._add_group([call], 1)
+            self._aggregators = self._groups[-1]
+            return self._aggregators
+        kind = STRATEGY_ROLES.get(call.role)
+        if kind is None:
+            return None
+        if kind not in self._kinds:
+            title, sub, _ = STRATEGY_GROUPS[kind]
+            st.html(section(title, sub))
+            self._add_group([], 4 if kind == "rank" else 2 if kind == "critique" else 1)
+            self._kinds[kind] = self._groups[-1]
+        group = self._kinds[kind]
+        group.keys.append(call.key)
+        self._group_of[call.key] = group
+        return group
+
+    def draw_outcome(self, record: RunRecord) -> None:
+        """The strategy's outcome sections (strategy_html), redrawn only when they change."""
+        try:
+            markup = strategy_html.outcome_html(record)
+        except RuntimeError:  # the engine thread changed it mid-read: next frame
+            return
+        if markup != self._outcome_html:
+            self._outcome_html = markup
+            if markup:
+                self._outcome.html(markup)
+            else:
+                self._outcome.empty()
 
     def flush(self) -> None:
         for group in self._groups:
@@ -677,10 +757,18 @@ def render_run(
         if agg is not None and record.final_text:
             bodies[agg.key] = kept.final_html(record.final_text)
             legend = kept.legend_html()
-    final_call = record.aggregator_call
+        final = record.final_call
+        if final is not None and final is not agg and final.role == "reviser" and record.final_text:
+            bodies[final.key] = kept.final_html(record.final_text)
+    final_call = record.final_call
+    badge = strategy_html.final_badge(record)
     for call in record.calls:
-        extra = legend if call is final_call else ""
-        view.draw_call(call, body=bodies.get(call.key), extra=extra)
+        extra = (badge + legend) if call is final_call else ""
+        final = (
+            None if final_call is None or final_call.role == "aggregator" else call is final_call
+        )
+        view.draw_call(call, body=bodies.get(call.key), extra=extra, final=final)
+    view.draw_outcome(record)
     view.flush()
     if record.final_text:
         with st.expander("Final answer as formatted Markdown"):

@@ -32,7 +32,10 @@ def proposer_colour(index: int) -> str:
 
 
 def call_colour(call: CallRecord) -> str:
-    return AGGREGATOR_COLOUR if call.role == "aggregator" else proposer_colour(call.index)
+    # Rankers are proposers judging (their colour); the aggregator's own calls share its colour.
+    if call.role in ("aggregator", "selector", "critic", "reviser"):
+        return AGGREGATOR_COLOUR
+    return proposer_colour(call.index)
 
 
 def rgba(hex_colour: str, alpha: float) -> str:
