@@ -156,7 +156,7 @@ def estimate_cost(
         else:
             usd += cost
     extra_usd, extra_unknown = strategies.estimate_extra(
-        config, lambda model, out, extra: _cost(model, base_in, out, extra), prev_out
+        config, lambda spec, out, extra: _cost(spec, base_in, out, extra), prev_out
     )
     return Estimate(usd=usd + extra_usd, unknown_models=unknown + extra_unknown)
 

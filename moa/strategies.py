@@ -101,11 +101,12 @@ def plan(runner: _Runner) -> None:
 
 
 def estimate_extra(
-    config: RunConfig, cost: Callable[[str, int, int], float | None], prev_out: int
+    config: RunConfig, cost: Callable[[ModelSpec, int, int], float | None], prev_out: int
 ) -> tuple[float, list[str]]:
     """Upper bound of the strategy's calls beyond one aggregator (and its fallback).
 
-    `cost(model, tokens_out, tokens_in_beyond_the_prompt)` is the engine's bound of one call.
+    `cost(spec, tokens_out, tokens_in_beyond_the_prompt)` is the engine's bound of one call (the
+    spec, so its own prices count).
     select and vote call a selector no dearer than the aggregator already counted; rank adds
     its rankers, critique its critic and reviser per round, a cascade_model its two samples.
     """
@@ -113,7 +114,7 @@ def estimate_extra(
 
     def add(spec: ModelSpec, extra_in: int) -> None:
         nonlocal usd
-        c = cost(spec.model, spec.max_tokens, extra_in)
+        c = cost(spec, spec.max_tokens, extra_in)
         if c is None:
             unknown.append(spec.model)
         else:

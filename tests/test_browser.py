@@ -269,7 +269,7 @@ def test_history_report_download_delete_and_import_in_a_real_browser(app, netns,
         report = tmp_path / "report.html"
         dl.value.save_as(report)
         with page.expect_download() as dl:
-            page.get_by_role("button", name="JSON").click()
+            page.get_by_role("button", name="JSON", exact=True).click()
         export = tmp_path / "export.json"
         dl.value.save_as(export)
         viewer = context.new_page()
@@ -287,14 +287,14 @@ def test_history_report_download_delete_and_import_in_a_real_browser(app, netns,
         viewer.close()
 
         # Delete it (with confirmation), then import the JSON export through the uploader.
-        page.get_by_role("button", name="Delete").click()
+        page.get_by_role("button", name="Delete", exact=True).click()
         page.get_by_role("button", name="Yes, delete").click()
         page.get_by_text(f"Run {record.run_id} was deleted.").wait_for(timeout=15_000)
         assert store.get_run(record.run_id) is None
         page.get_by_text("No conversations match").wait_for(
             timeout=15_000
         )  # the page redrew without it
-        page.get_by_text("Import a run (JSON export)").click()
+        page.get_by_text("Import a run or a conversation (JSON export)").click()
         page.get_by_test_id("stFileUploader").wait_for(timeout=15_000)
         page.locator('[data-testid="stFileUploader"] input[type=file]').set_input_files(export)
         # The upload reruns the page; the Import button must still be in sight.
@@ -311,8 +311,9 @@ def test_history_report_download_delete_and_import_in_a_real_browser(app, netns,
         again = page.locator(f".moa-runhead[data-run-status=ok]:not([data-run='{record.run_id}'])")
         again.wait_for(timeout=30_000)
         assert "History" not in page.url and "run=" not in page.url
+        assert "conversation=" in page.url  # a new conversation, named in the address
         prompt = f"How do plants grow? {PAYLOADS[1]}"
-        assert page.get_by_label("Prompt", exact=True).input_value() == prompt
+        assert page.locator(".moa-prompt").last.inner_text().endswith(prompt)
         assert page.title() != "pwned" and dialogs == []
         browser.close()
     newest = store.search_runs()[0]

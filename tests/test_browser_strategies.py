@@ -67,8 +67,10 @@ def test_pick_vote_in_the_sidebar_and_see_the_vote_table(app, netns):
         text = vote.inner_text()
         assert "Majority: 391 (no aggregator called)" in text
         assert "391 × 2" in text and "400 × 1" in text
-        # The winning candidate's card is the final answer, marked as such.
+        # The winning candidate's card is the final answer, marked as such (once the finished
+        # turn is redrawn, a moment after the live view's last update).
         final = page.locator(".moa-card.moa-final")
+        final.first.wait_for(timeout=30_000)
         assert final.count() == 1
         assert final.get_attribute("data-call") == "1-proposer-0"
         assert "majority answer" in final.locator(".moa-selected").inner_text()

@@ -55,8 +55,12 @@ ANSWER_SHOWN = """(prev) => {
   return (agg && agg.dataset.status === 'ok') || over
     ? {t: performance.now(), run: head.dataset.run, status: head.dataset.runStatus} : null;
 }"""
+# The page is ready for the next run: the form's Run button (a new page) or, after a run, the
+# conversation's New conversation button, enabled, and nothing streaming.
 RUN_ENABLED = """() => {
-  const b = document.querySelector('[data-testid=stFormSubmitButton] button');
+  const b = document.querySelector('[data-testid=stFormSubmitButton] button')
+    || [...document.querySelectorAll('button')].find(
+         x => x.innerText.trim().endsWith('New conversation'));
   return b && !b.disabled && !document.querySelector('.moa-runhead .moa-streaming')
     ? performance.now() : null;
 }"""
@@ -116,8 +120,12 @@ async def _session(browser, url: str, n: int, runs: int) -> Session:
 
 
 async def _one_run(page, prompt: str, out: Session) -> None:
-    """Type `prompt`, press Ctrl+Enter, wait for the answer and for Run to be enabled again."""
+    """A new conversation: type `prompt`, press Ctrl+Enter, wait for the answer and for the page
+    to be ready again."""
     prev = out.run_ids[-1] if out.run_ids else ""
+    new = page.get_by_role("button", name="New conversation")
+    if await new.count():
+        await new.first.click()
     box = page.get_by_label("Prompt", exact=True)
     await box.fill(prompt)
     t0 = await page.evaluate("performance.now()")

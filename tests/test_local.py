@@ -231,7 +231,17 @@ def _persona_calls(temperature: float, max_tokens: int = 40, **extra) -> list[di
 
 
 def test_batched_and_sequential_greedy_give_the_same_tokens(lt):
-    calls = _persona_calls(temperature=0)
+    # Three different questions: with the repetition penalty, three personas on one question
+    # gave the 135M model's same greedy answer, and the comparison would prove less.
+    calls = [
+        {
+            "model": SMOL,
+            "messages": [{"role": "user", "content": q}],
+            "temperature": 0,
+            "max_tokens": 40,
+        }
+        for q in ("Why is the sea salty?", "Why is the sky blue?", "How do bees make honey?")
+    ]
     alone = [lt.completion(**c) for c in calls]
     before = len(local.recent_stats)
     together = asyncio.run(_gather(lt, calls))
