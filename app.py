@@ -188,6 +188,8 @@ def _on_new_conversation() -> None:
         ss[K.LIVE] = None
     ss[K.CONVERSATION] = ss[K.BRANCH_FROM] = ss[K.EDITING] = None
     set_run_error(None)
+    ss.pop(K.PROMPT_KEPT, None)
+    ss[K.PROMPT] = ""  # the last conversation's first message is not the next one's
     st.query_params.clear()
 
 
@@ -200,13 +202,13 @@ def take_pending() -> None:
     pending = ss.pop(K.PENDING, None)
     if pending is None:
         return
+    live = ss.get(K.LIVE)
+    if live is None or not live.running:
+        _on_new_conversation()
     forget_form()  # the form's kept settings are the old ones
     load_into_state(pending["config"])
     ss[K.PROMPT] = pending["prompt"]
     ss[K.SYSTEM] = pending["system"] or ""
-    live = ss.get(K.LIVE)
-    if live is None or not live.running:
-        _on_new_conversation()
     if not pending["run"]:
         return
     if live is not None and live.running:

@@ -143,12 +143,12 @@ def main() -> None:
         local.REPEAT_PENALTY = penalty
         cfg = config_mod.load_preset(name)
         limits = f"proposers {', '.join(str(p.max_tokens) for p in cfg.proposers)}; aggregator {cfg.aggregator.max_tokens}"
-        old = OLD_LIMITS[name]
+        old = OLD_LIMITS.get(name)  # a preset new this round has no "before"
+        before = f" (before: proposers {old[0]}, aggregator {old[1]})" if old else ""
         body += [
             f"### {name}",
             "",
-            f"Limits now: {limits} (before: proposers {old[0]}, aggregator {old[1]}). "
-            f"Measured in {time.monotonic() - started:.0f} s.",
+            f"Limits now: {limits}{before}. Measured in {time.monotonic() - started:.0f} s.",
             "",
         ]
         cols = list(Tally().row())

@@ -585,6 +585,9 @@ def test_new_conversation_brings_back_the_form_and_history_round_trip(loopback, 
     at.button(key=K.NEW_CONVERSATION).click().run()
     assert "conversation" not in at.query_params
     assert at.text_area(key=K.PROMPT) and not at.chat_input
+    assert at.text_area(key=K.PROMPT).value == ""  # not the last conversation's first message
+    at.run()  # and it stays empty on the next redraw
+    assert at.text_area(key=K.PROMPT).value == ""
     # Back to the conversation by session state: another page visit keeps it (address too).
     at.session_state[K.CONVERSATION] = cid
     at.run()
