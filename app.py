@@ -188,8 +188,11 @@ def _on_new_conversation() -> None:
         ss[K.LIVE] = None
     ss[K.CONVERSATION] = ss[K.BRANCH_FROM] = ss[K.EDITING] = None
     set_run_error(None)
+    # The last conversation's first message is not the next one's. Dropped, not set to "":
+    # a value set here reaches the browser after the form appears and could wipe what the user
+    # has started typing (the load test typed fast enough to hit that).
     ss.pop(K.PROMPT_KEPT, None)
-    ss[K.PROMPT] = ""  # the last conversation's first message is not the next one's
+    ss.pop(K.PROMPT, None)
     st.query_params.clear()
 
 

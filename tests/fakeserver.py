@@ -187,10 +187,21 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.fake._done(n_request)
 
+    def _pause(self, seconds: float, release: threading.Event) -> bool:
+        """Wait `seconds`; True if the server stops or a reset() ends this request's test first
+        (a 30 s delay of a past test must not still count as active in the next one)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.fake._stop.is_set() or release.is_set():
+                return True
+            release.wait(min(left, 0.05))
+        return self.fake._stop.is_set() or release.is_set()
+
     def _answer(self, body: dict[str, Any], n: int) -> None:
         model = body.get("model", "")
         b = self.fake.behaviours.get(model, Behaviour())
-        if b.delay_s and self.fake._stop.wait(b.delay_s):
+        released = self.fake._release  # this test's: reset() sets it and makes a new one
+        if b.delay_s and self._pause(b.delay_s, released):
             return
         failing = b.fail_times is None or n <= b.fail_times
         if b.fault == "500" and failing:
@@ -304,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self._chunk(b"data: {this is not json\n\n")
                     self._chunk(b"")
                 return
-            if b.token_delay_s and self.fake._stop.wait(b.token_delay_s):
+            if b.token_delay_s and self._pause(b.token_delay_s, released):
                 return
             self._sse(chunk({"content": word}))
         self._sse(chunk({}, finish_reason))
