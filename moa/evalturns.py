@@ -340,26 +340,11 @@ def _judged(
     outcome: str | None,
     problem: str | None,
 ) -> None:
-    costs = [r.get("cost_usd") for r in rows]
-    judge_cost = None if any(x is None for x in costs) else sum(costs)
-    failed = next((r for r in rows if r["status"] != "ok"), None)
-    if failed is not None:
-        problem = f"judge call {failed['status']}: {failed['error']}"
-    elif problem is not None:
-        problem = f"the judge gave {problem}: {(rows[-1]['text'] or '')[-120:]!r}"
-    status = "scored" if score is not None and failed is None else "unscored"
-    _save_score(
-        ev,
-        q,
-        c,
-        status=status,
-        score=score if status == "scored" else None,
-        outcome=outcome,
-        error=problem,
-        judge_cost_usd=judge_cost,
-    )
-    label = outcome or (f"{score:g}/10" if score is not None else problem or "")
-    ev._finished(q, c, status, f"turn 2: {label}")
+    from moa.evaluate import judged_values
+
+    values, label = judged_values(rows, score, outcome, problem)
+    _save_score(ev, q, c, **values)
+    ev._finished(q, c, values["status"], f"turn 2: {label}")
 
 
 # ---------------------------------------------------------------- results

@@ -683,6 +683,30 @@ class _Answer:
     record: RunRecord
 
 
+def judged_values(
+    rows: list[dict[str, Any]], score: float | None, outcome: str | None, problem: str | None
+) -> tuple[dict[str, Any], str]:
+    """What the judge calls of one answer come to: the item's stored values (status, score,
+    outcome, error, judge cost) and a short progress label. First and second turns alike."""
+    costs = [r.get("cost_usd") for r in rows]
+    judge_cost = None if any(x is None for x in costs) else sum(costs)
+    failed = next((r for r in rows if r["status"] != "ok"), None)
+    if failed is not None:
+        problem = f"judge call {failed['status']}: {failed['error']}"
+    elif problem is not None:
+        problem = f"the judge gave {problem}: {(rows[-1]['text'] or '')[-120:]!r}"
+    status = "scored" if score is not None and failed is None else "unscored"
+    values = {
+        "status": status,
+        "score": score if status == "scored" else None,
+        "outcome": outcome,
+        "error": problem,
+        "judge_cost_usd": judge_cost,
+    }
+    label = outcome or (f"{score:g}/10" if score is not None else problem or "")
+    return values, label
+
+
 class _Evaluation:
     """One session of an evaluation: the items left, their runs, their scores."""
 
@@ -931,26 +955,9 @@ class _Evaluation:
         outcome: str | None,
         problem: str | None,
     ) -> None:
-        costs = [r.get("cost_usd") for r in rows]
-        judge_cost = None if any(x is None for x in costs) else sum(costs)
-        failed = next((r for r in rows if r["status"] != "ok"), None)
-        if failed is not None:
-            problem = f"judge call {failed['status']}: {failed['error']}"
-        elif problem is not None:
-            problem = f"the judge gave {problem}: {(rows[-1]['text'] or '')[-120:]!r}"
-        status = "scored" if score is not None and failed is None else "unscored"
-        self.es.save_item(
-            self.eval_id,
-            q.id,
-            c.name,
-            status=status,
-            score=score if status == "scored" else None,
-            outcome=outcome,
-            error=problem,
-            judge_cost_usd=judge_cost,
-        )
-        label = outcome or (f"{score:g}/10" if score is not None else problem or "")
-        self._finished(q, c, status, label)
+        values, label = judged_values(rows, score, outcome, problem)
+        self.es.save_item(self.eval_id, q.id, c.name, **values)
+        self._finished(q, c, values["status"], label)
 
     async def _judge(
         self,
