@@ -180,7 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         n, n_request = self.fake._record(dict(self.headers), body)
         try:
-            self._answer(body, n)
+            self._answer(body, n, n_request)
         except (BrokenPipeError, ConnectionResetError):
             with self.fake._lock:  # the client went away (cancel, timeout, cap): fine
                 self.fake.aborted[body.get("model", "")] += 1
@@ -197,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
             release.wait(min(left, 0.05))
         return self.fake._stop.is_set() or release.is_set()
 
-    def _answer(self, body: dict[str, Any], n: int) -> None:
+    def _answer(self, body: dict[str, Any], n: int, n_request: int) -> None:
         model = body.get("model", "")
         b = self.fake.behaviours.get(model, Behaviour())
         released = self.fake._release  # this test's: reset() sets it and makes a new one
@@ -289,7 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
             }
 
         self._sse(chunk({"role": "assistant", "content": ""}))
-        arrived = len(self.fake.requests)
+        # Any request logged after this one cuts it, as llama-cpp-python's server does (counted
+        # from the request's own place in the log: two requests arriving together still cut one).
+        arrived = n_request + 1
         for i, word in enumerate(words):
             if b.one_at_a_time and len(self.fake.requests) > arrived:
                 self._chunk(b"data: [DONE]\n\n")  # cut off by a newer request
