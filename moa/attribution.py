@@ -6,6 +6,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from difflib import SequenceMatcher
 from functools import lru_cache
 from itertools import chain, pairwise
 from operator import itemgetter
@@ -265,6 +266,8 @@ def _split_sentences(text: str, start: int, end: int) -> list[Segment]:
 # --------------------------------------------------------------------------------------------
 
 _TOKEN = re.compile(r"\w+(?:[.'’]\w+)*")
+_CODE_TOKEN = re.compile(r"\w+|[^\w\s]")
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*$")
 _LEADING_MARKUP = re.compile(r"^[ \t]*(?:>[ \t]*)*(?:[-*+][ \t]+|\d{1,3}[.)][ \t]+|#{1,6}[ \t]*)?")
 _FENCE_LINE = re.compile(r"^[ \t]*(?:`{3,}|~{3,}).*$", re.M)
 # Function words: shared by almost any two English sentences, so they say nothing about origin.
@@ -313,6 +316,9 @@ class _Features:
     bigrams: frozenset[tuple[str, str]]  # stemmed word bigrams, function words included
     flat: str  # lowercased words joined by spaces, for rapidfuzz
     code: bool  # a fenced code block
+    # A code block's tokens (identifiers, numbers, each punctuation mark), whitespace dropped:
+    # what `_renamed_score` aligns. Empty for prose.
+    code_tokens: tuple[str, ...] = ()
 
 
 def _features(segment: Segment) -> _Features:
@@ -329,6 +335,7 @@ def _features(segment: Segment) -> _Features:
         bigrams=frozenset(pairwise(stems)),
         flat=" ".join(words),
         code=code,
+        code_tokens=tuple(_CODE_TOKEN.findall(body)) if code else (),
     )
 
 
@@ -376,7 +383,49 @@ def _pair_score(q: _Features, c: _Features) -> float:
         # long final sentence that is mostly new; the plain ratio penalises the difference.
         fz = fuzz.ratio(q.flat, c.flat) / 100
     w_uni, w_bi, w_fz = W_CODE if q.code else (W_UNIGRAM, W_BIGRAM, W_FUZZY)
-    return w_uni * uni + w_bi * bi + w_fz * fz
+    score = w_uni * uni + w_bi * bi + w_fz * fz
+    if q.code and c.code:
+        score = max(score, _renamed_score(q.code_tokens, c.code_tokens))
+    return score
+
+
+# Code kept with its variables renamed and/or reformatted: the token sequences align once each
+# renamed variable (a name used at least twice) is mapped one-to-one onto the candidate's.
+# Counted only when at least this share of the final block's tokens are the candidate's own,
+# unchanged.
+RENAME_MIN_SAME = 0.6
+
+
+def _renamed_score(q: tuple[str, ...], c: tuple[str, ...]) -> float:
+    """Share of code tokens `q` explained by `c` up to a consistent renaming of identifiers
+    (whitespace and line breaks already ignored), 0 when too little is identical."""
+    if not q or not c:
+        return 0.0
+    ops = SequenceMatcher(None, q, c, autojunk=False).get_opcodes()
+    same = sum(i2 - i1 for tag, i1, i2, _, _ in ops if tag == "equal")
+    if same < RENAME_MIN_SAME * len(q):
+        return 0.0
+    forward: dict[str, str] = {}
+    backward: dict[str, str] = {}
+    renamed = 0
+    for tag, i1, i2, j1, j2 in ops:
+        if tag != "replace" or i2 - i1 != j2 - j1:
+            continue
+        for a, b in zip(q[i1:i2], c[j1:j2], strict=True):
+            if not (_IDENTIFIER.match(a) and _IDENTIFIER.match(b)):
+                continue
+            if forward.setdefault(a, b) != b or backward.setdefault(b, a) != a:
+                continue  # not one-to-one: a different change, not a rename
+            renamed += 1
+    # A rename changes every use of a variable (defined and used: at least twice), and the
+    # old name is then gone; anything else is a different change, not a rename.
+    kept_names = {t for tag, i1, i2, _, _ in ops if tag == "equal" for t in q[i1:i2]}
+    uses = Counter(q)
+    if not forward or any(
+        a in kept_names or b in kept_names or uses[a] < 2 for a, b in forward.items()
+    ):
+        return 0.0
+    return (same + renamed) / len(q)
 
 
 def _union_score(q: _Features, a: _Features, b: _Features) -> float:
@@ -581,6 +630,8 @@ def attribute(
         scores.update({(fi, ci, j): v for (ci, j), v in cache.items()})
         attributed.append(result)
         used.append(parts)
+
+    _code_merges(candidate_segs, cand_features, final_features, attributed, used, scores)
 
     used_matcher, notice = "lexical", None
     if matcher == "semantic":
@@ -788,6 +839,88 @@ def _find_merge(
     if best is None or best[1] < threshold or best[1] < top_score + MERGE_GAIN:
         return None
     return best
+
+
+# A kept code block that adds names the credited candidates never use is a merge with each other
+# candidate that names at least this many of them (or one in its own code: `nullglob`,
+# `dropna=False`): the aggregator wrote into the code what that candidate advised in prose.
+CODE_MERGE_MIN_NAMES = 2
+CODE_NAME_MIN_CHARS = 3
+_CODE_SPAN = re.compile(r"`[^`\n]+`")
+
+
+# ...a single name counts when it is this long (`nullglob`, `reset_index`): short ones such as
+# `count`, `sum` or `id` turn up in any code.
+CODE_NAME_DISTINCT_CHARS = 6
+
+
+def _names(text: str) -> set[str]:
+    """The (stemmed) names a text uses, as code or as words."""
+    return {
+        _stem(w)
+        for w in _CODE_WORD.findall(text.lower())
+        if len(w) >= CODE_NAME_MIN_CHARS and w not in _STOPWORDS
+    }
+
+
+_CODE_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def _code_merges(
+    candidate_segs: list[list[Segment]],
+    cand_features: list[list[_Features]],
+    final_features: list[_Features],
+    attributed: list[AttributedSegment],
+    used: list[list[tuple[int, int]]],
+    scores: dict[tuple[int, int, int], float],
+) -> None:
+    """Credit the candidates whose advice a kept code block put into code (see above)."""
+    texts = ["\n".join(s.text for s in segs) for segs in candidate_segs]
+    names = [_names(t) for t in texts]
+    code_names = [
+        _names(
+            " ".join(
+                [m.group(0) for m in _CODE_SPAN.finditer(t)]
+                + [s.text for s in segs if s.kind == "code"]
+            )
+        )
+        for t, segs in zip(texts, candidate_segs, strict=True)
+    ]
+    for fi, a in enumerate(attributed):
+        if not final_features[fi].code or a.novel:
+            continue
+        credited = {src.candidate for src in a.sources}
+        added = _names(_FENCE_LINE.sub(" ", a.segment.text))
+        for ci in credited:
+            added -= names[ci]
+        if not added:
+            continue
+        extra = []
+        for ci in range(len(candidate_segs)):
+            hits = added & names[ci]
+            if ci in credited or not hits:
+                continue
+            distinct = {h for h in hits & code_names[ci] if len(h) >= CODE_NAME_DISTINCT_CHARS}
+            if len(hits) < CODE_MERGE_MIN_NAMES and not distinct:
+                continue
+            # The candidate segment naming the most of them is the one kept.
+            j = max(
+                range(len(candidate_segs[ci])),
+                key=lambda j, ci=ci, hits=hits: (
+                    len(hits & _names(candidate_segs[ci][j].text)),
+                    -j,
+                ),
+            )
+            score = scores.get((fi, ci, j))
+            if score is None:
+                score = _pair_score(final_features[fi], cand_features[ci][j])
+            extra.append(Source(ci, score, j))
+        if extra:
+            sources = sorted([*a.sources, *extra], key=lambda src: (-src.score, src.candidate))
+            attributed[fi] = replace(a, sources=sources, merged=True)
+            used[fi] = used[fi] + [(src.candidate, src.segment_index) for src in extra]
+            for src in extra:
+                scores[(fi, src.candidate, src.segment_index)] = src.score
 
 
 def _candidate_columns(
