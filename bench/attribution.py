@@ -296,8 +296,7 @@ def time_matchers(runs: int = 7) -> list[str]:
                     # (moa.analysis.prewarm), while the aggregator still writes. Not timed.
                     final, candidates = speed_inputs(5000 + k, n, words, final_words)
                     for c in candidates:
-                        segs = [x for x in split_segments(c) if x.kind != "code"]
-                        units = [semantic.clean(x.text) for x in segs]
+                        units = semantic.candidate_units(split_segments(c))
                         embedder.encode(units[: analysis.PREWARM_MAX_UNITS])
                 before = embedder.computed
                 w0, c0 = time.perf_counter(), time.process_time()

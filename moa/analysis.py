@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 # Bump when the matcher or the panel changes what they compute: cached results are then redone.
 ANALYSIS_VERSION = 1
 PREWARM_MAX_UNITS = 150  # of one candidate, embedded ahead (the rest, if needed, at the end)
+# (segments first, then their clauses: semantic.candidate_units)
 _prewarm_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-prewarm")
 
 
@@ -48,7 +49,7 @@ def prewarm(text: str) -> None:
         except embeddings.EmbeddingsUnavailable:
             return
         segments = split_segments((text or "")[:ATTRIBUTION_MAX_CHARS])
-        units = [semantic.clean(s.text) for s in segments if s.kind != "code"]
+        units = semantic.candidate_units(segments)
         embedder.encode(units[:PREWARM_MAX_UNITS])
 
     _prewarm_pool.submit(work)

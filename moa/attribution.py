@@ -604,8 +604,10 @@ def attribute(
     """
     if matcher not in MATCHERS:
         raise ValueError(f"unknown matcher {matcher!r}; choose one of {', '.join(MATCHERS)}")
-    final_segments = split_segments((final or "")[:ATTRIBUTION_MAX_CHARS])
-    candidate_segs = [split_segments((c or "")[:ATTRIBUTION_MAX_CHARS]) for c in candidates]
+    final_source = (final or "")[:ATTRIBUTION_MAX_CHARS]
+    cand_sources = [(c or "")[:ATTRIBUTION_MAX_CHARS] for c in candidates]
+    final_segments = split_segments(final_source)
+    candidate_segs = [split_segments(c) for c in cand_sources]
     final_features = [_features(s) for s in final_segments]
     cand_features = [[_features(s) for s in segs] for segs in candidate_segs]
     index = _Index(cand_features)
@@ -641,6 +643,9 @@ def attribute(
             notice = f"Semantic matcher unavailable, highlights are lexical: {exc}"
         else:
             _semantic_pass(
+                semantic.unit_texts(final_source, final_segments),
+                _row_keys(final_source, final_segments),
+                [[semantic.clean(s.text) for s in segs] for segs in candidate_segs],
                 final_segments,
                 final_features,
                 candidate_segs,
@@ -670,7 +675,36 @@ def attribute(
     )
 
 
+def _row_keys(source: str, segments: list[Segment]) -> dict[int, frozenset[str]]:
+    """For each table body row (one under a header): the content words of its first cell,
+    what the row is about ("Overhead", "Legumes and nuts", "404")."""
+    keys = {}
+    for i, (seg, header) in enumerate(
+        zip(segments, semantic.table_headers(source, segments), strict=True)
+    ):
+        if header is None:
+            continue
+        first = semantic.cells(seg.text)[0]
+        words = [w.strip("_") for w in _TOKEN.findall(first.lower())]
+        stems = {_stem(w) for w in words if w and w not in _STOPWORDS}
+        if stems:
+            keys[i] = frozenset(stems)
+    return keys
+
+
+def _pool(ci, segs, ranked, candidate_segs) -> list[tuple[int, int]]:
+    """The segments of candidate `ci` worth comparing by meaning: all of them when it has at
+    most POOL_ALL, else the POOL_K sharing the most words; never code."""
+    if len(segs) <= semantic.POOL_ALL:
+        return [(ci, j) for j, s in enumerate(segs) if s.kind != "code"]
+    mine = [key for key, _ in ranked if key[0] == ci][: semantic.POOL_K]
+    return [key for key in mine if candidate_segs[ci][key[1]].kind != "code"]
+
+
 def _semantic_pass(
+    final_texts: list[str],
+    row_keys: dict[int, frozenset[str]],
+    cand_texts: list[list[str]],
     final_segments: list[Segment],
     final_features: list[_Features],
     candidate_segs: list[list[Segment]],
@@ -684,14 +718,17 @@ def _semantic_pass(
 ) -> None:
     """Re-judge, with embeddings, the final segments lexical overlap did not settle."""
     targets, queries = [], []
-    cand_texts = [[semantic.clean(s.text) for s in segs] for segs in candidate_segs]
     lexical: dict[int, dict[int, tuple[float, int]]] = defaultdict(dict)
     for (fi, ci, j), v in scores.items():
         if ci not in lexical[fi] or v > lexical[fi][ci][0]:
             lexical[fi][ci] = (v, j)
-    for fi, (seg, q) in enumerate(zip(final_segments, final_features, strict=True)):
+    for fi, q in enumerate(final_features):
         a = attributed[fi]
-        if q.code or q.n_tokens <= SHORT_TOKENS or a.merged:
+        text = final_texts[fi]
+        # A short table row read with its header ("Overhead: TCP higher; UDP lower") is long
+        # enough to compare by meaning.
+        short = q.n_tokens <= SHORT_TOKENS and len(text.split()) <= SHORT_TOKENS
+        if q.code or short or a.merged:
             continue  # code is kept whole or not; short ones and lexical merges are settled
         credited: dict[int, tuple[float, int]] = {}
         if not a.novel and a.score >= semantic.SETTLED:
@@ -704,7 +741,6 @@ def _semantic_pass(
             ]
             if not others:
                 continue
-            text = semantic.clean(seg.text)
             pool = [(ci, j) for ci, (_, j) in credited.items()] + others
             queries.append(semantic.Query(text, lexical[fi], pool, credited=credited))
             targets.append(fi)
@@ -712,12 +748,7 @@ def _semantic_pass(
         pool: list[tuple[int, int]] = []
         ranked = sorted(index.shared_words(q.content).items(), key=_most_shared_first)
         for ci, segs in enumerate(candidate_segs):
-            if len(segs) <= semantic.POOL_ALL:
-                pool += [(ci, j) for j, s in enumerate(segs) if s.kind != "code"]
-            else:
-                mine = [key for key, _ in ranked if key[0] == ci][: semantic.POOL_K]
-                pool += [key for key in mine if candidate_segs[ci][key[1]].kind != "code"]
-        text = semantic.clean(seg.text)
+            pool += _pool(ci, segs, ranked, candidate_segs)
         queries.append(semantic.Query(text, lexical[fi], pool, semantic.clauses(text)))
         targets.append(fi)
     # Unsettled segments first: the budget goes to them before the "said it too" checks.
@@ -729,6 +760,19 @@ def _semantic_pass(
         if verdict is None:
             continue
         old = attributed[fi]
+        if fi in row_keys:
+            # A table row read with its header is "about" the header's topic, like every
+            # on-topic sentence: a candidate is credited by meaning only where it names
+            # what the row is about.
+            lexical_sources = {src.candidate for src in old.sources}
+            kept = {
+                ci: sj
+                for ci, sj in verdict.sources.items()
+                if ci in lexical_sources or row_keys[fi] & index.features[ci][sj[1]].content
+            }
+            if kept != verdict.sources:
+                merged = verdict.merged and len({j for _, j in kept.values()}) >= 2
+                verdict = semantic.Verdict(kept, verdict.score, merged)
         if not verdict.sources:
             attributed[fi] = AttributedSegment(
                 old.segment, [], novel=True, score=verdict.score, closest=old.closest
