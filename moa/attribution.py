@@ -634,6 +634,7 @@ def attribute(
         used.append(parts)
 
     _code_merges(candidate_segs, cand_features, final_features, attributed, used, scores)
+    row_keys = _row_keys(final_source, final_segments)
 
     used_matcher, notice = "lexical", None
     if matcher == "semantic":
@@ -644,7 +645,7 @@ def attribute(
         else:
             _semantic_pass(
                 semantic.unit_texts(final_source, final_segments),
-                _row_keys(final_source, final_segments),
+                row_keys,
                 [[semantic.clean(s.text) for s in segs] for segs in candidate_segs],
                 final_segments,
                 final_features,
@@ -658,6 +659,8 @@ def attribute(
                 embedder.has,
             )
             used_matcher = "semantic"
+
+    _table_rows(final_segments, row_keys, candidate_segs, cand_features, index, attributed, used)
 
     columns = _candidate_columns(candidate_segs, cand_features, final_features, used, scores)
     share, novel_share = _shares(attributed, len(candidates))
@@ -699,6 +702,52 @@ def _pool(ci, segs, ranked, candidate_segs) -> list[tuple[int, int]]:
         return [(ci, j) for j, s in enumerate(segs) if s.kind != "code"]
     mine = [key for key, _ in ranked if key[0] == ci][: semantic.POOL_K]
     return [key for key in mine if candidate_segs[ci][key[1]].kind != "code"]
+
+
+def _table_rows(
+    final_segments: list[Segment],
+    row_keys: dict[int, frozenset[str]],
+    candidate_segs: list[list[Segment]],
+    cand_features: list[list[_Features]],
+    index: _Index,
+    attributed: list[AttributedSegment],
+    used: list[list[tuple[int, int]]],
+) -> None:
+    """A table row still novel is kept from a candidate segment that names what the row is
+    about (every word of its first cell) and at least one word of its other cells: a table
+    regroups what candidates said in prose ("| Overhead | higher | lower |" from "UDP has no
+    delivery guarantee, but lower overhead"). A row about something no candidate names
+    ("| Sweets | occasionally |") stays new."""
+    for fi, key in row_keys.items():
+        a = attributed[fi]
+        if not a.novel:
+            continue
+        row = semantic.cells(final_segments[fi].text)
+        values = frozenset(
+            _stem(w)
+            for cell in row[1:]
+            for w in (w.strip("_") for w in _TOKEN.findall(cell.lower()))
+            if w and w not in _STOPWORDS
+        )
+        hits = Counter()
+        for ci, j in index.shared_words(key):
+            f = cand_features[ci][j]
+            if candidate_segs[ci][j].kind != "code" and key <= f.content and values & f.content:
+                hits[(ci, j)] = len(values & f.content)
+        best: dict[int, tuple[int, int]] = {}
+        for (ci, j), n in sorted(hits.items(), key=_most_shared_first):
+            best.setdefault(ci, (j, n))
+        if not best:
+            continue
+        n_all = len(key) + len(values)
+        sources = sorted(
+            (Source(ci, (len(key) + n) / n_all, j) for ci, (j, n) in best.items()),
+            key=lambda src: (-src.score, src.candidate),
+        )
+        attributed[fi] = AttributedSegment(
+            a.segment, sources, novel=False, score=sources[0].score, merged=False
+        )
+        used[fi] = [(src.candidate, src.segment_index) for src in sources]
 
 
 def _semantic_pass(
@@ -754,11 +803,14 @@ def _semantic_pass(
     # Unsettled segments first: the budget goes to them before the "said it too" checks.
     order = sorted(range(len(queries)), key=lambda k: bool(queries[k].credited))
     queries, targets = [queries[k] for k in order], [targets[k] for k in order]
+    nearest: dict[int, dict[int, tuple[float, int]]] = {}
     for fi, verdict in zip(
         targets, semantic.judge(queries, cand_texts, encode, cached), strict=True
     ):
         if verdict is None:
             continue
+        if not verdict.sources and fi not in row_keys:
+            nearest[fi] = verdict.nearest
         old = attributed[fi]
         if fi in row_keys:
             # A table row read with its header is "about" the header's topic, like every
@@ -790,6 +842,15 @@ def _semantic_pass(
         for src in sources:
             key = (fi, src.candidate, src.segment_index)
             scores[key] = max(scores.get(key, 0.0), src.score)
+    # Left-over final and candidate segments that are each other's nearest: a paraphrase.
+    taken = {key for parts in used for key in parts}
+    for fi, (ci, cos, j) in semantic.align_dropped(nearest, taken).items():
+        old = attributed[fi]
+        attributed[fi] = AttributedSegment(
+            old.segment, [Source(ci, cos, j)], novel=False, score=cos
+        )
+        used[fi] = [(ci, j)]
+        scores[(fi, ci, j)] = max(scores.get((fi, ci, j), 0.0), cos)
 
 
 def _attribute_segment(
