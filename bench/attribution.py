@@ -453,7 +453,7 @@ def report() -> str:
         "### Quality on the held-out set",
         "",
     ]
-    rel = HELDOUT_PATH.relative_to(ROOT).as_posix()
+    rel = f"tests/data/{HELDOUT_PATH.name}"
     if HELDOUT_PATH.exists():
         heldout = load_cases(HELDOUT_PATH)
         lines.append(
