@@ -597,9 +597,11 @@ def attribute(
     kept from every candidate whose best score reaches `threshold` and is within TIE_MARGIN of
     the top one; when one candidate segment explains only part of it and a second segment
     (from any candidate) explains most of the rest, it is a merge and credits both. Otherwise
-    it is novel. `matcher` "semantic" then re-judges, with sentence embeddings, the segments
-    lexical overlap cannot settle (see moa.semantic); without its package it stays lexical and
-    says so in `Attribution.notice`. Texts longer than ATTRIBUTION_MAX_CHARS are attributed up
+    it is novel. A code block also matches a candidate's with its variables renamed, and credits
+    a candidate whose advice it put into code (`_code_merges`); a table row left novel is kept
+    from a candidate naming its subject and a value (`_table_rows`). `matcher` "semantic" then
+    re-judges, with sentence embeddings, the segments lexical overlap cannot settle (see
+    moa.semantic); without its package it stays lexical and says so in `Attribution.notice`. Texts longer than ATTRIBUTION_MAX_CHARS are attributed up
     to that length.
     """
     if matcher not in MATCHERS:
@@ -661,6 +663,10 @@ def attribute(
             used_matcher = "semantic"
 
     _table_rows(final_segments, row_keys, candidate_segs, cand_features, index, attributed, used)
+    for fi, a in enumerate(attributed):  # the columns' "best match" sees every credit
+        for src in a.sources:
+            key = (fi, src.candidate, src.segment_index)
+            scores[key] = max(scores.get(key, 0.0), src.score)
 
     columns = _candidate_columns(candidate_segs, cand_features, final_features, used, scores)
     share, novel_share = _shares(attributed, len(candidates))
