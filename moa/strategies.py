@@ -201,6 +201,9 @@ async def cascade(runner: _Runner, calls: list[CallRecord]) -> bool:
         usd, unknown = _upper_cost(skipped)
         section["saved_calls"] = len(skipped)
         section["saved_cost_usd"] = None if unknown else round(usd, 8)
+        # The full run would have taken its layers and the aggregator; the pair took one stage.
+        # Estimated with every stage as long as the pair's (the skipped calls never ran).
+        section["saved_s_estimate"] = round(phase_s * cfg.layers, 2)
         section["reason"] = (
             "the two answers give the same short answer"
             if same_short

@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 
 from moa import config as config_mod
-from moa import engine, events, export, prompts, strategies
+from moa import engine, events, export, prompts, strategies, strategy_html
 from moa.config import ConfigError, ModelSpec
 from moa.store import Store, StoreWriter
 from tests.conftest import ROOT, make_config
@@ -325,6 +325,9 @@ def test_cascade_that_agrees_never_runs_the_panel(fake):
     c = record.outcome["cascade"]
     assert c["escalated"] is False and c["same_short_answer"] is True
     assert c["saved_calls"] == 2  # proposer c and the aggregator
+    # One layer and the aggregator skipped, each estimated as long as the pair took.
+    assert c["saved_s_estimate"] == round(c["phase_s"] * 1, 2) and c["phase_s"] > 0
+    assert "about" in strategy_html.cascade_html(record, c)
     assert export.run_to_json(record)["cascade"] is True
 
 
