@@ -150,6 +150,46 @@ def test_stored_run_replays_identical_highlights_without_recomputing(fake, tmp_p
     )
 
 
+def test_exports_of_a_stored_conversation_read_the_cached_highlights(
+    fake, tmp_path, monkeypatch, capsys
+):
+    from moa import cli
+
+    store = Store(tmp_path / "moa.db")
+    rec = stored_run(
+        fake,
+        store,
+        "Preheat the oven to 200 C. Grease a 20 cm tin with butter.",
+        "Line the tin with baking paper. Let the cake cool for ten minutes.",
+        "Heat the oven to 200 degrees first. Line the tin with paper. Serve warm.",
+    )
+    live = export.run_to_json(rec, analysis.for_run(rec, store))
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(analysis, "attribute", boom)
+    monkeypatch.setattr(analysis, "analyse", boom)
+    conv = store.get_conversation(rec.conversation_id)
+    (turn,) = export.conversation_to_json(conv, store)["turns"]
+    assert turn["attribution"] == live["attribution"] and turn["panel"] == live["panel"]
+    assert "from a (score" in report.conversation_to_html(conv, store)  # highlighted
+    assert "Line the tin" in export.conversation_to_markdown(conv, store)
+    # The CLI's show --json and every export format, on the conversation and on the run.
+    db = str(tmp_path / "moa.db")
+    for args in (
+        ["show", conv.id, "--json"],
+        ["export", conv.id, "--format", "json"],
+        ["export", rec.run_id, "--format", "md"],
+        ["export", rec.run_id, "--format", "html"],
+    ):
+        assert cli.main([*args, "--db", db]) == 0, args
+    assert (
+        json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")["turns"][0]["attribution"]
+        == live["attribution"]
+    )
+
+
 def test_a_changed_run_is_recomputed_not_served_stale(fake, tmp_path):
     store = Store(tmp_path / "moa.db")
     rec = stored_run(fake, store, "Use a set. It is fast.", "Use a list.", "Use a set.")
