@@ -218,6 +218,16 @@ def unique_names(contenders: list[Contender]) -> list[Contender]:
     return out
 
 
+def judge_concurrency(contenders: list[Contender]) -> dict[str, int]:
+    """The contenders' [concurrency] entries, the tightest of each, for the judge's calls: a
+    judge on a server that serves one request at a time takes turns with the answers there."""
+    out: dict[str, int] = {}
+    for c in contenders:
+        for key, limit in c.config.concurrency.items():
+            out[key] = min(limit, out.get(key, limit))
+    return out
+
+
 def judge_spec(model: str | ModelSpec) -> ModelSpec:
     """A judge model at temperature 0 with room to explain before its verdict."""
     spec = config_mod._spec_from_cli(model.strip()) if isinstance(model, str) else model
@@ -975,7 +985,11 @@ class _Evaluation:
         judge = self.plan.judge
         assert judge is not None
         cfg = RunConfig(
-            proposers=[judge], aggregator=judge, name="judge", proposer_timeout_s=JUDGE_TIMEOUT_S
+            proposers=[judge],
+            aggregator=judge,
+            name="judge",
+            proposer_timeout_s=JUDGE_TIMEOUT_S,
+            concurrency=judge_concurrency(self.plan.contenders),
         )
         run_cancel = self.cancel._for_run()
         try:
