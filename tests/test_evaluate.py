@@ -374,9 +374,7 @@ def test_judge_calls_take_turns_on_a_one_request_server_named_in_concurrency(
     for model, text in (("solo", "Paris is the capital."), ("grader", "Fine. Rating: [[8]]")):
         fake.set(model, text=text, token_delay_s=0.005, one_at_a_time=True)
     contender = ev.single(f"openai/solo@{fake.base_url}")
-    contender = replace(
-        contender, config=replace(contender.config, concurrency={fake.base_url: 1})
-    )
+    contender = replace(contender, config=replace(contender.config, concurrency={fake.base_url: 1}))
     plan = ev.EvalPlan(
         load_question_set(str(capitals)),
         [contender],
