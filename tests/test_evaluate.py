@@ -388,6 +388,25 @@ def test_judge_calls_take_turns_on_a_one_request_server_named_in_concurrency(
     assert fake.max_active == 1 and len(fake.requests) == 8
 
 
+def test_the_estimate_prices_a_judge_and_a_contender_by_their_own_prices(fake, capitals):
+    # Models litellm has no price for, priced in their specs (the sidebar's price inputs).
+    own = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 2.0}
+    solo = ev.single(f"openai/solo@{fake.base_url}")
+    spec = replace(solo.config.proposers[0], **own)
+    solo = replace(solo, config=replace(solo.config, proposers=[spec], aggregator=spec))
+    plan = ev.EvalPlan(
+        load_question_set(str(capitals)),
+        [solo],
+        scoring="judge",
+        judge=replace(ev.judge_spec(f"openai/grader@{fake.base_url}"), **own),
+    ).resolved()
+    est = ev.estimate_cost(plan)
+    assert est.unknown_models == []
+    assert est.answers_usd > 0 and est.judge_usd > 0
+    # 4 judge calls, each at most max_tokens out at $2/M, plus its prompt at $1/M.
+    assert est.judge_usd > 4 * plan.judge.max_tokens * 2.0 / 1e6
+
+
 def test_pairwise_asks_both_orders_and_a_position_biased_judge_ties(fake, capitals, db_path):
     fake.set("base", text="Answer from the baseline.")
     fake.set("other", text="Answer from the other one.")
