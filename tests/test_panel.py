@@ -117,16 +117,16 @@ def test_hostile_candidate_text_stays_inert_in_panel_and_report(fake, tmp_path):
 
 # --- the store's cache: a stored run replays without recomputing ----------------------------
 
+CAKE = (  # two candidates and a final answer that keeps from both
+    "Preheat the oven to 200 C. Grease a 20 cm tin with butter.",
+    "Line the tin with baking paper. Let the cake cool for ten minutes.",
+    "Heat the oven to 200 degrees first. Line the tin with paper. Serve warm.",
+)
+
 
 def test_stored_run_replays_identical_highlights_without_recomputing(fake, tmp_path, monkeypatch):
     store = Store(tmp_path / "moa.db")
-    rec = stored_run(
-        fake,
-        store,
-        "Preheat the oven to 200 C. Grease a 20 cm tin with butter.",
-        "Line the tin with baking paper. Let the cake cool for ten minutes.",
-        "Heat the oven to 200 degrees first. Line the tin with paper. Serve warm.",
-    )
+    rec = stored_run(fake, store, *CAKE)
     live = analysis.for_run(rec, store)  # written by the store writer as the run finished
     assert live.from_cache
     live_html = Kept(rec, live.attribution, live.candidate_ids).final_html(rec.final_text)
@@ -156,13 +156,7 @@ def test_exports_of_a_stored_conversation_read_the_cached_highlights(
     from moa import cli
 
     store = Store(tmp_path / "moa.db")
-    rec = stored_run(
-        fake,
-        store,
-        "Preheat the oven to 200 C. Grease a 20 cm tin with butter.",
-        "Line the tin with baking paper. Let the cake cool for ten minutes.",
-        "Heat the oven to 200 degrees first. Line the tin with paper. Serve warm.",
-    )
+    rec = stored_run(fake, store, *CAKE)
     live = export.run_to_json(rec, analysis.for_run(rec, store))
 
     def boom(*a, **k):
