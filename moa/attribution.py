@@ -756,6 +756,15 @@ def _table_rows(
         used[fi] = [(src.candidate, src.segment_index) for src in sources]
 
 
+_NUMBER_TOKEN = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def _numbers_differ(a: str, b: str) -> bool:
+    """Do both texts give numbers, and neither's numbers include the other's?"""
+    na, nb = set(_NUMBER_TOKEN.findall(a)), set(_NUMBER_TOKEN.findall(b))
+    return bool(na and nb) and not (na <= nb or nb <= na)
+
+
 def _semantic_pass(
     final_texts: list[str],
     row_keys: dict[int, frozenset[str]],
@@ -851,6 +860,8 @@ def _semantic_pass(
     # Left-over final and candidate segments that are each other's nearest: a paraphrase.
     taken = {key for parts in used for key in parts}
     for fi, (ci, cos, j) in semantic.align_dropped(nearest, taken).items():
+        if _numbers_differ(final_segments[fi].text, candidate_segs[ci][j].text):
+            continue  # "1793" for "1789": a correction of what the candidate said, not a paraphrase
         old = attributed[fi]
         attributed[fi] = AttributedSegment(
             old.segment, [Source(ci, cos, j)], novel=False, score=cos

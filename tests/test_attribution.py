@@ -535,3 +535,20 @@ def test_left_over_paraphrase_is_credited_but_unrelated_new_text_is_not():
     assert [s.candidate for s in segs[2].sources] == [1]
     assert segs[3].novel
     assert attribute(final, candidates, matcher="lexical").segments[2].novel
+
+
+def test_a_left_over_sentence_that_corrects_a_number_is_not_a_paraphrase():
+    candidates = [
+        "The Eiffel Tower was finished in 1889 for the World Fair. At the time it was the "
+        "tallest structure in the world, standing 312 metres high.",
+        "Paris has many museums, the Louvre being the largest.",
+    ]
+    final = (
+        "The Eiffel Tower was finished in 1889 for the World Fair. When it opened, no building "
+        "on earth was taller: it measured 300 metres. Paris has many museums, the Louvre being "
+        "the largest."
+    )
+    segs = attribute(final, candidates, matcher="semantic").segments
+    assert segs[1].segment.text.startswith("When it opened") and segs[1].novel
+    same = final.replace("300 metres", "312 metres")
+    assert [s.candidate for s in attribute(same, candidates).segments[1].sources] == [0]
