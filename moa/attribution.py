@@ -711,6 +711,11 @@ def _pool(ci, segs, ranked, candidate_segs) -> list[tuple[int, int]]:
     return [key for key in mine if candidate_segs[ci][key[1]].kind != "code"]
 
 
+# Round 3: a row kept from a candidate naming its subject needs this many of its values there
+# too (one when the row has only one): one shared word ("broker") is a topic, not the row.
+ROW_MIN_VALUES = 2
+
+
 def _table_rows(
     final_segments: list[Segment],
     row_keys: dict[int, frozenset[str]],
@@ -736,11 +741,13 @@ def _table_rows(
             for w in (w.strip("_") for w in _TOKEN.findall(cell.lower()))
             if w and w not in _STOPWORDS
         )
+        need = min(ROW_MIN_VALUES, len(values)) or 1
         hits = Counter()
         for ci, j in index.shared_words(key):
             f = cand_features[ci][j]
-            if candidate_segs[ci][j].kind != "code" and key <= f.content and values & f.content:
-                hits[(ci, j)] = len(values & f.content)
+            n = len(values & f.content)
+            if candidate_segs[ci][j].kind != "code" and key <= f.content and n >= need:
+                hits[(ci, j)] = n
         best: dict[int, tuple[int, int]] = {}
         for (ci, j), n in sorted(hits.items(), key=_most_shared_first):
             best.setdefault(ci, (j, n))
@@ -896,7 +903,7 @@ def _semantic_pass(
             kept = {
                 ci: sj
                 for ci, sj in verdict.sources.items()
-                if ci in lexical_sources or row_keys[fi] & index.features[ci][sj[1]].content
+                if ci in lexical_sources or row_keys[fi] <= index.features[ci][sj[1]].content
             }
             if kept != verdict.sources:
                 merged = verdict.merged and len({j for _, j in kept.values()}) >= 2
