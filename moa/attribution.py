@@ -711,11 +711,6 @@ def _pool(ci, segs, ranked, candidate_segs) -> list[tuple[int, int]]:
     return [key for key in mine if candidate_segs[ci][key[1]].kind != "code"]
 
 
-# Round 3: a row kept from a candidate naming its subject needs this many of its values there
-# too (one when the row has only one): one shared word ("broker") is a topic, not the row.
-ROW_MIN_VALUES = 2
-
-
 def _table_rows(
     final_segments: list[Segment],
     row_keys: dict[int, frozenset[str]],
@@ -726,8 +721,9 @@ def _table_rows(
     used: list[list[tuple[int, int]]],
 ) -> None:
     """A table row still novel is kept from a candidate segment that names what the row is
-    about (every word of its first cell) and at least one word of its other cells: a table
-    regroups what candidates said in prose ("| Overhead | higher | lower |" from "UDP has no
+    about (every word of its first cell) and every word of one of its other cells (round 3:
+    round 2 asked for one word of any cell, so "broker" credited "| Where to buy | Fund
+    company or broker | ... |"): a table regroups what candidates said in prose ("| Overhead | higher | lower |" from "UDP has no
     delivery guarantee, but lower overhead"). A row about something no candidate names
     ("| Sweets | occasionally |") stays new."""
     for fi, key in row_keys.items():
@@ -735,19 +731,23 @@ def _table_rows(
         if not a.novel:
             continue
         row = semantic.cells(final_segments[fi].text)
-        values = frozenset(
-            _stem(w)
+        value_cells = [
+            frozenset(
+                _stem(w)
+                for w in (w.strip("_") for w in _TOKEN.findall(cell.lower()))
+                if w and w not in _STOPWORDS
+            )
             for cell in row[1:]
-            for w in (w.strip("_") for w in _TOKEN.findall(cell.lower()))
-            if w and w not in _STOPWORDS
-        )
-        need = min(ROW_MIN_VALUES, len(values)) or 1
+        ]
+        value_cells = [cell for cell in value_cells if cell]
+        values = frozenset().union(*value_cells)
         hits = Counter()
         for ci, j in index.shared_words(key):
             f = cand_features[ci][j]
-            n = len(values & f.content)
-            if candidate_segs[ci][j].kind != "code" and key <= f.content and n >= need:
-                hits[(ci, j)] = n
+            if candidate_segs[ci][j].kind == "code" or not key <= f.content:
+                continue
+            if any(cell <= f.content for cell in value_cells):
+                hits[(ci, j)] = len(values & f.content)
         best: dict[int, tuple[int, int]] = {}
         for (ci, j), n in sorted(hits.items(), key=_most_shared_first):
             best.setdefault(ci, (j, n))
