@@ -663,6 +663,7 @@ def attribute(
             used_matcher = "semantic"
 
     _table_rows(final_segments, row_keys, candidate_segs, cand_features, index, attributed, used)
+    _framing(final_source, final_segments, candidate_segs, attributed, used)
     for fi, a in enumerate(attributed):  # the columns' "best match" sees every credit
         for src in a.sources:
             key = (fi, src.candidate, src.segment_index)
@@ -720,8 +721,9 @@ def _table_rows(
     used: list[list[tuple[int, int]]],
 ) -> None:
     """A table row still novel is kept from a candidate segment that names what the row is
-    about (every word of its first cell) and at least one word of its other cells: a table
-    regroups what candidates said in prose ("| Overhead | higher | lower |" from "UDP has no
+    about (every word of its first cell) and every word of one of its other cells (round 3:
+    round 2 asked for one word of any cell, so "broker" credited "| Where to buy | Fund
+    company or broker | ... |"): a table regroups what candidates said in prose ("| Overhead | higher | lower |" from "UDP has no
     delivery guarantee, but lower overhead"). A row about something no candidate names
     ("| Sweets | occasionally |") stays new."""
     for fi, key in row_keys.items():
@@ -729,16 +731,22 @@ def _table_rows(
         if not a.novel:
             continue
         row = semantic.cells(final_segments[fi].text)
-        values = frozenset(
-            _stem(w)
+        value_cells = [
+            frozenset(
+                _stem(w)
+                for w in (w.strip("_") for w in _TOKEN.findall(cell.lower()))
+                if w and w not in _STOPWORDS
+            )
             for cell in row[1:]
-            for w in (w.strip("_") for w in _TOKEN.findall(cell.lower()))
-            if w and w not in _STOPWORDS
-        )
+        ]
+        value_cells = [cell for cell in value_cells if cell]
+        values = frozenset().union(*value_cells)
         hits = Counter()
         for ci, j in index.shared_words(key):
             f = cand_features[ci][j]
-            if candidate_segs[ci][j].kind != "code" and key <= f.content and values & f.content:
+            if candidate_segs[ci][j].kind == "code" or not key <= f.content:
+                continue
+            if any(cell <= f.content for cell in value_cells):
                 hits[(ci, j)] = len(values & f.content)
         best: dict[int, tuple[int, int]] = {}
         for (ci, j), n in sorted(hits.items(), key=_most_shared_first):
@@ -754,6 +762,66 @@ def _table_rows(
             a.segment, sources, novel=False, score=sources[0].score, merged=False
         )
         used[fi] = [(src.candidate, src.segment_index) for src in sources]
+
+
+# Round 3: a heading, a table's header row, or a lead-in of at most FRAME_WORDS words ending
+# with ":" ("For a minor burn:", "Top tips for Lisbon:") is the aggregator framing what
+# follows. It is kept only from a candidate segment that frames the same way: a heading or
+# table header of the candidate's, or a segment at most FRAME_LENGTH times as long (plus 2
+# words). Candidates state their topic inside a longer sentence ("For a minor burn, hold it
+# under cool water..."), which matches the lead-in word for word without being its source.
+FRAME_WORDS = 8
+FRAME_LENGTH = 2
+
+
+def _frame_kind(seg: Segment, header_row: bool) -> str | None:
+    if seg.kind == "heading":
+        return "heading"
+    if seg.kind == "table":
+        return "header" if header_row else None
+    text = seg.text.rstrip(" *_")
+    if seg.kind == "sentence" and text.endswith(":") and len(_TOKEN.findall(text)) <= FRAME_WORDS:
+        return "lead-in"
+    return None
+
+
+def _framing(
+    final_source: str,
+    final_segments: list[Segment],
+    candidate_segs: list[list[Segment]],
+    attributed: list[AttributedSegment],
+    used: list[list[tuple[int, int]]],
+) -> None:
+    """Framing lines (`_frame_kind`) credited only from framing: otherwise they are new."""
+    headers = semantic.table_headers(final_source, final_segments)
+    q_content = {i: _features(seg).content for i, seg in enumerate(final_segments)}
+    for fi, (seg, header) in enumerate(zip(final_segments, headers, strict=True)):
+        a = attributed[fi]
+        kind = _frame_kind(seg, header is None)
+        if a.novel or kind is None:
+            continue
+        n_words = len(_TOKEN.findall(seg.text))
+        kept = []
+        for src in a.sources:
+            cseg = candidate_segs[src.candidate][src.segment_index]
+            if kind == "header":
+                ok = cseg.kind == "table"
+            elif kind == "heading":
+                ok = cseg.kind == "heading"
+            else:
+                ok = len(_TOKEN.findall(cseg.text)) <= FRAME_LENGTH * n_words + 2
+                ok = ok and q_content[fi] <= _features(cseg).content
+            if ok:
+                kept.append(src)
+        if len(kept) == len(a.sources):
+            continue
+        if kept:
+            attributed[fi] = replace(a, sources=kept, score=kept[0].score)
+        else:
+            attributed[fi] = AttributedSegment(
+                a.segment, [], novel=True, score=a.score, closest=a.sources[0]
+            )
+        used[fi] = [(src.candidate, src.segment_index) for src in kept]
 
 
 _NUMBER_TOKEN = re.compile(r"\d+(?:[.,]\d+)*")
@@ -835,7 +903,7 @@ def _semantic_pass(
             kept = {
                 ci: sj
                 for ci, sj in verdict.sources.items()
-                if ci in lexical_sources or row_keys[fi] & index.features[ci][sj[1]].content
+                if ci in lexical_sources or row_keys[fi] <= index.features[ci][sj[1]].content
             }
             if kept != verdict.sources:
                 merged = verdict.merged and len({j for _, j in kept.values()}) >= 2

@@ -446,7 +446,7 @@ def test_semantic_beats_lexical_on_the_round2_tuning_set():
 def test_bench_reports_no_heldout_set_until_one_is_written(monkeypatch, tmp_path):
     from bench import attribution as bench
 
-    monkeypatch.setattr(bench, "HELDOUT_PATH", tmp_path / "attribution_heldout2.json")
+    monkeypatch.setattr(bench, "HELDOUT_PATH", tmp_path / "attribution_heldout3.json")
     monkeypatch.setattr(bench, "time_matchers", lambda: ["(speed skipped)"])
     monkeypatch.setattr(
         bench, "TUNING_PATHS", (CASES_PATH.parent / "attribution_tuning_extra.json",)
@@ -552,3 +552,95 @@ def test_a_left_over_sentence_that_corrects_a_number_is_not_a_paraphrase():
     assert segs[1].segment.text.startswith("When it opened") and segs[1].novel
     same = final.replace("300 metres", "312 metres")
     assert [s.candidate for s in attribute(same, candidates).segments[1].sources] == [0]
+
+
+# --- Round 3 rules: framing lines, table rows needing a supported cell ----------------------
+
+# The second held-out set, scored once after the round-2 freeze and then moved into the tuning
+# data (issue 12, round 3).
+ROUND3 = json.loads((CASES_PATH.parent / "attribution_tuning_round3.json").read_text("utf-8"))[
+    "cases"
+]
+
+
+def test_a_lead_in_is_new_unless_a_candidate_frames_the_same_way():
+    candidates = [
+        "For a minor burn, hold it under cool running water for at least 10 minutes. "
+        "Then cover it loosely with cling film.",
+        "Leave blisters intact, since they protect against infection.",
+    ]
+    final = (
+        "For a minor burn:\n\n- Hold it under cool running water for at least 10 minutes.\n"
+        "- Leave blisters intact, since they protect against infection."
+    )
+    for matcher in ("lexical", "semantic"):
+        segs = attribute(final, candidates, matcher=matcher).segments
+        assert segs[0].segment.text == "For a minor burn:" and segs[0].novel, matcher
+        assert [s.candidate for s in segs[1].sources] == [0]
+    # A candidate's own lead-in, kept as it was, is still credited.
+    framed = ["Create one on columns you often filter or join on:\n\n```sql\nSELECT 1;\n```"]
+    seg = attribute("Create one on columns you often filter or join on:", framed).segments[0]
+    assert [s.candidate for s in seg.sources] == [0]
+
+
+def test_a_heading_is_credited_only_from_a_candidate_heading():
+    candidates = [
+        "## First chords\n\nStart with G, C and D: they cover thousands of songs.",
+        "Guidelines for a creamy risotto: stir often and add the stock a ladle at a time.",
+    ]
+    for matcher in ("lexical", "semantic"):
+        segs = attribute("## First chords", candidates, matcher=matcher).segments
+        assert [s.candidate for s in segs[0].sources] == [0], matcher
+        segs = attribute("## How to make a creamy risotto", candidates, matcher=matcher).segments
+        assert segs[0].novel, matcher
+
+
+def test_a_table_header_row_is_credited_only_from_a_candidate_table():
+    candidates = [
+        "Landlords must return a deposit within a deadline after move-out that depends on the "
+        "state: 14 days in California, 30 days in Texas.",
+        "| State | Deadline |\n|---|---|\n| Texas | 30 days |",
+    ]
+    final = "| State | Deadline after move-out |\n|---|---|\n| California | 21 days |"
+    segs = attribute(final, candidates[:1], matcher="semantic").segments
+    assert segs[0].novel  # prose about deadlines is not where a table's header came from
+    segs = attribute(final, candidates, matcher="semantic").segments
+    assert [s.candidate for s in segs[0].sources] == [1]
+
+
+def test_a_table_row_needs_one_of_its_cells_wholly_in_the_candidate():
+    candidates = [
+        "Where to buy matters less than fees: you buy an ETF through a broker, like a share, "
+        "and an index fund is priced once a day after the close.",
+    ]
+    final = (
+        "| | Index fund | ETF |\n|---|---|---|\n"
+        "| Where to buy | Fund company or bank | Any brokerage account |"
+    )
+    # The rule that keeps a row still new after both matchers (the lexical matcher alone
+    # leaves it to this rule): "fund" names a topic, no cell of the row is in the candidate.
+    segs = attribute(final, candidates, matcher="lexical").segments
+    assert segs[1].novel
+    said = candidates[0].replace("an index fund", "an index fund from a fund company or bank")
+    segs = attribute(final, [said], matcher="lexical").segments
+    assert [s.candidate for s in segs[1].sources] == [0]
+
+
+def test_round3_tuning_cases_segment_as_labelled():
+    units = [lab for c in ROUND3 for lab in c["labels"]]
+    assert len(ROUND3) >= 25 and len(units) >= 200
+    for case in ROUND3:
+        assert texts(case["final"]) == [label["text"] for label in case["labels"]], case["id"]
+
+
+def test_semantic_matcher_on_the_round3_tuning_set():
+    # Floors a little under what bench/attribution.py measures on this set (round 3: kept-pair
+    # recall 0.89 at precision 0.98, novel flags 0.90 at recall 0.89, merged 0.80).
+    from bench.attribution import evaluate
+
+    sem = evaluate(ROUND3, matcher="semantic")
+    precision, recall = sem.novel()
+    assert precision >= 0.87 and recall >= 0.86, (precision, recall)
+    assert sem.by_format["heading"].novel_recall >= 0.99
+    assert sem.by_format["table"].novel_recall >= 0.99
+    assert sem.overall.precision >= 0.94 and sem.overall.recall >= 0.87  # all segments
