@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +188,34 @@ def _stage(record) -> tuple[float, int]:
     return end - start, sum(c.tokens_out or 0 for c in calls)
 
 
+class _Seeded:
+    """Every local call gets a seed fixed by its messages and the round: crc32(messages) + round.
+
+    The engine sends no seed, so each sample would draw its own at random and the two modes
+    would generate different answers of different lengths. With these seeds a proposer's call is
+    the same in both modes, and a seeded sample gives the same tokens batched or alone
+    (tests/test_local.py), so both modes do the very same work (checked every round). The seeds
+    follow from the prompts and the round number; they are not chosen.
+    """
+
+    def __init__(self) -> None:
+        self.round = 0
+        self._prepare = local.prepare
+
+    def prepare(self, model_id, messages, params=None, timeout=None):
+        params = dict(params or {})
+        if params.get("seed") is None:
+            params["seed"] = (zlib.crc32(repr(messages).encode()) + self.round) % 2**31
+        return self._prepare(model_id, messages, params, timeout)
+
+    def __enter__(self) -> _Seeded:
+        local.prepare = self.prepare  # the provider looks `prepare` up at each call
+        return self
+
+    def __exit__(self, *_) -> None:
+        local.prepare = self._prepare
+
+
 def batched_vs_sequential(rounds: int) -> list[str]:
     """The local-quick proposer stage, batched (default limits) vs one call at a time."""
     from moa import config, engine
@@ -205,10 +234,13 @@ def batched_vs_sequential(rounds: int) -> list[str]:
     per_token: dict[str, list[float]] = {m: [] for m in modes}
     last_first: dict[str, list[float]] = {m: [] for m in modes}
     tokens: dict[str, list[int]] = {m: [] for m in modes}
-    ratios = []
+    lengths: list[list[int]] = []
+    ratios, same = [], 0
+    seeded = _Seeded()
     for i in range(rounds):
+        seeded.round = i
         order = list(modes) if i % 2 == 0 else list(reversed(modes))
-        seconds = {}
+        seconds, answers = {}, {}
         for mode in order:
             cpu: list[float] = []  # process CPU time at the run's start and at layer 1's end
 
@@ -216,20 +248,27 @@ def batched_vs_sequential(rounds: int) -> list[str]:
                 if isinstance(event, ev.RunStarted | ev.LayerFinished):
                     cpu.append(time.process_time())
 
-            record = engine.run_sync(cfg, RUN_PROMPT, limits=modes[mode], on_event=clock)
+            with seeded:
+                record = engine.run_sync(cfg, RUN_PROMPT, limits=modes[mode], on_event=clock)
             if record.status != "ok":
                 print(f"warning: {mode} run {record.status}: {record.error}", file=sys.stderr)
             wall, n = _stage(record)
             seconds[mode] = wall
+            answers[mode] = [(c.text, c.tokens_out) for c in record.calls if c.role == "proposer"]
             stage[mode].append(wall)
             tokens[mode].append(n)
             per_token[mode].append(wall / max(n, 1))
             cpu_per_token[mode].append((cpu[1] - cpu[0]) / max(n, 1))
             last_first[mode].append(max(_first_tokens(record), default=float("nan")))
+        if answers["batched"] == answers["sequential"]:
+            same += 1
+        else:
+            print(f"warning: round {i + 1}: the modes' answers differ", file=sys.stderr)
+        lengths.append([t or 0 for _, t in answers["sequential"]])
         ratios.append(seconds["batched"] / seconds["sequential"])
         print(
             f"round {i + 1}: batched {seconds['batched']:.2f} s, sequential "
-            f"{seconds['sequential']:.2f} s, ratio {ratios[-1]:.3f}"
+            f"{seconds['sequential']:.2f} s, ratio {ratios[-1]:.3f}, answer lengths {lengths[-1]}"
         )
     med = statistics.median
     ratio = med(stage["batched"]) / med(stage["sequential"])
@@ -242,12 +281,17 @@ def batched_vs_sequential(rounds: int) -> list[str]:
         f"| {1000 * med(cpu_per_token[mode]):.1f} | {med(last_first[mode]):.2f} |"
         for mode in modes
     ]
+    temps = "/".join(f"{p.temperature:g}" for p in cfg.proposers)
+    limits = "/".join(sorted({str(p.max_tokens) for p in cfg.proposers}))
     return [
-        f"`local-quick`'s proposer stage (three SmolLM2 135M samples, temperatures 0.2/0.7/1.0, "
-        f"max_tokens 120) through `moa.engine.run_sync`, prompt {RUN_PROMPT!r}: the three calls "
-        "decoded together in one llama.cpp batch (the default) vs one at a time (`local` "
-        f"limit 1, as before); {rounds} rounds in alternating order, one process, models "
-        "loaded first. Stage = first proposer call's start to the last one's end.",
+        f"`local-quick`'s proposer stage (three SmolLM2 135M samples, temperatures {temps}, "
+        f"max_tokens {limits}) through `moa.engine.run_sync`, prompt {RUN_PROMPT!r}: the three "
+        "calls decoded together in one llama.cpp batch (the default) vs one at a time (`local` "
+        f"limit 1); {rounds} rounds in alternating order, one process, models loaded first. "
+        "Stage = first proposer call's start to the last one's end. Same work in both modes: "
+        "the bench gives every call a seed (crc32 of its messages + the round number; the engine "
+        "itself sends none), and a seeded sample gives the same tokens batched or alone, so "
+        f"each round's answers are identical in both modes (checked: {same} of {rounds} rounds).",
         "",
         "| mode | proposer stage (s) | tokens out | ms per token | CPU ms per token "
         "| last card's first token (s) |",
@@ -256,9 +300,11 @@ def batched_vs_sequential(rounds: int) -> list[str]:
         "",
         f"Batched / sequential, median stage time: **{ratio:.3f}** (per round: "
         f"{', '.join(f'{r:.2f}' for r in ratios)}; target <= 0.5); per output token: "
-        f"**{token_ratio:.3f}** (the samples are random, so their lengths vary a little); "
-        f"process CPU time per output token: **{cpu_ratio:.3f}** (what other processes on the "
-        f"machine disturb least). Load average during the A/B: {_load()}.",
+        f"**{token_ratio:.3f}**; process CPU time per output token: **{cpu_ratio:.3f}**. "
+        f"Answer lengths per round (tokens): "
+        f"{'; '.join('/'.join(map(str, x)) for x in lengths)}: the batch runs only while "
+        "several answers are unfinished, and the longest one ends alone. "
+        f"Load average during the A/B: {_load()}.",
     ]
 
 

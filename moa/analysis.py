@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from moa.store import Store
 
 # Bump when the matcher or the panel changes what they compute: cached results are then redone.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: matcher round 2 (issue 12: tables, code, clauses, alignment)
 PREWARM_MAX_UNITS = 150  # of one candidate, embedded ahead (the rest, if needed, at the end)
+# (segments first, then their clauses: semantic.candidate_units)
 _prewarm_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-prewarm")
 
 
@@ -48,7 +49,7 @@ def prewarm(text: str) -> None:
         except embeddings.EmbeddingsUnavailable:
             return
         segments = split_segments((text or "")[:ATTRIBUTION_MAX_CHARS])
-        units = [semantic.clean(s.text) for s in segments if s.kind != "code"]
+        units = semantic.candidate_units(segments)
         embedder.encode(units[:PREWARM_MAX_UNITS])
 
     _prewarm_pool.submit(work)

@@ -6,6 +6,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from difflib import SequenceMatcher
 from functools import lru_cache
 from itertools import chain, pairwise
 from operator import itemgetter
@@ -265,6 +266,8 @@ def _split_sentences(text: str, start: int, end: int) -> list[Segment]:
 # --------------------------------------------------------------------------------------------
 
 _TOKEN = re.compile(r"\w+(?:[.'’]\w+)*")
+_CODE_TOKEN = re.compile(r"\w+|[^\w\s]")
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*$")
 _LEADING_MARKUP = re.compile(r"^[ \t]*(?:>[ \t]*)*(?:[-*+][ \t]+|\d{1,3}[.)][ \t]+|#{1,6}[ \t]*)?")
 _FENCE_LINE = re.compile(r"^[ \t]*(?:`{3,}|~{3,}).*$", re.M)
 # Function words: shared by almost any two English sentences, so they say nothing about origin.
@@ -313,6 +316,9 @@ class _Features:
     bigrams: frozenset[tuple[str, str]]  # stemmed word bigrams, function words included
     flat: str  # lowercased words joined by spaces, for rapidfuzz
     code: bool  # a fenced code block
+    # A code block's tokens (identifiers, numbers, each punctuation mark), whitespace dropped:
+    # what `_renamed_score` aligns. Empty for prose.
+    code_tokens: tuple[str, ...] = ()
 
 
 def _features(segment: Segment) -> _Features:
@@ -329,6 +335,7 @@ def _features(segment: Segment) -> _Features:
         bigrams=frozenset(pairwise(stems)),
         flat=" ".join(words),
         code=code,
+        code_tokens=tuple(_CODE_TOKEN.findall(body)) if code else (),
     )
 
 
@@ -376,7 +383,49 @@ def _pair_score(q: _Features, c: _Features) -> float:
         # long final sentence that is mostly new; the plain ratio penalises the difference.
         fz = fuzz.ratio(q.flat, c.flat) / 100
     w_uni, w_bi, w_fz = W_CODE if q.code else (W_UNIGRAM, W_BIGRAM, W_FUZZY)
-    return w_uni * uni + w_bi * bi + w_fz * fz
+    score = w_uni * uni + w_bi * bi + w_fz * fz
+    if q.code and c.code:
+        score = max(score, _renamed_score(q.code_tokens, c.code_tokens))
+    return score
+
+
+# Code kept with its variables renamed and/or reformatted: the token sequences align once each
+# renamed variable (a name used at least twice) is mapped one-to-one onto the candidate's.
+# Counted only when at least this share of the final block's tokens are the candidate's own,
+# unchanged.
+RENAME_MIN_SAME = 0.6
+
+
+def _renamed_score(q: tuple[str, ...], c: tuple[str, ...]) -> float:
+    """Share of code tokens `q` explained by `c` up to a consistent renaming of identifiers
+    (whitespace and line breaks already ignored), 0 when too little is identical."""
+    if not q or not c:
+        return 0.0
+    ops = SequenceMatcher(None, q, c, autojunk=False).get_opcodes()
+    same = sum(i2 - i1 for tag, i1, i2, _, _ in ops if tag == "equal")
+    if same < RENAME_MIN_SAME * len(q):
+        return 0.0
+    forward: dict[str, str] = {}
+    backward: dict[str, str] = {}
+    renamed = 0
+    for tag, i1, i2, j1, j2 in ops:
+        if tag != "replace" or i2 - i1 != j2 - j1:
+            continue
+        for a, b in zip(q[i1:i2], c[j1:j2], strict=True):
+            if not (_IDENTIFIER.match(a) and _IDENTIFIER.match(b)):
+                continue
+            if forward.setdefault(a, b) != b or backward.setdefault(b, a) != a:
+                continue  # not one-to-one: a different change, not a rename
+            renamed += 1
+    # A rename changes every use of a variable (defined and used: at least twice), and the
+    # old name is then gone; anything else is a different change, not a rename.
+    kept_names = {t for tag, i1, i2, _, _ in ops if tag == "equal" for t in q[i1:i2]}
+    uses = Counter(q)
+    if not forward or any(
+        a in kept_names or b in kept_names or uses[a] < 2 for a, b in forward.items()
+    ):
+        return 0.0
+    return (same + renamed) / len(q)
 
 
 def _union_score(q: _Features, a: _Features, b: _Features) -> float:
@@ -548,15 +597,19 @@ def attribute(
     kept from every candidate whose best score reaches `threshold` and is within TIE_MARGIN of
     the top one; when one candidate segment explains only part of it and a second segment
     (from any candidate) explains most of the rest, it is a merge and credits both. Otherwise
-    it is novel. `matcher` "semantic" then re-judges, with sentence embeddings, the segments
-    lexical overlap cannot settle (see moa.semantic); without its package it stays lexical and
-    says so in `Attribution.notice`. Texts longer than ATTRIBUTION_MAX_CHARS are attributed up
+    it is novel. A code block also matches a candidate's with its variables renamed, and credits
+    a candidate whose advice it put into code (`_code_merges`); a table row left novel is kept
+    from a candidate naming its subject and a value (`_table_rows`). `matcher` "semantic" then
+    re-judges, with sentence embeddings, the segments lexical overlap cannot settle (see
+    moa.semantic); without its package it stays lexical and says so in `Attribution.notice`. Texts longer than ATTRIBUTION_MAX_CHARS are attributed up
     to that length.
     """
     if matcher not in MATCHERS:
         raise ValueError(f"unknown matcher {matcher!r}; choose one of {', '.join(MATCHERS)}")
-    final_segments = split_segments((final or "")[:ATTRIBUTION_MAX_CHARS])
-    candidate_segs = [split_segments((c or "")[:ATTRIBUTION_MAX_CHARS]) for c in candidates]
+    final_source = (final or "")[:ATTRIBUTION_MAX_CHARS]
+    cand_sources = [(c or "")[:ATTRIBUTION_MAX_CHARS] for c in candidates]
+    final_segments = split_segments(final_source)
+    candidate_segs = [split_segments(c) for c in cand_sources]
     final_features = [_features(s) for s in final_segments]
     cand_features = [[_features(s) for s in segs] for segs in candidate_segs]
     index = _Index(cand_features)
@@ -582,6 +635,9 @@ def attribute(
         attributed.append(result)
         used.append(parts)
 
+    _code_merges(candidate_segs, cand_features, final_features, attributed, used, scores)
+    row_keys = _row_keys(final_source, final_segments)
+
     used_matcher, notice = "lexical", None
     if matcher == "semantic":
         try:
@@ -590,6 +646,9 @@ def attribute(
             notice = f"Semantic matcher unavailable, highlights are lexical: {exc}"
         else:
             _semantic_pass(
+                semantic.unit_texts(final_source, final_segments),
+                row_keys,
+                [[semantic.clean(s.text) for s in segs] for segs in candidate_segs],
                 final_segments,
                 final_features,
                 candidate_segs,
@@ -602,6 +661,12 @@ def attribute(
                 embedder.has,
             )
             used_matcher = "semantic"
+
+    _table_rows(final_segments, row_keys, candidate_segs, cand_features, index, attributed, used)
+    for fi, a in enumerate(attributed):  # the columns' "best match" sees every credit
+        for src in a.sources:
+            key = (fi, src.candidate, src.segment_index)
+            scores[key] = max(scores.get(key, 0.0), src.score)
 
     columns = _candidate_columns(candidate_segs, cand_features, final_features, used, scores)
     share, novel_share = _shares(attributed, len(candidates))
@@ -619,7 +684,91 @@ def attribute(
     )
 
 
+def _row_keys(source: str, segments: list[Segment]) -> dict[int, frozenset[str]]:
+    """For each table body row (one under a header): the content words of its first cell,
+    what the row is about ("Overhead", "Legumes and nuts", "404")."""
+    keys = {}
+    for i, (seg, header) in enumerate(
+        zip(segments, semantic.table_headers(source, segments), strict=True)
+    ):
+        if header is None:
+            continue
+        first = semantic.cells(seg.text)[0]
+        words = [w.strip("_") for w in _TOKEN.findall(first.lower())]
+        stems = {_stem(w) for w in words if w and w not in _STOPWORDS}
+        if stems:
+            keys[i] = frozenset(stems)
+    return keys
+
+
+def _pool(ci, segs, ranked, candidate_segs) -> list[tuple[int, int]]:
+    """The segments of candidate `ci` worth comparing by meaning: all of them when it has at
+    most POOL_ALL, else the POOL_K sharing the most words; never code."""
+    if len(segs) <= semantic.POOL_ALL:
+        return [(ci, j) for j, s in enumerate(segs) if s.kind != "code"]
+    mine = [key for key, _ in ranked if key[0] == ci][: semantic.POOL_K]
+    return [key for key in mine if candidate_segs[ci][key[1]].kind != "code"]
+
+
+def _table_rows(
+    final_segments: list[Segment],
+    row_keys: dict[int, frozenset[str]],
+    candidate_segs: list[list[Segment]],
+    cand_features: list[list[_Features]],
+    index: _Index,
+    attributed: list[AttributedSegment],
+    used: list[list[tuple[int, int]]],
+) -> None:
+    """A table row still novel is kept from a candidate segment that names what the row is
+    about (every word of its first cell) and at least one word of its other cells: a table
+    regroups what candidates said in prose ("| Overhead | higher | lower |" from "UDP has no
+    delivery guarantee, but lower overhead"). A row about something no candidate names
+    ("| Sweets | occasionally |") stays new."""
+    for fi, key in row_keys.items():
+        a = attributed[fi]
+        if not a.novel:
+            continue
+        row = semantic.cells(final_segments[fi].text)
+        values = frozenset(
+            _stem(w)
+            for cell in row[1:]
+            for w in (w.strip("_") for w in _TOKEN.findall(cell.lower()))
+            if w and w not in _STOPWORDS
+        )
+        hits = Counter()
+        for ci, j in index.shared_words(key):
+            f = cand_features[ci][j]
+            if candidate_segs[ci][j].kind != "code" and key <= f.content and values & f.content:
+                hits[(ci, j)] = len(values & f.content)
+        best: dict[int, tuple[int, int]] = {}
+        for (ci, j), n in sorted(hits.items(), key=_most_shared_first):
+            best.setdefault(ci, (j, n))
+        if not best:
+            continue
+        n_all = len(key) + len(values)
+        sources = sorted(
+            (Source(ci, (len(key) + n) / n_all, j) for ci, (j, n) in best.items()),
+            key=lambda src: (-src.score, src.candidate),
+        )
+        attributed[fi] = AttributedSegment(
+            a.segment, sources, novel=False, score=sources[0].score, merged=False
+        )
+        used[fi] = [(src.candidate, src.segment_index) for src in sources]
+
+
+_NUMBER_TOKEN = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def _numbers_differ(a: str, b: str) -> bool:
+    """Do both texts give numbers, and neither's numbers include the other's?"""
+    na, nb = set(_NUMBER_TOKEN.findall(a)), set(_NUMBER_TOKEN.findall(b))
+    return bool(na and nb) and not (na <= nb or nb <= na)
+
+
 def _semantic_pass(
+    final_texts: list[str],
+    row_keys: dict[int, frozenset[str]],
+    cand_texts: list[list[str]],
     final_segments: list[Segment],
     final_features: list[_Features],
     candidate_segs: list[list[Segment]],
@@ -633,14 +782,17 @@ def _semantic_pass(
 ) -> None:
     """Re-judge, with embeddings, the final segments lexical overlap did not settle."""
     targets, queries = [], []
-    cand_texts = [[semantic.clean(s.text) for s in segs] for segs in candidate_segs]
     lexical: dict[int, dict[int, tuple[float, int]]] = defaultdict(dict)
     for (fi, ci, j), v in scores.items():
         if ci not in lexical[fi] or v > lexical[fi][ci][0]:
             lexical[fi][ci] = (v, j)
-    for fi, (seg, q) in enumerate(zip(final_segments, final_features, strict=True)):
+    for fi, q in enumerate(final_features):
         a = attributed[fi]
-        if q.code or q.n_tokens <= SHORT_TOKENS or a.merged:
+        text = final_texts[fi]
+        # A short table row read with its header ("Overhead: TCP higher; UDP lower") is long
+        # enough to compare by meaning.
+        short = q.n_tokens <= SHORT_TOKENS and len(text.split()) <= SHORT_TOKENS
+        if q.code or short or a.merged:
             continue  # code is kept whole or not; short ones and lexical merges are settled
         credited: dict[int, tuple[float, int]] = {}
         if not a.novel and a.score >= semantic.SETTLED:
@@ -653,7 +805,6 @@ def _semantic_pass(
             ]
             if not others:
                 continue
-            text = semantic.clean(seg.text)
             pool = [(ci, j) for ci, (_, j) in credited.items()] + others
             queries.append(semantic.Query(text, lexical[fi], pool, credited=credited))
             targets.append(fi)
@@ -661,23 +812,34 @@ def _semantic_pass(
         pool: list[tuple[int, int]] = []
         ranked = sorted(index.shared_words(q.content).items(), key=_most_shared_first)
         for ci, segs in enumerate(candidate_segs):
-            if len(segs) <= semantic.POOL_ALL:
-                pool += [(ci, j) for j, s in enumerate(segs) if s.kind != "code"]
-            else:
-                mine = [key for key, _ in ranked if key[0] == ci][: semantic.POOL_K]
-                pool += [key for key in mine if candidate_segs[ci][key[1]].kind != "code"]
-        text = semantic.clean(seg.text)
+            pool += _pool(ci, segs, ranked, candidate_segs)
         queries.append(semantic.Query(text, lexical[fi], pool, semantic.clauses(text)))
         targets.append(fi)
     # Unsettled segments first: the budget goes to them before the "said it too" checks.
     order = sorted(range(len(queries)), key=lambda k: bool(queries[k].credited))
     queries, targets = [queries[k] for k in order], [targets[k] for k in order]
+    nearest: dict[int, dict[int, tuple[float, int]]] = {}
     for fi, verdict in zip(
         targets, semantic.judge(queries, cand_texts, encode, cached), strict=True
     ):
         if verdict is None:
             continue
+        if not verdict.sources and fi not in row_keys:
+            nearest[fi] = verdict.nearest
         old = attributed[fi]
+        if fi in row_keys:
+            # A table row read with its header is "about" the header's topic, like every
+            # on-topic sentence: a candidate is credited by meaning only where it names
+            # what the row is about.
+            lexical_sources = {src.candidate for src in old.sources}
+            kept = {
+                ci: sj
+                for ci, sj in verdict.sources.items()
+                if ci in lexical_sources or row_keys[fi] & index.features[ci][sj[1]].content
+            }
+            if kept != verdict.sources:
+                merged = verdict.merged and len({j for _, j in kept.values()}) >= 2
+                verdict = semantic.Verdict(kept, verdict.score, merged)
         if not verdict.sources:
             attributed[fi] = AttributedSegment(
                 old.segment, [], novel=True, score=verdict.score, closest=old.closest
@@ -695,6 +857,17 @@ def _semantic_pass(
         for src in sources:
             key = (fi, src.candidate, src.segment_index)
             scores[key] = max(scores.get(key, 0.0), src.score)
+    # Left-over final and candidate segments that are each other's nearest: a paraphrase.
+    taken = {key for parts in used for key in parts}
+    for fi, (ci, cos, j) in semantic.align_dropped(nearest, taken).items():
+        if _numbers_differ(final_segments[fi].text, candidate_segs[ci][j].text):
+            continue  # "1793" for "1789": a correction of what the candidate said, not a paraphrase
+        old = attributed[fi]
+        attributed[fi] = AttributedSegment(
+            old.segment, [Source(ci, cos, j)], novel=False, score=cos
+        )
+        used[fi] = [(ci, j)]
+        scores[(fi, ci, j)] = max(scores.get((fi, ci, j), 0.0), cos)
 
 
 def _attribute_segment(
@@ -788,6 +961,88 @@ def _find_merge(
     if best is None or best[1] < threshold or best[1] < top_score + MERGE_GAIN:
         return None
     return best
+
+
+# A kept code block that adds names the credited candidates never use is a merge with each other
+# candidate that names at least this many of them (or one in its own code: `nullglob`,
+# `dropna=False`): the aggregator wrote into the code what that candidate advised in prose.
+CODE_MERGE_MIN_NAMES = 2
+CODE_NAME_MIN_CHARS = 3
+_CODE_SPAN = re.compile(r"`[^`\n]+`")
+
+
+# ...a single name counts when it is this long (`nullglob`, `reset_index`): short ones such as
+# `count`, `sum` or `id` turn up in any code.
+CODE_NAME_DISTINCT_CHARS = 6
+
+
+def _names(text: str) -> set[str]:
+    """The (stemmed) names a text uses, as code or as words."""
+    return {
+        _stem(w)
+        for w in _CODE_WORD.findall(text.lower())
+        if len(w) >= CODE_NAME_MIN_CHARS and w not in _STOPWORDS
+    }
+
+
+_CODE_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def _code_merges(
+    candidate_segs: list[list[Segment]],
+    cand_features: list[list[_Features]],
+    final_features: list[_Features],
+    attributed: list[AttributedSegment],
+    used: list[list[tuple[int, int]]],
+    scores: dict[tuple[int, int, int], float],
+) -> None:
+    """Credit the candidates whose advice a kept code block put into code (see above)."""
+    texts = ["\n".join(s.text for s in segs) for segs in candidate_segs]
+    names = [_names(t) for t in texts]
+    code_names = [
+        _names(
+            " ".join(
+                [m.group(0) for m in _CODE_SPAN.finditer(t)]
+                + [s.text for s in segs if s.kind == "code"]
+            )
+        )
+        for t, segs in zip(texts, candidate_segs, strict=True)
+    ]
+    for fi, a in enumerate(attributed):
+        if not final_features[fi].code or a.novel:
+            continue
+        credited = {src.candidate for src in a.sources}
+        added = _names(_FENCE_LINE.sub(" ", a.segment.text))
+        for ci in credited:
+            added -= names[ci]
+        if not added:
+            continue
+        extra = []
+        for ci in range(len(candidate_segs)):
+            hits = added & names[ci]
+            if ci in credited or not hits:
+                continue
+            distinct = {h for h in hits & code_names[ci] if len(h) >= CODE_NAME_DISTINCT_CHARS}
+            if len(hits) < CODE_MERGE_MIN_NAMES and not distinct:
+                continue
+            # The candidate segment naming the most of them is the one kept.
+            j = max(
+                range(len(candidate_segs[ci])),
+                key=lambda j, ci=ci, hits=hits: (
+                    len(hits & _names(candidate_segs[ci][j].text)),
+                    -j,
+                ),
+            )
+            score = scores.get((fi, ci, j))
+            if score is None:
+                score = _pair_score(final_features[fi], cand_features[ci][j])
+            extra.append(Source(ci, score, j))
+        if extra:
+            sources = sorted([*a.sources, *extra], key=lambda src: (-src.score, src.candidate))
+            attributed[fi] = replace(a, sources=sources, merged=True)
+            used[fi] = used[fi] + [(src.candidate, src.segment_index) for src in extra]
+            for src in extra:
+                scores[(fi, src.candidate, src.segment_index)] = src.score
 
 
 def _candidate_columns(

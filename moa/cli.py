@@ -414,7 +414,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     found = _stored(store, args.run_id)
     if isinstance(found, Conversation):
         if args.json:
-            print(json.dumps(export.conversation_to_json(found), ensure_ascii=False, indent=2))
+            obj = export.conversation_to_json(found, store)  # analyses from the store's cache
+            print(json.dumps(obj, ensure_ascii=False, indent=2))
             return EXIT_OK
         print(f"conversation {found.id} · {found.title}")
         if found.parent_id:
@@ -459,15 +460,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     from moa.conversation import Conversation
     from moa.store import Store
 
-    found = _stored(Store(args.db), args.run_id)
-    is_conv = isinstance(found, Conversation)
-    if args.format == "json":
-        obj = export.conversation_to_json(found) if is_conv else export.run_to_json(found)
-        text = json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
-    elif args.format == "html":
-        text = report.conversation_to_html(found) if is_conv else report.run_to_html(found)
+    store = Store(args.db)
+    found = _stored(store, args.run_id)
+    # Every format reads the runs' highlights from the store's cache (not recomputed).
+    if isinstance(found, Conversation):
+        to_json, to_html, to_md = (
+            export.conversation_to_json,
+            report.conversation_to_html,
+            export.conversation_to_markdown,
+        )
     else:
-        text = export.conversation_to_markdown(found) if is_conv else export.run_to_markdown(found)
+        to_json, to_html, to_md = export.run_to_json, report.run_to_html, export.run_to_markdown
+    if args.format == "json":
+        text = json.dumps(to_json(found, store=store), ensure_ascii=False, indent=2) + "\n"
+    elif args.format == "html":
+        text = to_html(found, store=store)
+    else:
+        text = to_md(found, store=store)
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as f:

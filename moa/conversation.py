@@ -92,8 +92,12 @@ def sendable(runs: Sequence[RunRecord]) -> list[HistoryTurn]:
     out = []
     for t in sorted(by_turn):
         run = by_turn[t]
-        last = [c for c in run.proposer_calls if c.layer == run.last_layer]
-        own = tuple(c.text if c.status == "ok" else None for c in last)
+        # By proposer index (a cascade's extra samples have indices past the proposers').
+        last = {c.index: c for c in run.proposer_calls if c.layer == run.last_layer}
+        own = tuple(
+            last[i].text if i in last and last[i].status == "ok" else None
+            for i in range(max(last, default=-1) + 1)
+        )
         out.append(HistoryTurn(t, run.prompt, run.final_text or "", own, run.run_id))
     return out
 

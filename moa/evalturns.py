@@ -80,7 +80,7 @@ def add_estimate(
 
 
 def _answer_cost(c: Contender, q: Question) -> tuple[float, list[str]]:
-    from moa.evaluate import _cost, _priced
+    from moa.evaluate import _cost, _has_price
 
     assert q.followup is not None
     answer_bound = c.final_spec.max_tokens  # the first answer, sent back as history
@@ -92,16 +92,16 @@ def _answer_cost(c: Contender, q: Question) -> tuple[float, list[str]]:
         spec = c.config.proposers[0]
         messages = prompts.proposer_messages(q.followup, spec.system_prompt)
         cost = _cost(
-            spec.model,
+            spec,
             lambda: llm.count_tokens(spec.model, messages) + history_in(spec.model),
             spec.max_tokens,
         )
         return (0.0, [spec.model]) if cost is None else (cost, [])
-    remote = [m for m in c.models if not m.startswith("local/")]
+    remote = [s for s in c.config.models() if not s.model.startswith("local/")]
     if not remote:
         return 0.0, []
-    if not any(_priced(m) for m in remote):
-        return 0.0, remote
+    if not any(_has_price(s) for s in remote):
+        return 0.0, list(dict.fromkeys(s.model for s in remote))
     est = engine.estimate_cost(c.config, q.followup)
     usd = est.usd
     cfg = c.config
@@ -109,7 +109,7 @@ def _answer_cost(c: Contender, q: Question) -> tuple[float, list[str]]:
     if cfg.fallback_aggregator is not None:
         called.append(cfg.fallback_aggregator)
     for spec in called:  # every call of the turn is sent the history
-        extra = llm.cost_usd(spec.model, history_in(spec.model), 0)
+        extra = llm.cost_usd(spec, history_in(spec.model), 0)
         usd += extra or 0.0
     return usd, est.unknown_models
 
@@ -126,7 +126,7 @@ def _judge_cost(plan: EvalPlan, c: Contender, q: Question) -> float | None:
         answers += 2 * base.final_spec.max_tokens
     text = "\n".join(filter(None, (q.prompt, q.followup, q.reference, q.followup_reference)))
     return _cost(
-        judge.model,
+        judge,
         lambda: llm.count_tokens(judge.model, text=text) + 500 + answers,
         judge.max_tokens,
     )

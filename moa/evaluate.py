@@ -218,6 +218,16 @@ def unique_names(contenders: list[Contender]) -> list[Contender]:
     return out
 
 
+def judge_concurrency(contenders: list[Contender]) -> dict[str, int]:
+    """The contenders' [concurrency] entries, the tightest of each, for the judge's calls: a
+    judge on a server that serves one request at a time takes turns with the answers there."""
+    out: dict[str, int] = {}
+    for c in contenders:
+        for key, limit in c.config.concurrency.items():
+            out[key] = min(limit, out.get(key, limit))
+    return out
+
+
 def judge_spec(model: str | ModelSpec) -> ModelSpec:
     """A judge model at temperature 0 with room to explain before its verdict."""
     spec = config_mod._spec_from_cli(model.strip()) if isinstance(model, str) else model
@@ -435,13 +445,23 @@ def _check_models(plan: EvalPlan) -> None:
             raise EvalInputError(str(e)) from None
 
 
-def _cost(model: str, tokens_in: Callable[[], int], tokens_out: int) -> float | None:
-    """Price of one call; the token count is only done for models with a price."""
-    if model.startswith("local/"):
+def _cost(spec: ModelSpec, tokens_in: Callable[[], int], tokens_out: int) -> float | None:
+    """Price of one call (the spec's own prices first, as the engine counts them); the token
+    count is only done for models with a price."""
+    if spec.model.startswith("local/") and not _own_price(spec):
         return 0.0
-    if not _priced(model):
+    if not _has_price(spec):
         return None
-    return llm.cost_usd(model, tokens_in(), tokens_out)
+    return llm.cost_usd(spec, tokens_in(), tokens_out)
+
+
+def _own_price(spec: ModelSpec) -> bool:
+    return spec.input_cost_per_mtok is not None and spec.output_cost_per_mtok is not None
+
+
+def _has_price(spec: ModelSpec) -> bool:
+    """Priced in its spec (the sidebar's price inputs) or in litellm's map."""
+    return _own_price(spec) or _priced(spec.model)
 
 
 _PRICED: dict[str, bool] = {}
@@ -487,13 +507,13 @@ def _answer_cost(c: Contender, q: Question) -> tuple[float, list[str]]:
     if c.kind == "single":
         spec = c.config.proposers[0]
         messages = prompts.proposer_messages(q.prompt, spec.system_prompt)
-        cost = _cost(spec.model, lambda: llm.count_tokens(spec.model, messages), spec.max_tokens)
+        cost = _cost(spec, lambda: llm.count_tokens(spec.model, messages), spec.max_tokens)
         return (0.0, [spec.model]) if cost is None else (cost, [])
-    remote = [m for m in c.models if not m.startswith("local/")]
+    remote = [s for s in c.config.models() if not s.model.startswith("local/")]
     if not remote:
         return 0.0, []  # local models cost 0
-    if not any(_priced(m) for m in remote):
-        return 0.0, remote
+    if not any(_has_price(s) for s in remote):
+        return 0.0, list(dict.fromkeys(s.model for s in remote))
     est = engine.estimate_cost(c.config, q.prompt)
     return est.usd, est.unknown_models
 
@@ -508,7 +528,7 @@ def _judge_cost(plan: EvalPlan, c: Contender, q: Question) -> float | None:
         answer_tokens += base.final_spec.max_tokens
     text = q.prompt + (q.reference or "")
     return _cost(
-        judge.model,
+        judge,
         lambda: llm.count_tokens(judge.model, text=text) + 400 + answer_tokens,
         judge.max_tokens,
     )
@@ -975,7 +995,11 @@ class _Evaluation:
         judge = self.plan.judge
         assert judge is not None
         cfg = RunConfig(
-            proposers=[judge], aggregator=judge, name="judge", proposer_timeout_s=JUDGE_TIMEOUT_S
+            proposers=[judge],
+            aggregator=judge,
+            name="judge",
+            proposer_timeout_s=JUDGE_TIMEOUT_S,
+            concurrency=judge_concurrency(self.plan.contenders),
         )
         run_cancel = self.cancel._for_run()
         try:

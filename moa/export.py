@@ -57,16 +57,17 @@ def attribution(record: RunRecord):
     return attribute(final, [c.text for _, c in seen]), [pos for pos, _ in seen]
 
 
-def run_to_json(record: RunRecord, analysis=None) -> dict[str, Any]:
+def run_to_json(record: RunRecord, analysis=None, store=None) -> dict[str, Any]:
     """The `run --json` object (DESIGN.md contract) plus what an import needs.
 
-    `analysis` is the run's moa.analysis.RunAnalysis when the caller has it (e.g. from the
-    store's cache); otherwise it is computed here."""
+    `analysis` is the run's moa.analysis.RunAnalysis when the caller has it; otherwise it is
+    read from `store`'s cache (a stored run: the highlights it had, not recomputed), or
+    computed here."""
     from moa import analysis as analysis_mod
 
     agg = record.final_call
     if analysis is None:
-        analysis = analysis_mod.compute(record)
+        analysis = analysis_mod.for_run(record, store)
     attr, ids = analysis.attribution, analysis.candidate_ids
     final = _call_json(agg) if agg else {}
     final["text"] = record.final_text
@@ -203,9 +204,10 @@ def run_from_json(obj: Any) -> RunRecord:
     return record
 
 
-def conversation_to_json(conv: Conversation) -> dict[str, Any]:
+def conversation_to_json(conv: Conversation, store=None) -> dict[str, Any]:
     """`show ID --json` for a conversation: every run in order (a retried turn appears once per
-    attempt; `turn` says where each belongs), plus what an import needs."""
+    attempt; `turn` says where each belongs), plus what an import needs. With `store`, each
+    run's analysis comes from its cache."""
     return {
         "conversation_id": conv.id,
         "title": conv.title,
@@ -213,7 +215,7 @@ def conversation_to_json(conv: Conversation) -> dict[str, Any]:
         "updated_at": conv.updated_at,
         "parent_id": conv.parent_id,
         "branch_turn": conv.branch_turn,
-        "turns": [run_to_json(r) for r in conv.runs],
+        "turns": [run_to_json(r, store=store) for r in conv.runs],
         "moa_studio_export": FORMAT_VERSION,
     }
 
@@ -294,7 +296,7 @@ def _cost(value: float | None) -> str:
     return "unknown" if value is None else f"${value:.6f}"
 
 
-def conversation_to_markdown(conv: Conversation) -> str:
+def conversation_to_markdown(conv: Conversation, store=None) -> str:
     """Every run of a conversation, in order, each as its run report one heading level down."""
     lines = [f"# Conversation: {_inline(conv.title)}", "", f"- **Id**: {conv.id}"]
     if conv.parent_id:
@@ -302,16 +304,20 @@ def conversation_to_markdown(conv: Conversation) -> str:
     lines.append(f"- **Turns**: {len(conv.turns)} · started {conv.created_at}")
     lines.append("")
     for run in conv.runs:
-        body = run_to_markdown(run, heading=f"Turn {run.turn} · run {run.run_id}")
+        body = run_to_markdown(run, heading=f"Turn {run.turn} · run {run.run_id}", store=store)
         lines += ["#" + line if line.startswith("#") else line for line in body.splitlines()]
         lines.append("")
     return "\n".join(lines)
 
 
-def run_to_markdown(record: RunRecord, heading: str | None = None) -> str:
-    """A readable report; model text is quoted in fences so its Markdown can't restyle the page."""
+def run_to_markdown(record: RunRecord, heading: str | None = None, store=None) -> str:
+    """A readable report; model text is quoted in fences so its Markdown can't restyle the page.
+    With `store`, the highlights come from the run's cached analysis."""
+    from moa import analysis as analysis_mod
+
     usage = record.usage()
-    attr, ids = attribution(record)
+    found = analysis_mod.for_run(record, store)
+    attr, ids = found.attribution, found.candidate_ids
     lines = [
         f"# {heading or f'MoA run {record.run_id}'}",
         "",

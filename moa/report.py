@@ -238,12 +238,14 @@ def _strategy_section(record: RunRecord) -> str:
     return f"<h2>Strategy: {esc(record.config.strategy_label)}</h2>{markup}"
 
 
-def run_to_html(record: RunRecord, analysis=None) -> str:
+def run_to_html(record: RunRecord, analysis=None, store=None) -> str:
+    """One run as a self-contained page; with `store`, its highlights come from the cache."""
     title = _short(record.prompt, 80)
-    return _document(f"MoA run: {title}", f"<h1>{esc(title)}</h1>\n{_run_body(record, analysis)}")
+    body = _run_body(record, analysis, store)
+    return _document(f"MoA run: {title}", f"<h1>{esc(title)}</h1>\n{body}")
 
 
-def conversation_to_html(conv: Conversation) -> str:
+def conversation_to_html(conv: Conversation, store=None) -> str:
     """Every run of a conversation, in order, each with its highlights: one self-contained page."""
     title = _short(conv.title, 80)
     head = f"<h1>{esc(title)}</h1>\n<div class='muted'>Conversation {esc(conv.id)} · {len(conv.turns)} turn(s)"
@@ -252,18 +254,18 @@ def conversation_to_html(conv: Conversation) -> str:
     head += "</div>"
     turns = "".join(
         f'<section class="turn"><h2 class="turn-title">Turn {run.turn}: {esc(_short(run.prompt, 80))}'
-        f"</h2>\n{_run_body(run)}</section>"
+        f"</h2>\n{_run_body(run, store=store)}</section>"
         for run in conv.runs
     )
     return _document(f"MoA conversation: {title}", head + turns)
 
 
-def _run_body(record: RunRecord, analysis=None) -> str:
+def _run_body(record: RunRecord, analysis=None, store=None) -> str:
     from moa import analysis as analysis_mod
     from moa import panel_view
 
     if analysis is None:
-        analysis = analysis_mod.compute(record)
+        analysis = analysis_mod.for_run(record, store)
     attr, ids = analysis.attribution, analysis.candidate_ids
     panel_section = ""
     if attr is not None:

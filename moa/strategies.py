@@ -108,7 +108,8 @@ def estimate_extra(
     `cost(spec, tokens_out, tokens_in_beyond_the_prompt)` is the engine's bound of one call (the
     spec, so its own prices count).
     select and vote call a selector no dearer than the aggregator already counted; rank adds
-    its rankers, critique its critic and reviser per round, a cascade_model its two samples.
+    its rankers, critique its critic and reviser per round, a cascade_model its two samples
+    (a single proposer's cascade: its second sample).
     """
     usd, unknown = 0.0, []
 
@@ -133,6 +134,8 @@ def estimate_extra(
     if config.cascade and config.cascade_model is not None:
         for _ in range(2):
             add(config.cascade_model, 0)
+    elif config.cascade and n == 1:
+        add(config.proposers[0], 0)  # the only proposer's second sample
     return usd, unknown
 
 
@@ -140,21 +143,32 @@ def estimate_extra(
 
 
 def cascade_pair(runner: _Runner) -> list[CallRecord]:
-    """Plan the cascade's two calls: proposers 1 and 2 of layer 1 (they stay candidates if
-    the panel runs), or two samples of `cascade_model` (or of the only proposer)."""
+    """Plan the cascade's two calls, as layer-1 proposer calls so that both stay candidates
+    if the panel runs: proposers 1 and 2, or two samples of `cascade_model` (extra candidates,
+    numbered after the configured proposers), or of the only proposer (its answer and one
+    more sample)."""
     cfg = runner.config
-    if cfg.cascade_model is None and len(cfg.proposers) >= 2:
-        calls = []
-        for i, spec in enumerate(cfg.proposers[:2]):
-            call = CallRecord(1, "proposer", i, spec.model, spec.display)
-            runner.add_call(call, spec)
-            calls.append(call)
-        return calls
-    spec = cfg.cascade_model or cfg.proposers[0]
-    calls = [CallRecord(1, "cascade", i, spec.model, spec.display) for i in range(2)]
-    for call in calls:
+    n = len(cfg.proposers)
+    if cfg.cascade_model is None and n >= 2:
+        pair = [(i, spec, spec.display) for i, spec in enumerate(cfg.proposers[:2])]
+    elif cfg.cascade_model is None:
+        spec = cfg.proposers[0]
+        pair = [(0, spec, spec.display), (1, spec, f"{spec.display} · sample 2")]
+    else:
+        spec = cfg.cascade_model
+        pair = [(n + k, spec, f"{spec.display} · cascade {k + 1}") for k in range(2)]
+    calls = []
+    for index, spec, label in pair:
+        call = CallRecord(1, "proposer", index, spec.model, label)
         runner.add_call(call, spec)
+        calls.append(call)
     return calls
+
+
+def extra_candidates(cfg: RunConfig, calls: list[CallRecord]) -> list[CallRecord]:
+    """The cascade's calls that are not among the configured proposers' own (cascade_model
+    samples, a single proposer's second sample): what the cascade added to the panel."""
+    return [c for c in calls if c.index >= len(cfg.proposers)]
 
 
 def short_answer(text: str) -> str | None:
@@ -201,6 +215,9 @@ async def cascade(runner: _Runner, calls: list[CallRecord]) -> bool:
         usd, unknown = _upper_cost(skipped)
         section["saved_calls"] = len(skipped)
         section["saved_cost_usd"] = None if unknown else round(usd, 8)
+        # The full run would have taken its layers and the aggregator; the pair took one stage.
+        # Estimated with every stage as long as the pair's (the skipped calls never ran).
+        section["saved_s_estimate"] = round(phase_s * cfg.layers, 2)
         section["reason"] = (
             "the two answers give the same short answer"
             if same_short
@@ -210,7 +227,7 @@ async def cascade(runner: _Runner, calls: list[CallRecord]) -> bool:
         outcome["final"] = list(calls[0].key)
         record.status = "ok"
         return True
-    added = [c.cost_usd for c in calls if c.role == "cascade"]
+    added = [c.cost_usd for c in extra_candidates(cfg, calls)]
     section["added_cost_usd"] = None if any(x is None for x in added) else round(sum(added), 8)
     section["added_s"] = phase_s  # the panel starts this much later than it would have
     section["reason"] = (
@@ -224,8 +241,8 @@ async def cascade(runner: _Runner, calls: list[CallRecord]) -> bool:
 
 def _skipped_panel(cfg: RunConfig, pair: list[CallRecord]) -> list[tuple[ModelSpec, int]]:
     """(spec, tokens in) of the calls a full run would have made beyond the cascade's pair."""
-    reused = 2 if pair[0].role == "proposer" else 0
-    out = [(p, 200) for p in cfg.proposers[reused:]]
+    ran = {c.index for c in pair if c not in extra_candidates(cfg, pair)}
+    out = [(p, 200) for i, p in enumerate(cfg.proposers) if i not in ran]
     out += [
         (p, 200 + 200 * len(cfg.proposers)) for _ in range(cfg.layers - 1) for p in cfg.proposers
     ]

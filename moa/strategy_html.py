@@ -70,8 +70,15 @@ def cascade_html(record: RunRecord, c: dict[str, Any]) -> str:
         verdict = "Answered without the panel"
         money = (
             f"Saved: {c.get('saved_calls', 0)} calls, ≤ {_usd(c.get('saved_cost_usd'))} "
-            "(upper bound: their max_tokens)."
+            "(upper bound: their max_tokens)"
         )
+        if c.get("saved_s_estimate") is not None:
+            money += (
+                f", about {c['saved_s_estimate']:.1f} s (estimate: each skipped stage as long "
+                "as the two answers took)"
+            )
+        money += "."
+
     return _box(
         "cascade",
         f"Cascade · {verdict}",

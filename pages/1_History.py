@@ -246,7 +246,7 @@ def actions(store: Store, record: RunRecord) -> None:
     c1, c2, c3, c4 = st.columns(4)
     c1.download_button(
         "Markdown",
-        run_to_markdown(record),
+        run_to_markdown(record, store=store),  # highlights from the run's cached analysis
         f"moa-{rid}.md",
         "text/markdown",
         key="dl_md",
@@ -254,7 +254,7 @@ def actions(store: Store, record: RunRecord) -> None:
     )
     c2.download_button(
         "JSON",
-        json.dumps(run_to_json(record), indent=2, ensure_ascii=False),
+        json.dumps(run_to_json(record, store=store), indent=2, ensure_ascii=False),
         f"moa-{rid}.json",
         "application/json",
         key="dl_json",
@@ -262,7 +262,7 @@ def actions(store: Store, record: RunRecord) -> None:
     )
     c3.download_button(
         "HTML report",
-        run_to_html(record),
+        run_to_html(record, store=store),
         f"moa-{rid}.html",
         "text/html",
         key="dl_html",
@@ -400,7 +400,7 @@ def conversation_actions(store: Store, conv: Conversation) -> None:
         st.switch_page("app.py", query_params={"conversation": cid})
     c2.download_button(
         "Conversation Markdown",
-        lambda: conversation_to_markdown(conv),
+        lambda: conversation_to_markdown(conv, store),
         f"moa-{cid}.md",
         "text/markdown",
         key="dl_conv_md",
@@ -408,7 +408,7 @@ def conversation_actions(store: Store, conv: Conversation) -> None:
     )
     c3.download_button(
         "Conversation JSON",
-        lambda: json.dumps(conversation_to_json(conv), indent=2, ensure_ascii=False),
+        lambda: json.dumps(conversation_to_json(conv, store), indent=2, ensure_ascii=False),
         f"moa-{cid}.json",
         "application/json",
         key="dl_conv_json",
@@ -416,7 +416,7 @@ def conversation_actions(store: Store, conv: Conversation) -> None:
     )
     c4.download_button(
         "Conversation HTML",
-        lambda: conversation_to_html(conv),
+        lambda: conversation_to_html(conv, store),
         f"moa-{cid}.html",
         "text/html",
         key="dl_conv_html",

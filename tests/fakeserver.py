@@ -42,6 +42,9 @@ class Behaviour:
     # (substring, answer): the answer when the last user message holds the substring (first
     # match wins; else `text`), e.g. a judge that rates second turns differently
     when: tuple[tuple[str, str], ...] = ()
+    # The answers to this model's 1st, 2nd, … request (later ones: as above), e.g. two samples
+    # of one model that disagree.
+    nth: tuple[str, ...] = ()
     # Like llama-cpp-python's server (one request at a time): a request arriving while this
     # answer streams ends it at once with [DONE] and no finish_reason.
     one_at_a_time: bool = False
@@ -221,6 +224,8 @@ class _Handler(BaseHTTPRequestHandler):
                 prompt = m.get("content") or ""
         text = b.text if b.text is not None else default_text(model, prompt)
         text = next((answer for key, answer in b.when if key in prompt), text)
+        if n <= len(b.nth):
+            text = b.nth[n - 1]
         system = " ".join(
             str(m.get("content") or "")
             for m in body.get("messages", [])

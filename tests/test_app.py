@@ -292,6 +292,43 @@ def test_two_layers_show_each_layer_then_the_aggregator(loopback, db_path):
     assert [c.layer for c in record.proposer_calls] == [1, 1, 1, 2, 2, 2]
 
 
+def _late_layer_script() -> None:
+    from moa.config import ModelSpec, RunConfig
+    from moa.records import CallRecord, RunRecord
+    from moa.ui.render import RunView
+
+    spec = ModelSpec(model="openai/a", api_base="http://127.0.0.1:9/v1")
+    cfg = RunConfig(proposers=[spec, spec], aggregator=spec, layers=2, cascade=True)
+    record = RunRecord(run_id="r", config=cfg, prompt="q")
+    record.calls = [CallRecord(1, "proposer", i, "openai/a", "a") for i in range(2)]
+    view = RunView(record)  # laid out while only the cascade's pair was planned
+    late = CallRecord(2, "proposer", 0, "openai/a", "a")
+    late.status, late.text = "ok", "layer two"
+    view.draw_call(late)
+    view.flush()
+
+
+def test_a_layer_planned_after_the_page_was_laid_out_gets_its_section():
+    at = AppTest.from_function(_late_layer_script, default_timeout=30)
+    at.run()
+    assert not at.exception, at.exception
+    page = html(at)
+    assert "Layer 2" in page and 'data-call="2-proposer-0"' in page
+
+
+def test_an_escalated_layered_cascade_draws_the_layers_it_planned_late(loopback, db_path):
+    # alpha and beta disagree, so the cascade escalates: layer 2 exists only from then on.
+    at = app()
+    at.slider(key=K.LAYERS).set_value(2).run()
+    at.checkbox(key="cascade").check().run()
+    page = html(run(at, "How do plants grow?"))
+    assert "Layer 2" in page and 'data-call="2-proposer-2"' in page
+    assert page.count('data-status="ok"') == 7  # 3 + 3 proposers and the aggregator
+    record = Store(db_path).get_run(Store(db_path).search_runs()[0].id)
+    assert record.outcome["cascade"]["escalated"] is True
+    assert [c.layer for c in record.proposer_calls] == [1, 1, 1, 2, 2, 2]
+
+
 def test_a_failing_proposer_is_shown_with_the_providers_message(loopback):
     loopback.set("beta", fault="500")
     at = run(app(), "How do plants grow?")

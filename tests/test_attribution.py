@@ -364,19 +364,27 @@ def test_labelled_set_precision_and_recall_floors(kind, min_precision, min_recal
 
 
 def test_labelled_set_new_sentences_are_flagged():
-    flagged = total = 0
+    # Round 2 traded a point of the flag's recall (0.91 -> 0.90 here) for precision: a left-over
+    # final sentence and a dropped candidate sentence that mean the same are a paraphrase.
+    flagged = total = right = predicted = 0
     for case in CASES:
         result = attribute(case["final"], case["candidates"])
         for seg, label in zip(result.segments, case["labels"], strict=True):
+            predicted += seg.novel
+            right += seg.novel and label["kind"] == "new"
             if label["kind"] == "new":
                 total += 1
                 flagged += seg.novel
-    assert flagged / total >= 0.9, flagged / total
+    assert flagged / total >= 0.88, flagged / total
+    assert right / predicted >= 0.9, right / predicted
 
 
 # --- The semantic matcher ------------------------------------------------------------------
 
-HELDOUT = json.loads((CASES_PATH.parent / "attribution_heldout.json").read_text("utf-8"))["cases"]
+# The first held-out set, scored once and then moved into the tuning data (issue 12, round 2).
+ROUND2 = json.loads((CASES_PATH.parent / "attribution_tuning_round2.json").read_text("utf-8"))[
+    "cases"
+]
 
 
 def test_semantic_matcher_credits_a_paraphrase_lexical_calls_new():
@@ -415,21 +423,132 @@ def test_embeddings_are_computed_once_per_text():
     assert embedder.computed == before  # the second attribution embedded nothing
 
 
-def test_heldout_set_is_big_enough_and_hard_enough():
-    units = [lab for c in HELDOUT for lab in c["labels"]]
-    hard = [lab for lab in units if lab["kind"] in ("paraphrased", "merged")]
-    assert len(HELDOUT) >= 25 and len(units) >= 200 and len(hard) / len(units) >= 0.35
-    for case in HELDOUT:
+def test_round2_tuning_cases_segment_as_labelled():
+    units = [lab for c in ROUND2 for lab in c["labels"]]
+    assert len(ROUND2) >= 25 and len(units) >= 200
+    for case in ROUND2:
         assert texts(case["final"]) == [label["text"] for label in case["labels"]], case["id"]
 
 
-def test_semantic_beats_lexical_on_the_heldout_set():
-    # Floors under bench/RESULTS.md's held-out figures, so a regression fails.
+def test_semantic_beats_lexical_on_the_round2_tuning_set():
+    # Floors a little under what bench/attribution.py measures on this set, so a regression fails.
     from bench.attribution import evaluate
 
-    sem, lex = evaluate(HELDOUT, matcher="semantic"), evaluate(HELDOUT, matcher="lexical")
+    sem, lex = evaluate(ROUND2, matcher="semantic"), evaluate(ROUND2, matcher="lexical")
     for kind in ("paraphrased", "merged"):
         assert sem.by_kind[kind].recall > lex.by_kind[kind].recall + 0.15, kind
     precision, recall = sem.novel()
-    assert precision >= 0.8 and recall >= 0.9, (precision, recall)
-    assert sem.by_kind["merged"].recall >= 0.8
+    assert precision >= 0.9 and recall >= 0.85, (precision, recall)
+    assert sem.by_kind["merged"].recall >= 0.9
+    assert sem.by_format["code"].recall >= 0.95 and sem.by_format["table"].recall >= 0.8
+
+
+def test_bench_reports_no_heldout_set_until_one_is_written(monkeypatch, tmp_path):
+    from bench import attribution as bench
+
+    monkeypatch.setattr(bench, "HELDOUT_PATH", tmp_path / "attribution_heldout2.json")
+    monkeypatch.setattr(bench, "time_matchers", lambda: ["(speed skipped)"])
+    monkeypatch.setattr(
+        bench, "TUNING_PATHS", (CASES_PATH.parent / "attribution_tuning_extra.json",)
+    )
+    monkeypatch.setattr(bench, "evaluate_panel", lambda: {})
+    body = bench.report()
+    assert "No held-out set exists yet" in body and "held-out:" not in body
+    assert "Matcher `semantic`, tuning:" in body
+
+
+# --- Round 2 rules: tables, code, left-over paraphrases --------------------------------------
+
+
+def test_table_row_is_kept_from_the_candidate_that_said_it_in_prose():
+    candidates = [
+        "TCP is connection-oriented and guarantees delivery in order. UDP is connectionless "
+        "and has no delivery guarantee, but lower overhead.",
+        "| | TCP | UDP |\n|---|---|---|\n| Connection | yes | no |\n| Speed | slower | faster |",
+    ]
+    final = (
+        "| | TCP | UDP |\n|---|---|---|\n| Connection | yes | no |\n"
+        "| Overhead | higher | lower |\n| Header size | 20 bytes | 8 bytes |"
+    )
+    for matcher in ("lexical", "semantic"):
+        segs = attribute(final, candidates, matcher=matcher).segments
+        assert [s.segment.text for s in segs][2] == "| Overhead | higher | lower |"
+        assert [src.candidate for src in segs[0].sources] == [1]  # the header row, copied
+        assert [src.candidate for src in segs[1].sources] == [1]
+        assert [src.candidate for src in segs[2].sources] == [0], matcher  # said in prose
+        assert segs[3].novel, matcher  # no candidate says anything about header size
+
+
+def test_table_row_kept_from_a_candidate_table_with_edited_cells():
+    candidates = [
+        "| Food | How often |\n|---|---|\n| Vegetables and fruit | every meal |\n"
+        "| Olive oil | daily |",
+        "Sweets are fine now and then.",
+    ]
+    final = "| Food | How often |\n|---|---|\n| Vegetables and fruit | at every meal |"
+    segs = attribute(final, candidates).segments
+    assert [[src.candidate for src in s.sources] for s in segs] == [[0], [0]]
+
+
+def test_code_with_renamed_variables_and_new_layout_is_kept():
+    candidate = (
+        "Sum the order lines:\n\n```python\ndef total(items):\n    s = 0\n"
+        "    for x in items:\n        s += x.price * x.qty\n    return s\n```"
+    )
+    renamed = (
+        "```python\ndef total(orders):\n  result=0\n  for order in orders: "
+        "result += order.price*order.qty\n  return result\n```"
+    )
+    unrelated = "```python\ndef helper(values):\n    return sorted(v for v in values if v)\n```"
+    other = "Prices are in cents, so divide by 100 to show euros."
+    for matcher in ("lexical", "semantic"):
+        seg = attribute(renamed, [other, candidate], matcher=matcher).segments[0]
+        assert seg.segment.kind == "code" and [s.candidate for s in seg.sources] == [1]
+        assert attribute(unrelated, [other, candidate], matcher=matcher).segments[0].novel
+
+
+def test_code_that_applies_another_candidates_advice_credits_both():
+    candidates = [
+        'Loop over the files:\n\n```bash\nfor f in *.txt; do\n  wc -l "$f"\ndone\n```',
+        "Use `nullglob` so the loop does not run on the literal pattern when nothing matches.",
+        "For recursive search use find with -exec.",
+    ]
+    final = '```bash\nshopt -s nullglob\nfor f in *.txt; do\n  wc -l "$f"\ndone\n```'
+    seg = attribute(final, candidates).segments[0]
+    assert sorted(s.candidate for s in seg.sources) == [0, 1] and seg.merged
+
+
+def test_left_over_paraphrase_is_credited_but_unrelated_new_text_is_not():
+    # Not one shared content word: only meaning links the final sentence to candidate 1's.
+    candidates = [
+        "Work for 25 minutes, then take a 5-minute break. After four rounds take a longer break.",
+        "Choose one task before you start the timer. If a distraction pops into your head, "
+        "note it on paper and return to the task.",
+    ]
+    final = (
+        "Work for 25 minutes, then take a 5-minute break. "
+        "Choose one task before you start the timer. "
+        "When something distracting comes to mind, jot it down and go straight back to work. "
+        "Turning off phone notifications makes a bigger difference than the timer itself."
+    )
+    segs = attribute(final, candidates, matcher="semantic").segments
+    assert [s.candidate for s in segs[2].sources] == [1]
+    assert segs[3].novel
+    assert attribute(final, candidates, matcher="lexical").segments[2].novel
+
+
+def test_a_left_over_sentence_that_corrects_a_number_is_not_a_paraphrase():
+    candidates = [
+        "The Eiffel Tower was finished in 1889 for the World Fair. At the time it was the "
+        "tallest structure in the world, standing 312 metres high.",
+        "Paris has many museums, the Louvre being the largest.",
+    ]
+    final = (
+        "The Eiffel Tower was finished in 1889 for the World Fair. When it opened, no building "
+        "on earth was taller: it measured 300 metres. Paris has many museums, the Louvre being "
+        "the largest."
+    )
+    segs = attribute(final, candidates, matcher="semantic").segments
+    assert segs[1].segment.text.startswith("When it opened") and segs[1].novel
+    same = final.replace("300 metres", "312 metres")
+    assert [s.candidate for s in attribute(same, candidates).segments[1].sources] == [0]

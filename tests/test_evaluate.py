@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import sqlite_utils
@@ -363,6 +364,47 @@ def test_judge_grades_1_to_10_and_its_cost_is_counted_apart(fake, capitals, db_p
     assert results.judge_cost_usd > 0 and c.judge_cost_usd == pytest.approx(results.judge_cost_usd)
     req = fake.requests_for("gpt-4o-mini")[0]["body"]
     assert req["temperature"] == 0 and req["messages"][0]["role"] == "system"
+
+
+def test_judge_calls_take_turns_on_a_one_request_server_named_in_concurrency(
+    fake, capitals, db_path
+):
+    # A server that cuts a running stream when another request arrives (llama-cpp-python's):
+    # with its [concurrency] entry at 1, answers and the judge's calls never overlap.
+    for model, text in (("solo", "Paris is the capital."), ("grader", "Fine. Rating: [[8]]")):
+        fake.set(model, text=text, token_delay_s=0.005, one_at_a_time=True)
+    contender = ev.single(f"openai/solo@{fake.base_url}")
+    contender = replace(contender, config=replace(contender.config, concurrency={fake.base_url: 1}))
+    plan = ev.EvalPlan(
+        load_question_set(str(capitals)),
+        [contender],
+        scoring="judge",
+        judge=ev.judge_spec(f"openai/grader@{fake.base_url}"),
+        concurrency=4,
+    )
+    results = ev.evaluate(Store(db_path), plan)
+    (c,) = results.contenders
+    assert (c.n_ok, c.n_failed, c.score) == (4, 0, 8.0)
+    assert fake.max_active == 1 and len(fake.requests) == 8
+
+
+def test_the_estimate_prices_a_judge_and_a_contender_by_their_own_prices(fake, capitals):
+    # Models litellm has no price for, priced in their specs (the sidebar's price inputs).
+    own = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 2.0}
+    solo = ev.single(f"openai/solo@{fake.base_url}")
+    spec = replace(solo.config.proposers[0], **own)
+    solo = replace(solo, config=replace(solo.config, proposers=[spec], aggregator=spec))
+    plan = ev.EvalPlan(
+        load_question_set(str(capitals)),
+        [solo],
+        scoring="judge",
+        judge=replace(ev.judge_spec(f"openai/grader@{fake.base_url}"), **own),
+    ).resolved()
+    est = ev.estimate_cost(plan)
+    assert est.unknown_models == []
+    assert est.answers_usd > 0 and est.judge_usd > 0
+    # 4 judge calls, each at most max_tokens out at $2/M, plus its prompt at $1/M.
+    assert est.judge_usd > 4 * plan.judge.max_tokens * 2.0 / 1e6
 
 
 def test_pairwise_asks_both_orders_and_a_position_biased_judge_ties(fake, capitals, db_path):

@@ -66,6 +66,12 @@ RUN_ENABLED = """() => {
 }"""
 
 
+FORM_READY = """() => {
+  const b = document.querySelector('[data-testid=stFormSubmitButton] button');
+  return b && !b.disabled;
+}"""
+
+
 def answers(fake: FakeServer, token_delay_s: float = 0.01) -> None:
     """Fast fake answers: ~25 words per proposer, a short final answer, small token delays."""
     for i, name in enumerate(PROPOSERS):
@@ -126,6 +132,9 @@ async def _one_run(page, prompt: str, out: Session) -> None:
     new = page.get_by_role("button", name="New conversation")
     if await new.count():
         await new.first.click()
+    # The form is drawn top to bottom: Ctrl+Enter submits it only once its Run button is on the
+    # page (a user sees the button before pressing; under load the test typed before it came).
+    await page.wait_for_function(FORM_READY, timeout=60_000, polling=50)
     box = page.get_by_label("Prompt", exact=True)
     await box.fill(prompt)
     t0 = await page.evaluate("performance.now()")

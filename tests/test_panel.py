@@ -117,16 +117,16 @@ def test_hostile_candidate_text_stays_inert_in_panel_and_report(fake, tmp_path):
 
 # --- the store's cache: a stored run replays without recomputing ----------------------------
 
+CAKE = (  # two candidates and a final answer that keeps from both
+    "Preheat the oven to 200 C. Grease a 20 cm tin with butter.",
+    "Line the tin with baking paper. Let the cake cool for ten minutes.",
+    "Heat the oven to 200 degrees first. Line the tin with paper. Serve warm.",
+)
+
 
 def test_stored_run_replays_identical_highlights_without_recomputing(fake, tmp_path, monkeypatch):
     store = Store(tmp_path / "moa.db")
-    rec = stored_run(
-        fake,
-        store,
-        "Preheat the oven to 200 C. Grease a 20 cm tin with butter.",
-        "Line the tin with baking paper. Let the cake cool for ten minutes.",
-        "Heat the oven to 200 degrees first. Line the tin with paper. Serve warm.",
-    )
+    rec = stored_run(fake, store, *CAKE)
     live = analysis.for_run(rec, store)  # written by the store writer as the run finished
     assert live.from_cache
     live_html = Kept(rec, live.attribution, live.candidate_ids).final_html(rec.final_text)
@@ -147,6 +147,40 @@ def test_stored_run_replays_identical_highlights_without_recomputing(fake, tmp_p
     assert (
         export.run_to_json(stored, replay)["attribution"]
         == export.run_to_json(rec, live)["attribution"]
+    )
+
+
+def test_exports_of_a_stored_conversation_read_the_cached_highlights(
+    fake, tmp_path, monkeypatch, capsys
+):
+    from moa import cli
+
+    store = Store(tmp_path / "moa.db")
+    rec = stored_run(fake, store, *CAKE)
+    live = export.run_to_json(rec, analysis.for_run(rec, store))
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(analysis, "attribute", boom)
+    monkeypatch.setattr(analysis, "analyse", boom)
+    conv = store.get_conversation(rec.conversation_id)
+    (turn,) = export.conversation_to_json(conv, store)["turns"]
+    assert turn["attribution"] == live["attribution"] and turn["panel"] == live["panel"]
+    assert "from a (score" in report.conversation_to_html(conv, store)  # highlighted
+    assert "Line the tin" in export.conversation_to_markdown(conv, store)
+    # The CLI's show --json and every export format, on the conversation and on the run.
+    db = str(tmp_path / "moa.db")
+    for args in (
+        ["show", conv.id, "--json"],
+        ["export", conv.id, "--format", "json"],
+        ["export", rec.run_id, "--format", "md"],
+        ["export", rec.run_id, "--format", "html"],
+    ):
+        assert cli.main([*args, "--db", db]) == 0, args
+    assert (
+        json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")["turns"][0]["attribution"]
+        == live["attribution"]
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 
 from moa import config as config_mod
-from moa import engine, events, export, prompts, strategies
+from moa import engine, events, export, prompts, strategies, strategy_html
 from moa.config import ConfigError, ModelSpec
 from moa.store import Store, StoreWriter
 from tests.conftest import ROOT, make_config
@@ -325,6 +325,9 @@ def test_cascade_that_agrees_never_runs_the_panel(fake):
     c = record.outcome["cascade"]
     assert c["escalated"] is False and c["same_short_answer"] is True
     assert c["saved_calls"] == 2  # proposer c and the aggregator
+    # One layer and the aggregator skipped, each estimated as long as the pair took.
+    assert c["saved_s_estimate"] == round(c["phase_s"] * 1, 2) and c["phase_s"] > 0
+    assert "about" in strategy_html.cascade_html(record, c)
     assert export.run_to_json(record)["cascade"] is True
 
 
@@ -351,8 +354,44 @@ def test_cascade_model_samples_twice(fake):
     cfg.cascade_model = ModelSpec(model="openai/small", api_base=fake.base_url, label="small")
     record, _ = run(cfg)
     assert fake.counts["small"] == 2 and fake.counts["a"] == 0
-    assert [r for r, _ in roles(record)] == ["cascade", "cascade"]
+    assert roles(record) == [("proposer", "small · cascade 1"), ("proposer", "small · cascade 2")]
+    assert [c.index for c in record.calls] == [2, 3]  # numbered after the panel's proposers
     assert record.final_text == "It is 391."
+    assert record.outcome["cascade"]["saved_calls"] == 3  # proposers a and b, the aggregator
+
+
+def test_an_escalated_cascade_model_gives_the_panel_its_two_samples_as_candidates(fake):
+    script(fake)
+    fake.set("small", nth=("It is 391.", "It is 12."))
+    fake.set("agg", text="It is 391.")
+    cfg = make_config(fake, ["a", "b"], cascade=True, layers=2)
+    cfg.cascade_model = ModelSpec(model="openai/small", api_base=fake.base_url, label="small")
+    record, seen = run(cfg)
+    assert record.status == "ok" and record.outcome["cascade"]["escalated"] is True
+    # The samples are called once each, never again; the panel's proposers run both layers.
+    assert fake.counts["small"] == 2 and fake.counts["a"] == 2 and fake.counts["b"] == 2
+    layer1 = [(c.label, c.status) for c in record.proposer_calls if c.layer == 1]
+    assert sorted(layer1) == [
+        ("a", "ok"), ("b", "ok"), ("small · cascade 1", "ok"), ("small · cascade 2", "ok")
+    ]  # fmt: skip
+    # Layer 2 reads all four layer-1 answers, both samples among them.
+    layer2 = user_msg(fake.requests_for("a")[1])
+    assert "It is 391." in layer2 and "It is 12." in layer2
+    # What the cascade added is the samples' cost and time; the panel's queued at escalation.
+    assert record.outcome["cascade"]["added_s"] > 0
+    queued = [e.call.key for e in seen if isinstance(e, events.CallQueued)]
+    assert (2, "proposer", 0) in queued and (1, "proposer", 0) in queued
+
+
+def test_an_escalated_single_proposer_cascade_aggregates_both_samples(fake):
+    fake.set("a", nth=("Seventeen times 23 gives 391.", "My guess would be 400, roughly."))
+    fake.set("agg", text="391.")
+    record, _ = run(make_config(fake, ["a"], cascade=True))
+    assert record.outcome["cascade"]["escalated"] is True
+    assert fake.counts["a"] == 2  # its answer and one more sample: neither is asked again
+    (agg,) = fake.requests_for("agg")
+    assert "gives 391" in user_msg(agg) and "be 400" in user_msg(agg)
+    assert [c.label for _, c in record.aggregated_candidates()] == ["a", "a · sample 2"]
 
 
 # ---------------------------------------------------------------- injection
@@ -529,6 +568,10 @@ def test_each_strategy_has_its_own_upper_bound():
     assert three > one > engine.estimate_cost(base, "q").usd
     with_model = replace(base, cascade=True, cascade_model=priced)
     assert engine.estimate_cost(with_model, "q").usd > engine.estimate_cost(base, "q").usd
+    # One proposer: its cascade asks it twice.
+    alone = replace(base, proposers=[priced])
+    twice = engine.estimate_cost(replace(alone, cascade=True), "q").usd
+    assert twice > engine.estimate_cost(alone, "q").usd
 
 
 def _cli(*args, db):

@@ -624,6 +624,7 @@ class RunView:
         self._group_of: dict[CallKey, _Group] = {}
         self._aggregators: _Group | None = None
         self._kinds: dict[str, _Group] = {}
+        self._layer_width = layout_rows(len(record.config.proposers))[0]  # a late layer's
         layers = sorted({c.layer for c in record.proposer_calls})
         for layer in layers:
             calls = [c for c in record.proposer_calls if c.layer == layer]
@@ -690,6 +691,10 @@ class RunView:
                 group.keys.append(call.key)
                 self._group_of[call.key] = group
                 return group
+        if call.role == "proposer":  # a later layer, planned when a cascade escalated
+            st.html(section(f"Layer {call.layer}", "each reads the layer before"))
+            self._add_group([call], self._layer_width)
+            return self._groups[-1]
         if call.role == "aggregator" and self._aggregators is None:  # after a cascade
             st.html(section("Final answer", f"written by the aggregator, {call.label}"))
             self._add_group([call], 1)
