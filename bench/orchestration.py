@@ -7,9 +7,8 @@ proposers one after another, as the reference MoA's evaluation scripts do, costs
 The engine's own timers cannot see time spent in a call before its request leaves or after the
 server's last byte, so a second measurement is taken AT THE SERVER (a separate process, as a
 real server is): from the first request's arrival to the aggregator's last byte, against the
-ideal 3 x 1 s, for our direct stream and, A/B in the same run, for the same calls through
-litellm; and in a fresh CLI process, how long after the run starts (imports done) the first
-request arrives.
+ideal 3 x 1 s, every call through litellm; and in a fresh CLI process, how long after the run
+starts (imports done) the first request arrives.
 
     .venv/bin/python bench/orchestration.py [--write]
 """
@@ -194,14 +193,22 @@ def server_side_lines() -> list[str]:
         f"| **{med(warm, 0):.3f}** | {med(warm, 1):.3f} | **{med(cli, 0):.3f}** | "
         f"{med(cli, 1):.3f} | <= 1.05; <= 0.3 s |",
         "",
-        "Every call goes through litellm (DESIGN.md: model access through litellm only). Where "
-        "the time goes (cProfile and per-call timestamps beside the server's log): litellm's "
-        "streaming wrapper builds several pydantic objects per chunk (~1 ms of CPU each on 2 "
-        "cores) and does its per-call setup and end-of-stream logging on the event loop, so four "
-        "streams ending together keep the loop busy before the next layer's requests can leave; "
-        "a fresh process also pays the openai SDK's first-call imports. The estimate now counts "
-        "tokens only for priced models, and the log commits without an fsync each (WAL with "
-        "`synchronous = NORMAL`).",
+        "Every call goes through litellm.acompletion (DESIGN.md: model access through litellm "
+        "only). A fresh process's first request used to leave 0.52 s after the run started: the "
+        "first acompletion imported every `openai.resources` module (the SDK client's `.chat`) "
+        "and the first streamed answer loaded tiktoken's encoding for litellm's cost code, built "
+        "litellm's pydantic schemas and imported anyio's thread backend. `moa.llm.litellm()` now "
+        "does that work with the import (imports plus one streamed `mock_response` through "
+        "litellm, no network; the app imports litellm in a background thread, so first paint "
+        "does not wait for it). What is left between layers (timestamps beside the server's log, "
+        "cProfile) is litellm's CPU per call, ~15-20 ms on these cores, which this server's "
+        "timing puts entirely after its last byte (it sends a whole answer at once): the openai "
+        "SDK's object per chunk, litellm's own chunk objects, its cost calculation at stream "
+        "start and end (no setting turns it off), `completion()` run in a worker thread per "
+        "call and `stream_chunk_builder` in another at the end. Four streams ending together "
+        "cost ~50-70 ms before the next layer's requests leave, more when other jobs share the "
+        "cores. Tried and not kept: `litellm.disable_streaming_logging` (A/B in one process: "
+        "same ratio and CPU) and httpx instead of aiohttp (more CPU per run).",
     ]
 
 

@@ -54,8 +54,38 @@ def litellm() -> Any:
                 from moa import local
 
                 local.register(lt)
+                _warm_up(lt)
                 _litellm = lt
     return _litellm
+
+
+def _warm_up(lt: Any) -> None:
+    """Do now, with the import, what litellm otherwise does during a process's first call.
+
+    Measured in a fresh `moa run` (bench/orchestration.py): the first request left 0.52 s after
+    the run started, because the first acompletion imported every openai.resources module (the
+    SDK client's `.chat`, ~0.5 s), and the first streamed answer loaded tiktoken's encoding
+    (cost calculation), built litellm's pydantic schemas and imported anyio's thread backend,
+    all on the event loop between the first layer and the next. A streamed mock_response goes
+    through litellm's own streaming wrapper and cost code without any network. Best effort: a
+    failure here only means the first call pays for it."""
+    try:
+        import anyio._backends._asyncio  # noqa: F401  # litellm's asyncify (end of a stream)
+        import litellm._service_logger  # noqa: F401  # imported lazily by the first async call
+        import litellm.litellm_core_utils.default_encoding  # noqa: F401  # tiktoken cl100k
+        import openai.resources  # noqa: F401
+
+        stream = lt.completion(
+            model="openai/moa-warm-up",
+            messages=[{"role": "user", "content": "warm up"}],
+            mock_response="ok",
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        for _ in stream:
+            pass
+    except Exception:  # pragma: no cover - a litellm change; the first call pays instead
+        pass
 
 
 def preload_in_background() -> threading.Thread:

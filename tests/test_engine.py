@@ -285,3 +285,45 @@ def test_provider_limits_hold_across_runs_in_different_threads(fake):
     for t in threads:
         t.join()
     assert len(fake.requests) == 4 and fake.max_active == 1
+
+
+_FIRST_RUN = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from moa import engine, llm
+from moa.config import ModelSpec, RunConfig
+llm.litellm()
+before = set(sys.modules)
+cfg = RunConfig(
+    proposers=[ModelSpec(model=f"openai/{m}", api_base=sys.argv[2]) for m in "ab"],
+    aggregator=ModelSpec(model="openai/agg", api_base=sys.argv[2]),
+    layers=2,
+)
+record = engine.run_sync(cfg, "Explain the tides.")
+print(json.dumps({"status": record.status, "imported": sorted(set(sys.modules) - before)}))
+"""
+
+
+def test_a_fresh_process_first_run_imports_nothing_of_litellm_or_the_sdks(fake):
+    """litellm's first-call work (the openai SDK's resources, tiktoken's encoding for its cost
+    code, anyio's thread backend) happens with the import, not between a run's layers."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _FIRST_RUN, str(ROOT), fake.base_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["status"] == "ok"
+    heavy = ("openai", "litellm", "tiktoken", "anyio", "aiohttp", "httpx", "pydantic")
+    late = [m for m in out["imported"] if m.split(".")[0] in heavy]
+    assert late == [], f"imported during the first run: {late}"
