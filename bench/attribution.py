@@ -407,10 +407,13 @@ TUNING_PATHS = (
     # The second held-out set (was attribution_heldout2.json): scored once after the round-2
     # freeze (commit 79d8565), then looked at, so now tuning data too.
     ROOT / "tests" / "data" / "attribution_tuning_round3.json",
+    # The third held-out set (was attribution_heldout3.json): scored once after the round-3
+    # freeze (commit 39b321a), then looked at, so now tuning data too.
+    ROOT / "tests" / "data" / "attribution_tuning_round4.json",
 )
-# The held-out set for the third round, written by someone else after the matcher was frozen
-# ("FREEZE matcher round 3" commit). Until it exists there is no held-out figure to report.
-HELDOUT_PATH = ROOT / "tests" / "data" / "attribution_heldout3.json"
+# The held-out set for the fourth round, written by someone else after the matcher was frozen
+# ("FREEZE matcher round 4" commit). Until it exists there is no held-out figure to report.
+HELDOUT_PATH = ROOT / "tests" / "data" / "attribution_heldout4.json"
 
 
 def _targets(ev: Evaluation) -> list[str]:
@@ -476,7 +479,7 @@ def report() -> str:
     else:
         lines.append(
             f"No held-out set exists yet: `{rel}` is to be written by someone else after the "
-            'matcher was frozen (the "FREEZE matcher round 3" commit). The figures below are on '
+            'matcher was frozen (the "FREEZE matcher round 4" commit). The figures below are on '
             "tuning data only."
         )
     names = " + ".join(f"`{p.name}`" for p in TUNING_PATHS)
@@ -488,7 +491,8 @@ def report() -> str:
         "moa/attribution.py) were chosen on these; `attribution_tuning_round2.json` was the "
         "first held-out set, scored once at commit a48a8d4 and then moved here; "
         "`attribution_tuning_round3.json` was the second, scored once at commit 79d8565 and "
-        "then moved here.",
+        "then moved here; `attribution_tuning_round4.json` was the third, scored once after "
+        "commit 39b321a and then moved here.",
     ]
     for matcher in MATCHERS:
         ev = evaluate(tuning, matcher=matcher)

@@ -446,7 +446,7 @@ def test_semantic_beats_lexical_on_the_round2_tuning_set():
 def test_bench_reports_no_heldout_set_until_one_is_written(monkeypatch, tmp_path):
     from bench import attribution as bench
 
-    monkeypatch.setattr(bench, "HELDOUT_PATH", tmp_path / "attribution_heldout3.json")
+    monkeypatch.setattr(bench, "HELDOUT_PATH", tmp_path / "attribution_heldout4.json")
     monkeypatch.setattr(bench, "time_matchers", lambda: ["(speed skipped)"])
     monkeypatch.setattr(
         bench, "TUNING_PATHS", (CASES_PATH.parent / "attribution_tuning_extra.json",)
