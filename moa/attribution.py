@@ -779,10 +779,27 @@ def _frame_kind(seg: Segment, header_row: bool) -> str | None:
         return "heading"
     if seg.kind == "table":
         return "header" if header_row else None
+    if _bold_heading(seg):
+        return "heading"
     text = seg.text.rstrip(" *_")
     if seg.kind == "sentence" and text.endswith(":") and len(_TOKEN.findall(text)) <= FRAME_WORDS:
         return "lead-in"
     return None
+
+
+_BOLD_LINE = re.compile(r"^[ \t]*(\*\*|__)(?=\S)[^\n]*?\S\1[ \t]*:?[ \t]*$")
+
+
+def _bold_heading(seg: Segment) -> bool:
+    """Round 4: a line of at most FRAME_WORDS words set wholly in bold ("**How to see more of
+    them**") is a heading in all but Markdown syntax."""
+    return (
+        seg.kind == "sentence"
+        and "\n" not in seg.text.strip()
+        and (m := _BOLD_LINE.match(seg.text)) is not None
+        and seg.text.count(m.group(1)) == 2
+        and len(_TOKEN.findall(seg.text)) <= FRAME_WORDS
+    )
 
 
 def _framing(
@@ -807,7 +824,7 @@ def _framing(
             if kind == "header":
                 ok = cseg.kind == "table"
             elif kind == "heading":
-                ok = cseg.kind == "heading"
+                ok = cseg.kind == "heading" or _bold_heading(cseg)
             else:
                 ok = len(_TOKEN.findall(cseg.text)) <= FRAME_LENGTH * n_words + 2
                 ok = ok and q_content[fi] <= _features(cseg).content

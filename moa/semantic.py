@@ -27,6 +27,9 @@ KEEP = 0.56  # a candidate is credited when its combined score reaches this
 MARGIN = 0.08  # ...and is within this of the best candidate's: both said the same thing
 CLAUSE_KEEP = 0.58  # a clause is explained by a candidate segment at this cosine
 CLAUSE_COVER = 0.7  # a merge needs clauses holding this share of the words explained
+# Round 4: a candidate is credited as having "said it too" (a sentence settled lexically from
+# another) only at this cosine: copied table rows credited prose that merely described them.
+SAID_TOO = 0.8
 POOL_K = 3  # candidate segments per candidate compared, those sharing the most words...
 POOL_ALL = 8  # ...unless the candidate has at most this many: then all of them
 # Candidate segments are compared clause by clause too (a final sentence keeping one clause).
@@ -229,7 +232,7 @@ def judge(
             bar = max((best_cos.get(ci, (0.0, -1))[0] for ci in q.credited), default=1.0)
             sources = dict(q.credited)
             for ci, (cos, cj) in best_cos.items():
-                if ci not in sources and cos >= max(bar - MARGIN, CLAUSE_KEEP):
+                if ci not in sources and cos >= max(bar - MARGIN, CLAUSE_KEEP, SAID_TOO):
                     sources[ci] = (cos, cj)
             verdicts[id(q)] = Verdict(sources, max(s for s, _ in q.credited.values()))
             continue
