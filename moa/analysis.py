@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # Bump when the matcher or the panel changes what they compute: cached results are then redone.
 # 2: matcher round 2 (issue 12: tables, code, clauses, alignment);
 # 3: round 3 (framing lines new unless a candidate frames the same way, stricter table rows)
-ANALYSIS_VERSION = 3
+ANALYSIS_VERSION = 4
 PREWARM_MAX_UNITS = 150  # of one candidate, embedded ahead (the rest, if needed, at the end)
 # (segments first, then their clauses: semantic.candidate_units)
 _prewarm_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-prewarm")

@@ -891,7 +891,10 @@ def _semantic_pass(
             if not others:
                 continue
             pool = [(ci, j) for ci, (_, j) in credited.items()] + others
-            queries.append(semantic.Query(text, lexical[fi], pool, credited=credited))
+            said_too = semantic.SAID_TOO if fi in row_keys else 0.0
+            queries.append(
+                semantic.Query(text, lexical[fi], pool, credited=credited, said_too=said_too)
+            )
             targets.append(fi)
             continue
         pool: list[tuple[int, int]] = []

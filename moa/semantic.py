@@ -27,8 +27,9 @@ KEEP = 0.56  # a candidate is credited when its combined score reaches this
 MARGIN = 0.08  # ...and is within this of the best candidate's: both said the same thing
 CLAUSE_KEEP = 0.58  # a clause is explained by a candidate segment at this cosine
 CLAUSE_COVER = 0.7  # a merge needs clauses holding this share of the words explained
-# Round 4: a candidate is credited as having "said it too" (a sentence settled lexically from
-# another) only at this cosine: copied table rows credited prose that merely described them.
+# Round 4: a table body row settled lexically from one candidate (copied from its table)
+# credits another candidate as having "said it too" only at this cosine: prose that merely
+# describes the row ("Read committed prevents dirty reads...") is not where it came from.
 SAID_TOO = 0.8
 POOL_K = 3  # candidate segments per candidate compared, those sharing the most words...
 POOL_ALL = 8  # ...unless the candidate has at most this many: then all of them
@@ -156,6 +157,8 @@ class Query:
     # Candidates the lexical matcher already credits (a settled segment asking only whether
     # other candidates said the same thing); empty for an unsettled one.
     credited: dict[int, tuple[float, int]] = field(default_factory=dict)
+    # The least cosine at which another candidate "said it too" (SAID_TOO for table rows).
+    said_too: float = 0.0
 
 
 @dataclass
@@ -232,7 +235,7 @@ def judge(
             bar = max((best_cos.get(ci, (0.0, -1))[0] for ci in q.credited), default=1.0)
             sources = dict(q.credited)
             for ci, (cos, cj) in best_cos.items():
-                if ci not in sources and cos >= max(bar - MARGIN, CLAUSE_KEEP, SAID_TOO):
+                if ci not in sources and cos >= max(bar - MARGIN, CLAUSE_KEEP, q.said_too):
                     sources[ci] = (cos, cj)
             verdicts[id(q)] = Verdict(sources, max(s for s, _ in q.credited.values()))
             continue

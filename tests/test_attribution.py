@@ -644,3 +644,45 @@ def test_semantic_matcher_on_the_round3_tuning_set():
     assert sem.by_format["heading"].novel_recall >= 0.99
     assert sem.by_format["table"].novel_recall >= 0.99
     assert sem.overall.precision >= 0.94 and sem.overall.recall >= 0.87  # all segments
+
+
+# --- Round 4 rules ----------------------------------------------------------------------------
+
+
+def test_a_wholly_bold_short_line_is_a_heading():
+    candidates = [
+        "To see more meteors, go somewhere dark, let your eyes adapt for twenty minutes and "
+        "look about halfway up the sky.",
+        "**How to see more meteors**\n\nGet away from city lights.",
+    ]
+    final = "**How to see more meteors**\n\n- Go somewhere dark and give your eyes twenty minutes."
+    for matcher in ("lexical", "semantic"):
+        segs = attribute(final, candidates[:1], matcher=matcher).segments
+        assert segs[0].segment.text == "**How to see more meteors**" and segs[0].novel, matcher
+        segs = attribute(final, candidates, matcher=matcher).segments
+        assert [s.candidate for s in segs[0].sources] == [1], matcher
+    # Bold inside a sentence, or two bold runs, is not a heading.
+    seg = attribute("**Keep** it dry and **warm**.", ["Keep it dry and warm."]).segments[0]
+    assert [s.candidate for s in seg.sources] == [0]
+
+
+def test_a_copied_table_row_does_not_credit_prose_that_only_describes_it():
+    candidates = [
+        "SQL defines four isolation levels. Read uncommitted allows dirty reads, where you see "
+        "other transactions' uncommitted changes. Read committed prevents dirty reads but a row "
+        "can change between two reads in the same transaction (a non-repeatable read). "
+        "Repeatable read stops that, though the standard still allows phantom rows to appear. "
+        "Serializable prevents all three anomalies.",
+        "| Level | Dirty read | Non-repeatable read | Phantom |\n|---|---|---|---|\n"
+        "| Read uncommitted | Possible | Possible | Possible |\n"
+        "| Read committed | Prevented | Possible | Possible |\n"
+        "| Repeatable read | Prevented | Prevented | Possible |\n"
+        "| Serializable | Prevented | Prevented | Prevented |",
+    ]
+    final = (
+        "| Level | Dirty read | Non-repeatable read | Phantom |\n|---|---|---|---|\n"
+        "| Read committed | Prevented | Possible | Possible |\n"
+        "| Serializable | Prevented | Prevented | Prevented |"
+    )
+    segs = attribute(final, candidates, matcher="semantic").segments
+    assert [[s.candidate for s in seg.sources] for seg in segs] == [[1], [1], [1]]
