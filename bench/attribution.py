@@ -416,6 +416,15 @@ TUNING_PATHS = (
 HELDOUT_PATH = ROOT / "tests" / "data" / "attribution_heldout4.json"
 
 
+def _per_matcher(cases: list[dict], name: str) -> list[str]:
+    """The targets and the per-kind/per-format tables of every matcher on `cases`."""
+    lines: list[str] = []
+    for matcher in MATCHERS:
+        ev = evaluate(cases, matcher=matcher)
+        lines += ["", f"Matcher `{matcher}`, {name}:", "", *_targets(ev), "", *quality_table(ev)]
+    return lines
+
+
 def _targets(ev: Evaluation) -> list[str]:
     kept = Tally()
     for kind in KEPT_KINDS:
@@ -466,16 +475,7 @@ def report() -> str:
             f'`{rel}`: {size(heldout)}. Written after the matcher was frozen (the "FREEZE '
             'matcher" commit) and never used to tune.'
         )
-        for matcher in MATCHERS:
-            ev = evaluate(heldout, matcher=matcher)
-            lines += [
-                "",
-                f"Matcher `{matcher}`, held-out:",
-                "",
-                *_targets(ev),
-                "",
-                *quality_table(ev),
-            ]
+        lines += _per_matcher(heldout, "held-out")
     else:
         lines.append(
             f"No held-out set exists yet: `{rel}` is to be written by someone else after the "
@@ -494,16 +494,7 @@ def report() -> str:
         "then moved here; `attribution_tuning_round4.json` was the third, scored once after "
         "commit 39b321a and then moved here.",
     ]
-    for matcher in MATCHERS:
-        ev = evaluate(tuning, matcher=matcher)
-        lines += [
-            "",
-            f"Matcher `{matcher}`, tuning:",
-            "",
-            *_targets(ev),
-            "",
-            *quality_table(ev),
-        ]
+    lines += _per_matcher(tuning, "tuning")
     lines += [
         "",
         "### Speed",
