@@ -269,6 +269,21 @@ async def synthesize(runner: _Runner, candidates: Candidates) -> None:
     await runner.aggregate([c.text for _, c in candidates])
 
 
+def _parse_check(
+    parse: Callable[[str, int], Any], n: int, what: str
+) -> Callable[[str], str | None]:
+    """The engine's `check` for a ranking or selection reply: its failure reason, never a guess."""
+
+    def check(text: str) -> str | None:
+        try:
+            parse(text, n)
+        except prompts.ParseError as e:
+            return f"unparseable {what}: {e}"
+        return None
+
+    return check
+
+
 async def rank(runner: _Runner, candidates: Candidates) -> None:
     """Rankers rank the anonymised, shuffled candidates; the aggregator synthesises with the
     combined ranking (mean rank, Borda count, spread of ranks)."""
@@ -283,16 +298,6 @@ async def rank(runner: _Runner, candidates: Candidates) -> None:
         call.params["order"] = order
         orders.append(order)
 
-    def checker(order: list[int]) -> Callable[[str], str | None]:
-        def check(text: str) -> str | None:
-            try:
-                prompts.parse_ranking(text, n)
-            except prompts.ParseError as e:
-                return f"unparseable ranking: {e}"
-            return None
-
-        return check
-
     await _gather(
         *(
             runner.call(
@@ -300,7 +305,7 @@ async def rank(runner: _Runner, candidates: Candidates) -> None:
                 runner.with_history(
                     call, prompts.ranking_messages(runner.prompt, [texts[k] for k in order])
                 ),
-                check=checker(order),
+                check=_parse_check(prompts.parse_ranking, n, "ranking"),
             )
             for call, order in zip(calls, orders, strict=True)
         )
@@ -358,13 +363,7 @@ async def select(runner: _Runner, candidates: Candidates) -> None:
     record, n = runner.record, len(candidates)
     texts = [c.text for _, c in candidates]
     layer = strategy_layer(runner.config)
-
-    def check(text: str) -> str | None:
-        try:
-            prompts.parse_selection(text, n)
-        except prompts.ParseError as e:
-            return f"unparseable selection: {e}"
-        return None
+    check = _parse_check(prompts.parse_selection, n, "selection")
 
     tried = []
     for idx, spec in enumerate(
