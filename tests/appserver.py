@@ -111,6 +111,19 @@ class AppServer:
         self.stop()
 
 
+def app_env(db, presets, preset: str = "") -> dict[str, str]:
+    """The environment of an app server on a test's own log and presets folder, with every
+    `*_API_KEY` of the developer's environment blanked (the app must not see real keys)."""
+    env = {"MOA_DB": str(db), "MOA_PRESETS_DIR": str(presets), "MOA_PRESET": preset}
+    return env | {k: "" for k in os.environ if k.endswith("_API_KEY")}
+
+
+def pick_preset(page, name: str) -> None:
+    """Choose a preset in the sidebar's Preset select box."""
+    page.get_by_test_id("stSelectbox").filter(has_text="Preset").click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
 def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
 

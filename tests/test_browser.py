@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -12,7 +11,15 @@ import pytest
 
 from moa import config as config_mod
 from moa.store import Store
-from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium, submit_prompt
+from tests.appserver import (
+    CHROMIUM,
+    ROOT,
+    AppServer,
+    app_env,
+    launch_chromium,
+    pick_preset,
+    submit_prompt,
+)
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 
@@ -80,8 +87,7 @@ def app(tmp_path, netns):
     fake.set("slow1", text=long, token_delay_s=0.1)
     fake.set("slow2", text=long, token_delay_s=0.1)
     db = tmp_path / "moa.db"
-    env = {"MOA_DB": str(db), "MOA_PRESETS_DIR": str(presets), "MOA_PRESET": ""}
-    env |= {k: "" for k in os.environ if k.endswith("_API_KEY")}  # no developer keys
+    env = app_env(db, presets, "")
     server = AppServer(env).start()
     server.fake, server.xss_config = fake, xss
     try:
@@ -90,11 +96,6 @@ def app(tmp_path, netns):
     finally:
         server.stop()
         fake.stop()
-
-
-def _pick_preset(page, name: str) -> None:
-    page.get_by_test_id("stSelectbox").filter(has_text="Preset").click()
-    page.get_by_role("option", name=name, exact=True).click()
 
 
 def screenshot(page, name: str) -> None:
@@ -155,7 +156,7 @@ def test_run_page_streams_highlights_stops_and_is_not_injectable(app, netns):
         assert labels == ["Run", "History", "Insights", "Evaluate"]
 
         # Pick the hostile preset and run it with Ctrl+Enter.
-        _pick_preset(page, "xss-demo")
+        pick_preset(page, "xss-demo")
         page.get_by_text("Proposer 3").wait_for()
         submit_prompt(page, "How do plants grow?")
         page.locator(".moa-card[data-status=running] .moa-tail").first.wait_for(timeout=20_000)
@@ -199,7 +200,7 @@ def test_run_page_streams_highlights_stops_and_is_not_injectable(app, netns):
         n_segments = final.locator(".moa-seg").count()
 
         # Stop: a long, slow run is cancelled mid-stream; what arrived is kept and saved.
-        _pick_preset(page, "a-slow-loopback")
+        pick_preset(page, "a-slow-loopback")
         page.get_by_text("Proposer 3").wait_for(state="detached")
         submit_prompt(page, "Count slowly.")
         page.locator(".moa-card[data-status=running] .moa-text", has_text="word5 ").first.wait_for(

@@ -4,14 +4,21 @@ on a History row opening the run."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from moa import config as config_mod
 from moa.store import Store
-from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium, submit_prompt
+from tests.appserver import (
+    CHROMIUM,
+    ROOT,
+    AppServer,
+    app_env,
+    launch_chromium,
+    pick_preset,
+    submit_prompt,
+)
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 
@@ -39,8 +46,7 @@ def app(tmp_path, netns):
     for i, name in enumerate(EIGHT):
         fake.set(name, text=f"Plants need water number {i}. Light is good for leaf {i}.")
     db = tmp_path / "moa.db"
-    env = {"MOA_DB": str(db), "MOA_PRESETS_DIR": str(presets), "MOA_PRESET": ""}
-    env |= {k: "" for k in os.environ if k.endswith("_API_KEY")}
+    env = app_env(db, presets, "")
     server = AppServer(env).start()
     try:
         server.wait_healthy()
@@ -48,11 +54,6 @@ def app(tmp_path, netns):
     finally:
         server.stop()
         fake.stop()
-
-
-def _pick_preset(page, name: str) -> None:
-    page.get_by_test_id("stSelectbox").filter(has_text="Preset").click()
-    page.get_by_role("option", name=name, exact=True).click()
 
 
 def _boxes_overlap(a: dict, b: dict) -> bool:
@@ -108,7 +109,7 @@ def test_aggregate_now_with_a_hung_proposer_then_layout_and_history_row_click(ap
         page.screenshot(path=ARTIFACTS / "aggregate-now.png", full_page=True)
 
         # Eight proposers: every heatmap label fits inside its cell.
-        _pick_preset(page, "eight")
+        pick_preset(page, "eight")
         page.get_by_text("Proposer 8").wait_for()
         submit_prompt(page, "What do plants need?")
         heat = page.locator(".stPlotlyChart", has_text="Agreement between candidates").first

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from moa import config as config_mod
 from moa.store import Store
-from tests.appserver import CHROMIUM, AppServer, launch_chromium, submit_prompt
+from tests.appserver import (
+    CHROMIUM,
+    AppServer,
+    app_env,
+    launch_chromium,
+    submit_prompt,
+)
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 
@@ -34,8 +39,7 @@ def app(tmp_path, netns):
         fake.set(name, text=text, token_delay_s=0.02)
     fake.set("agg", text="The aggregator's synthesis.")
     db = tmp_path / "moa.db"
-    env = {"MOA_DB": str(db), "MOA_PRESETS_DIR": str(presets), "MOA_PRESET": "a-panel"}
-    env |= {k: "" for k in os.environ if k.endswith("_API_KEY")}
+    env = app_env(db, presets, "a-panel")
     server = AppServer(env).start()
     try:
         server.wait_healthy()

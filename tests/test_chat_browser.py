@@ -4,7 +4,6 @@ the earlier final answers, a branch from turn 1, and History listing and opening
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -12,7 +11,14 @@ import pytest
 
 from moa import config as config_mod
 from moa.store import Store
-from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium, submit_prompt
+from tests.appserver import (
+    CHROMIUM,
+    ROOT,
+    AppServer,
+    app_env,
+    launch_chromium,
+    submit_prompt,
+)
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 
@@ -71,8 +77,7 @@ def chat_app(tmp_path, netns):
     fake.set("beta", token_delay_s=0.04)
     fake.set("agg", token_delay_s=0.01)
     db = tmp_path / "moa.db"
-    env = {"MOA_DB": str(db), "MOA_PRESETS_DIR": str(presets), "MOA_PRESET": "chat-loopback"}
-    env |= {k: "" for k in os.environ if k.endswith("_API_KEY")}
+    env = app_env(db, presets, "chat-loopback")
     server = AppServer(env).start()
     server.fake = fake
     try:

@@ -9,7 +9,6 @@ until the Run button is enabled again.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import pytest
 
 from moa import config as config_mod
 from moa.store import Store
-from tests.appserver import CHROMIUM, ROOT, AppServer, launch_chromium
+from tests.appserver import CHROMIUM, ROOT, AppServer, app_env, launch_chromium
 from tests.conftest import make_config
 from tests.fakeserver import FakeServer
 
@@ -200,8 +199,7 @@ def test_four_browser_sessions_five_runs_each_lose_nothing(tmp_path, netns):
     presets = tmp_path / "presets"
     save_preset(fake, presets)
     db = tmp_path / "moa.db"
-    env = {"MOA_DB": str(db), "MOA_PRESETS_DIR": str(presets), "MOA_PRESET": ""}
-    env |= {k: "" for k in os.environ if k.endswith("_API_KEY")}
+    env = app_env(db, presets, "")
     server = AppServer(env).start()
     try:
         server.wait_healthy(60)
