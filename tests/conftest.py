@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,6 +44,21 @@ def db_path(tmp_path, monkeypatch):
     path = tmp_path / "moa.db"
     monkeypatch.setenv("MOA_DB", str(path))
     return path
+
+
+def moa(
+    *args: str, stdin: str | None = None, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """`python -m moa ARGS` in a fresh process (the environment plus `env`), its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "moa", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def make_config(

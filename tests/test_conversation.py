@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 from moa import conversation, engine
 from moa.config import ModelSpec
 from moa.store import Store, StoreWriter
+from tests import conftest
 from tests.conftest import ROOT, make_config
 
 
@@ -302,15 +302,7 @@ def test_export_and_import_give_back_the_identical_conversation(fake, tmp_path):
 
 
 def moa(*args, stdin=None, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "moa", *args],
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, **(env or {})},
-    )
+    return conftest.moa(*args, stdin=stdin, env=env, timeout=240)
 
 
 @pytest.fixture

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import threading
 from dataclasses import replace
 
@@ -18,7 +15,7 @@ from moa import config as config_mod
 from moa import engine, events, export, prompts, strategies, strategy_html
 from moa.config import ConfigError, ModelSpec
 from moa.store import Store, StoreWriter
-from tests.conftest import ROOT, make_config
+from tests.conftest import make_config, moa
 
 RANK = "FINAL RANKING"  # in the ranking system prompt only
 SELECT = "Pick the single best"  # in the selection system prompt only
@@ -575,15 +572,7 @@ def test_each_strategy_has_its_own_upper_bound():
 
 
 def _cli(*args, db):
-    env = {**os.environ, "MOA_DB": str(db)}
-    return subprocess.run(
-        [sys.executable, "-m", "moa", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return moa(*args, env={"MOA_DB": str(db)})
 
 
 def test_cli_vote_shows_the_vote_table_and_calls_no_aggregator(fake, tmp_path):
