@@ -19,18 +19,10 @@ from moa.ui.fieldnames import error_slot, humanize
 from tests.appserver import ROOT
 from tests.conftest import make_config
 from tests.test_app import app, errors, html, loopback, plain, presets, run  # noqa: F401
+from tests.test_pages import page as _page
 
 HISTORY = str(ROOT / "pages" / "1_History.py")
 INSIGHTS = str(ROOT / "pages" / "2_Insights.py")
-
-
-def _page(path: str, run_id: str | None = None) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=30)
-    if run_id:
-        at.query_params["run"] = run_id
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def _sidebar_texts(at: AppTest) -> list[tuple[str, str]]:
