@@ -44,19 +44,6 @@ def _call_json(call: CallRecord) -> dict[str, Any]:
     return out
 
 
-def attribution(record: RunRecord):
-    """(Attribution of the final answer, ids) — ids map its candidates to proposer_calls positions."""
-    from moa.attribution import attribute  # imported here: only runs with a final answer need it
-
-    final = record.final_text
-    if not final:
-        return None, []
-    seen = record.attributed_candidates()
-    if not seen:
-        return None, []
-    return attribute(final, [c.text for _, c in seen]), [pos for pos, _ in seen]
-
-
 def run_to_json(record: RunRecord, analysis=None, store=None) -> dict[str, Any]:
     """The `run --json` object (DESIGN.md contract) plus what an import needs.
 

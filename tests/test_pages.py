@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from moa import engine, export
+from moa import analysis, engine, export
 from moa.export import ImportError_, run_to_json
 from moa.store import Store, StoreWriter
 from moa.ui import history as H
@@ -154,7 +154,7 @@ def test_compare_shows_a_word_diff(filled):
     # Each run's candidates and their shares of its final answer, as on the run's own view.
     store = filled[0]
     for rec, names in ((plants, ["alpha", "beta"]), (cooking, ["gamma"])):
-        attr, _ = export.attribution(store.get_run(rec.run_id))
+        attr = analysis.for_run(store.get_run(rec.run_id), store).attribution
         for name, share in zip(names, attr.share, strict=True):
             assert f"<b>{name}</b> {share:.0%}" in shown
         assert f"<b>new</b> {attr.novel_share:.0%}" in shown

@@ -745,8 +745,8 @@ def render_run(
 ) -> RunView:
     """Draw a finished (or stored) run: cards per call, the highlighted final answer, charts.
 
-    `attribution`/`candidate_ids` are what `moa.export.attribution(record)` (or the cached
-    `attribution_for(record)`) returns; without them the texts are shown plain. `key` prefixes
+    `attribution`/`candidate_ids` are what `attribution_for(record)` (the run's cached analysis)
+    returns; without them the texts are shown plain. `key` prefixes
     the chart keys so one page can hold several runs. A page calls `inject_css()` once first.
     History page: `render_run(rec, *attribution_for(rec))` with `rec = store.get_run(run_id)`.
     """
