@@ -57,6 +57,11 @@ class ModelSpec:
     output_cost_per_mtok: float | None = None
 
     @property
+    def own_prices(self) -> bool:
+        """Priced in the spec itself (both per-million prices set), before litellm's map."""
+        return self.input_cost_per_mtok is not None and self.output_cost_per_mtok is not None
+
+    @property
     def display(self) -> str:
         return self.label or self.model
 

@@ -180,8 +180,7 @@ class _LazyTokens:
 def _cost(spec: ModelSpec, prompt: _LazyTokens, tokens_out: int, extra_in: int = 0) -> float | None:
     """The upper-bound cost of one call; None when the model's price is unknown. The spec's
     own prices (input/output_cost_per_mtok) come first."""
-    priced = spec.input_cost_per_mtok is not None and spec.output_cost_per_mtok is not None
-    if not priced:
+    if not spec.own_prices:
         if spec.model.startswith("local/"):
             return 0.0
         if not llm.has_price(spec.model):

@@ -448,20 +448,16 @@ def _check_models(plan: EvalPlan) -> None:
 def _cost(spec: ModelSpec, tokens_in: Callable[[], int], tokens_out: int) -> float | None:
     """Price of one call (the spec's own prices first, as the engine counts them); the token
     count is only done for models with a price."""
-    if spec.model.startswith("local/") and not _own_price(spec):
+    if spec.model.startswith("local/") and not spec.own_prices:
         return 0.0
     if not _has_price(spec):
         return None
     return llm.cost_usd(spec, tokens_in(), tokens_out)
 
 
-def _own_price(spec: ModelSpec) -> bool:
-    return spec.input_cost_per_mtok is not None and spec.output_cost_per_mtok is not None
-
-
 def _has_price(spec: ModelSpec) -> bool:
     """Priced in its spec (the sidebar's price inputs) or in litellm's map."""
-    return _own_price(spec) or _priced(spec.model)
+    return spec.own_prices or _priced(spec.model)
 
 
 _PRICED: dict[str, bool] = {}

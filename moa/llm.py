@@ -253,7 +253,7 @@ def cost_usd(model: str | ModelSpec, tokens_in: int, tokens_out: int) -> float |
     bundled map; None when the model's price is unknown (never a made-up 0)."""
     if isinstance(model, ModelSpec):
         spec, model = model, model.model
-        if spec.input_cost_per_mtok is not None and spec.output_cost_per_mtok is not None:
+        if spec.own_prices:
             usd = tokens_in * spec.input_cost_per_mtok + tokens_out * spec.output_cost_per_mtok
             return round(usd / 1_000_000, 10)
     if model.startswith("local/"):
